@@ -1,0 +1,427 @@
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::BytesMut;
+use tokio_util::codec::{Decoder, Encoder, LinesCodec, LinesCodecError};
+
+use crate::{NodeId, WireError};
+
+/// The most node ids a `TIMEOUT` line lists.
+const MAX_LISTED: usize = 100;
+
+/// The default cap on a line, terminator excluded: 4 KiB.
+pub const DEFAULT_MAX_LINE: usize = 4096;
+
+/// The longest barrier label, in bytes.
+pub const MAX_LABEL_LEN: usize = 256;
+
+/// The longest value a node may contribute to a data-carrying barrier, in bytes.
+pub const MAX_VALUE_LEN: usize = 256;
+
+/// The line layer: UTF-8 text terminated by `\n` (a `\r` before it is
+/// dropped), at most a capped number of bytes.
+///
+/// Built on tokio-util's [`LinesCodec`]. A line over the cap is
+/// [`WireError::LineTooLong`] and the connection should be closed. A line
+/// that is not UTF-8 is [`WireError::MalformedLine`] and has been consumed,
+/// so the stream stays usable.
+#[derive(Clone, Debug)]
+pub struct LineCodec {
+    inner: LinesCodec,
+    max: usize,
+}
+
+impl LineCodec {
+    /// A codec with the [`DEFAULT_MAX_LINE`] cap.
+    pub fn new() -> Self {
+        Self::with_max(DEFAULT_MAX_LINE)
+    }
+
+    /// A codec whose lines may be at most `max` bytes.
+    pub fn with_max(max: usize) -> Self {
+        Self {
+            inner: LinesCodec::new_with_max_length(max),
+            max,
+        }
+    }
+
+    fn convert(&self, e: LinesCodecError) -> WireError {
+        match e {
+            LinesCodecError::MaxLineLengthExceeded => WireError::LineTooLong { max: self.max },
+            LinesCodecError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                WireError::malformed("line is not valid utf-8")
+            }
+            LinesCodecError::Io(e) => WireError::Io(e),
+        }
+    }
+}
+
+impl Default for LineCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decoder for LineCodec {
+    type Item = String;
+    type Error = WireError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<String>, WireError> {
+        self.inner.decode(src).map_err(|e| self.convert(e))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<String>, WireError> {
+        self.inner.decode_eof(src).map_err(|e| self.convert(e))
+    }
+}
+
+impl<T: fmt::Display> Encoder<T> for LineCodec {
+    type Error = WireError;
+
+    fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), WireError> {
+        let line = item.to_string();
+        if line.len() > self.max {
+            return Err(WireError::LineTooLong { max: self.max });
+        }
+        if line.contains('\n') {
+            return Err(WireError::malformed("line contains a newline"));
+        }
+        self.inner.encode(line, dst).map_err(|e| self.convert(e))
+    }
+}
+
+fn check_token(s: &str, what: &str, max: usize) -> Result<(), WireError> {
+    if s.is_empty() {
+        return Err(WireError::malformed(format!("empty {what}")));
+    }
+    if s.len() > max {
+        return Err(WireError::malformed(format!(
+            "{what} is {} bytes, more than {max}",
+            s.len()
+        )));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(WireError::malformed(format!(
+            "{what} contains {c:?}: whitespace and control characters are not allowed"
+        )));
+    }
+    Ok(())
+}
+
+macro_rules! token_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            #[doc = concat!("Validates a ", $what, ".")]
+            pub fn new(s: impl Into<String>) -> Result<Self, WireError> {
+                let s = s.into();
+                check_token(&s, $what, $max)?;
+                Ok(Self(s))
+            }
+
+            #[doc = concat!("The ", $what, " as text.")]
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = WireError;
+
+            fn from_str(s: &str) -> Result<Self, WireError> {
+                Self::new(s)
+            }
+        }
+    };
+}
+
+token_type!(
+    /// A barrier label: 1 to 256 bytes of UTF-8 with no whitespace and no
+    /// control characters, so it reads the same on both sides of a line.
+    Label,
+    "label",
+    MAX_LABEL_LEN
+);
+
+token_type!(
+    /// A value contributed to a data-carrying barrier (a listen address, say):
+    /// 1 to 256 bytes of UTF-8 with no whitespace and no control characters.
+    Value,
+    "value",
+    MAX_VALUE_LEN
+);
+
+/// A line from a node to the barrier controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Request {
+    /// `HELLO [<node-id>]`: claim an identity (or ask for the assigned one).
+    Hello(Option<NodeId>),
+    /// `BARRIER <label>`: wait until every member has arrived.
+    Barrier(Label),
+    /// `GATHER <label> <value>`: a barrier that also shares one value per node.
+    Gather(Label, Value),
+    /// `LEAVE`: an orderly exit; later barriers no longer wait for this node.
+    Leave,
+}
+
+/// A line from the barrier controller to a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reply {
+    /// `WELCOME <node-id> <nodes>`: the identity in force and the cluster size.
+    Welcome {
+        /// This connection's node id.
+        node: NodeId,
+        /// How many members each barrier waits for.
+        nodes: u32,
+    },
+    /// `OK <label>`: every member arrived.
+    Ok(Label),
+    /// `VALUE <label> <node-id> <value>`: one member's contribution to a
+    /// `GATHER`; one line per member, then `OK <label>`.
+    Value {
+        /// The barrier.
+        label: Label,
+        /// The member that contributed `value`.
+        node: NodeId,
+        /// What it contributed.
+        value: Value,
+    },
+    /// `TIMEOUT <label> [missing=<id>,<id>...]`: the deadline passed first.
+    Timeout {
+        /// The barrier.
+        label: Label,
+        /// The members that had not arrived (the line lists the first 100).
+        missing: Vec<NodeId>,
+    },
+    /// `FAILED <label> <cause>`: the barrier can never complete.
+    Failed {
+        /// The barrier.
+        label: Label,
+        /// Why, in words (for example which node disconnected).
+        cause: String,
+    },
+    /// `ERR <reason>`: the last line was refused.
+    Err(String),
+    /// `BYE`: the `LEAVE` was recorded.
+    Bye,
+}
+
+impl Reply {
+    /// The label this reply is about, if any.
+    pub fn label(&self) -> Option<&Label> {
+        match self {
+            Reply::Ok(l) => Some(l),
+            Reply::Value { label, .. }
+            | Reply::Timeout { label, .. }
+            | Reply::Failed { label, .. } => Some(label),
+            Reply::Welcome { .. } | Reply::Err(_) | Reply::Bye => None,
+        }
+    }
+}
+
+/// Splits a line into single-space-separated words, refusing the spacing
+/// mistakes that would make two sides read one line differently.
+fn words(line: &str) -> Result<Vec<&str>, WireError> {
+    if line.is_empty() {
+        return Err(WireError::malformed("empty line"));
+    }
+    if line.starts_with(' ') || line.ends_with(' ') || line.contains("  ") {
+        return Err(WireError::malformed("leading, trailing or double space"));
+    }
+    if let Some(c) = line.chars().find(|c| c.is_control()) {
+        return Err(WireError::malformed(format!("control character {c:?}")));
+    }
+    Ok(line.split(' ').collect())
+}
+
+/// The free-text tail of a line: everything after the first `n` words.
+fn tail(line: &str, n: usize) -> Option<&str> {
+    line.splitn(n + 1, ' ').nth(n).filter(|t| !t.is_empty())
+}
+
+fn arity(verb: &str, got: usize, want: &str) -> WireError {
+    WireError::malformed(format!("{verb} takes {want}, got {got} words"))
+}
+
+impl FromStr for Request {
+    type Err = WireError;
+
+    fn from_str(line: &str) -> Result<Self, WireError> {
+        let w = words(line)?;
+        match w[0] {
+            "HELLO" => match w.len() {
+                1 => Ok(Request::Hello(None)),
+                2 => Ok(Request::Hello(Some(w[1].parse()?))),
+                n => Err(arity("HELLO", n - 1, "at most a node id")),
+            },
+            "BARRIER" => match w.len() {
+                2 => Ok(Request::Barrier(w[1].parse()?)),
+                n => Err(arity("BARRIER", n - 1, "one label")),
+            },
+            "GATHER" => match w.len() {
+                3 => Ok(Request::Gather(w[1].parse()?, w[2].parse()?)),
+                n => Err(arity("GATHER", n - 1, "a label and a value")),
+            },
+            "LEAVE" => match w.len() {
+                1 => Ok(Request::Leave),
+                n => Err(arity("LEAVE", n - 1, "no arguments")),
+            },
+            verb => Err(WireError::malformed(format!(
+                "unknown command {:?}",
+                truncate(verb, 32)
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Request::Hello(None) => f.write_str("HELLO"),
+            Request::Hello(Some(id)) => write!(f, "HELLO {id}"),
+            Request::Barrier(label) => write!(f, "BARRIER {label}"),
+            Request::Gather(label, value) => write!(f, "GATHER {label} {value}"),
+            Request::Leave => f.write_str("LEAVE"),
+        }
+    }
+}
+
+impl FromStr for Reply {
+    type Err = WireError;
+
+    fn from_str(line: &str) -> Result<Self, WireError> {
+        let w = words(line)?;
+        match w[0] {
+            "WELCOME" => match w.len() {
+                3 => Ok(Reply::Welcome {
+                    node: w[1].parse()?,
+                    nodes: w[2]
+                        .parse()
+                        .map_err(|_| WireError::malformed("invalid node count"))?,
+                }),
+                n => Err(arity("WELCOME", n - 1, "a node id and a count")),
+            },
+            "OK" => match w.len() {
+                2 => Ok(Reply::Ok(w[1].parse()?)),
+                n => Err(arity("OK", n - 1, "one label")),
+            },
+            "VALUE" => match w.len() {
+                4 => Ok(Reply::Value {
+                    label: w[1].parse()?,
+                    node: w[2].parse()?,
+                    value: w[3].parse()?,
+                }),
+                n => Err(arity("VALUE", n - 1, "a label, a node id and a value")),
+            },
+            "TIMEOUT" => match w.len() {
+                2 => Ok(Reply::Timeout {
+                    label: w[1].parse()?,
+                    missing: Vec::new(),
+                }),
+                3 => {
+                    let ids = w[2]
+                        .strip_prefix("missing=")
+                        .ok_or_else(|| WireError::malformed("expected missing=<ids>"))?;
+                    let missing = ids
+                        .split(',')
+                        .map(NodeId::from_str)
+                        .collect::<Result<_, _>>()?;
+                    Ok(Reply::Timeout {
+                        label: w[1].parse()?,
+                        missing,
+                    })
+                }
+                n => Err(arity("TIMEOUT", n - 1, "a label and a missing list")),
+            },
+            "FAILED" => match (w.len(), tail(line, 2)) {
+                (n, Some(cause)) if n >= 3 => Ok(Reply::Failed {
+                    label: w[1].parse()?,
+                    cause: free_text(cause),
+                }),
+                (n, _) => Err(arity("FAILED", n - 1, "a label and a cause")),
+            },
+            "ERR" => match tail(line, 1) {
+                Some(reason) => Ok(Reply::Err(free_text(reason))),
+                None => Err(arity("ERR", 0, "a reason")),
+            },
+            "BYE" => match w.len() {
+                1 => Ok(Reply::Bye),
+                n => Err(arity("BYE", n - 1, "no arguments")),
+            },
+            verb => Err(WireError::malformed(format!(
+                "unknown reply {:?}",
+                truncate(verb, 32)
+            ))),
+        }
+    }
+}
+
+/// Free text in the one form a line carries it (applied when printing and
+/// when parsing, so both sides read the same words): whitespace and control
+/// characters become single spaces, and it is cut to 1 KiB.
+fn free_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(1024));
+    for c in s.chars() {
+        let c = if c.is_control() || c.is_whitespace() {
+            ' '
+        } else {
+            c
+        };
+        if c == ' ' && (out.is_empty() || out.ends_with(' ')) {
+            continue;
+        }
+        if out.len() + c.len_utf8() > 1024 {
+            break;
+        }
+        out.push(c);
+    }
+    let out = out.trim_end().to_owned();
+    if out.is_empty() {
+        "unspecified".to_owned()
+    } else {
+        out
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reply::Welcome { node, nodes } => write!(f, "WELCOME {node} {nodes}"),
+            Reply::Ok(label) => write!(f, "OK {label}"),
+            Reply::Value { label, node, value } => write!(f, "VALUE {label} {node} {value}"),
+            Reply::Timeout { label, missing } if missing.is_empty() => write!(f, "TIMEOUT {label}"),
+            Reply::Timeout { label, missing } => {
+                // At most MAX_LISTED ids, so the line stays far below the cap.
+                write!(f, "TIMEOUT {label} missing=")?;
+                for (i, id) in missing.iter().take(MAX_LISTED).enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{id}")?;
+                }
+                Ok(())
+            }
+            Reply::Failed { label, cause } => write!(f, "FAILED {label} {}", free_text(cause)),
+            Reply::Err(reason) => write!(f, "ERR {}", free_text(reason)),
+            Reply::Bye => f.write_str("BYE"),
+        }
+    }
+}

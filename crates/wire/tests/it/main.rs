@@ -1,0 +1,7 @@
+//! The `multinode-wire` integration tests: one binary, one module per concern.
+
+mod golden;
+mod hostile;
+mod io;
+mod props;
+mod support;

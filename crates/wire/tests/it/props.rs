@@ -1,0 +1,263 @@
+//! Round-trip and ordering properties, seeded from `MULTINODE_SEED`.
+
+use bytes::{Bytes, BytesMut};
+use multinode_wire::{
+    ClusterFrame, ClusterId, GossipPdu, Hello, HybridClock, Label, MessageCodec, NodeId,
+    RemoteTell, Reply, Request, Timestamp, Value, WireError,
+};
+use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::support::proptest_config;
+
+fn token() -> impl Strategy<Value = String> {
+    // Printable, no whitespace, some non-ASCII; 1..=256 bytes holds for these.
+    "[a-zA-Z0-9:./_\\-\\[\\]é→]{1,60}"
+}
+
+fn label() -> impl Strategy<Value = Label> {
+    token().prop_map(|s| Label::new(s).expect("strategy makes valid labels"))
+}
+
+fn value() -> impl Strategy<Value = Value> {
+    token().prop_map(|s| Value::new(s).expect("strategy makes valid values"))
+}
+
+fn node() -> impl Strategy<Value = NodeId> {
+    prop_oneof![0u64..300, any::<u64>()].prop_map(NodeId)
+}
+
+fn frame() -> impl Strategy<Value = ClusterFrame> {
+    let bytes = proptest::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from);
+    prop_oneof![
+        (any::<u16>(), bytes.clone())
+            .prop_map(|(schema, body)| ClusterFrame::Gossip(GossipPdu::Opaque { schema, body })),
+        (".{0,40}", ".{0,20}", bytes, proptest::option::of(".{0,40}")).prop_map(
+            |(target_path, manifest, payload, sender_path)| ClusterFrame::Tell(RemoteTell {
+                target_path,
+                manifest,
+                payload,
+                sender_path,
+            })
+        ),
+    ]
+}
+
+fn run<S: Strategy>(
+    name: &str,
+    cases: u32,
+    s: S,
+    f: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) {
+    let mut runner = TestRunner::new(proptest_config(name, cases));
+    if let Err(e) = runner.run(&s, f) {
+        panic!("{name}: {e}");
+    }
+}
+
+#[test]
+fn frames_round_trip_in_any_chunking() {
+    let s = (proptest::collection::vec(frame(), 1..8), 1usize..50);
+    run(
+        "frames_round_trip_in_any_chunking",
+        256,
+        s,
+        |(frames, chunk)| {
+            let mut codec = MessageCodec::<ClusterFrame>::new();
+            let mut wire = BytesMut::new();
+            for f in &frames {
+                codec
+                    .encode(f, &mut wire)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            }
+            // Feed the stream `chunk` bytes at a time: incomplete is Ok(None).
+            let mut got = Vec::new();
+            let mut buf = BytesMut::new();
+            for piece in wire.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                while let Some(f) = codec
+                    .decode(&mut buf)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?
+                {
+                    got.push(f);
+                }
+            }
+            prop_assert_eq!(got, frames);
+            prop_assert!(buf.is_empty());
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn hello_round_trips_and_checks() {
+    let s = (any::<u16>(), any::<u64>(), node(), node());
+    run(
+        "hello_round_trips_and_checks",
+        256,
+        s,
+        |(version, cluster, a, b)| {
+            let hello = Hello {
+                protocol_version: version,
+                ..Hello::new(ClusterId(cluster), a)
+            };
+            let mut codec = MessageCodec::<Hello>::new();
+            let mut buf = BytesMut::new();
+            codec.encode(&hello, &mut buf).unwrap();
+            prop_assert_eq!(codec.decode(&mut buf).unwrap(), Some(hello));
+            let ours = Hello::new(ClusterId(cluster), b);
+            let verdict = ours.check(&hello, None);
+            prop_assert_eq!(
+                verdict.is_ok(),
+                version == multinode_wire::PROTOCOL_VERSION && a != b
+            );
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn lines_round_trip() {
+    let req = prop_oneof![
+        proptest::option::of(node()).prop_map(Request::Hello),
+        label().prop_map(Request::Barrier),
+        (label(), value()).prop_map(|(l, v)| Request::Gather(l, v)),
+        Just(Request::Leave),
+    ];
+    run("request_lines_round_trip", 512, req, |r| {
+        let line = r.to_string();
+        prop_assert!(line.len() <= multinode_wire::DEFAULT_MAX_LINE);
+        prop_assert_eq!(line.parse::<Request>().unwrap(), r);
+        Ok(())
+    });
+    let reply = prop_oneof![
+        (node(), any::<u32>()).prop_map(|(node, nodes)| Reply::Welcome { node, nodes }),
+        label().prop_map(Reply::Ok),
+        (label(), node(), value()).prop_map(|(label, node, value)| Reply::Value {
+            label,
+            node,
+            value
+        }),
+        (label(), proptest::collection::vec(node(), 0..100))
+            .prop_map(|(label, missing)| Reply::Timeout { label, missing }),
+        (label(), "[a-z0-9=]{1,10}( [a-z0-9()]{1,10}){0,5}")
+            .prop_map(|(label, cause)| Reply::Failed { label, cause }),
+        "[a-z]{1,10}( [a-z\"]{1,10}){0,5}".prop_map(Reply::Err),
+        Just(Reply::Bye),
+    ];
+    run("reply_lines_round_trip", 512, reply, |r| {
+        let line = r.to_string();
+        prop_assert!(line.len() <= multinode_wire::DEFAULT_MAX_LINE);
+        prop_assert_eq!(line.parse::<Reply>().unwrap(), r);
+        Ok(())
+    });
+}
+
+#[test]
+fn free_text_never_breaks_a_line() {
+    run("free_text_never_breaks_a_line", 512, ".{0,3000}", |cause| {
+        let reply = Reply::Failed {
+            label: Label::new("x").unwrap(),
+            cause,
+        };
+        let line = reply.to_string();
+        prop_assert!(!line.contains('\n') && !line.contains('\r'));
+        prop_assert!(line.len() <= multinode_wire::DEFAULT_MAX_LINE);
+        prop_assert!(line.parse::<Reply>().is_ok(), "{line:?}");
+        Ok(())
+    });
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Now(u64),
+    Observe {
+        ms: u64,
+        logical: u32,
+        node: u64,
+        wall: u64,
+    },
+}
+
+#[test]
+fn clock_is_strictly_monotonic_and_absorbs() {
+    let op = prop_oneof![
+        (0u64..1_000).prop_map(Op::Now),
+        (
+            0u64..1_200,
+            prop_oneof![0u32..5, Just(u32::MAX - 1), Just(u32::MAX)],
+            0u64..4,
+            0u64..1_000
+        )
+            .prop_map(|(ms, logical, node, wall)| Op::Observe {
+                ms,
+                logical,
+                node,
+                wall
+            }),
+    ];
+    let s = proptest::collection::vec(op, 1..60);
+    run("clock_is_strictly_monotonic_and_absorbs", 512, s, |ops| {
+        let me = NodeId(9);
+        let mut clock = HybridClock::new(me, 100);
+        let mut last: Option<Timestamp> = None;
+        for op in ops {
+            match op {
+                Op::Now(wall) => {
+                    let t = clock.now(wall);
+                    prop_assert!(last.is_none_or(|l| t > l), "{t} not after {last:?}");
+                    prop_assert!(t.physical_ms >= wall);
+                    last = Some(t);
+                }
+                Op::Observe {
+                    ms,
+                    logical,
+                    node,
+                    wall,
+                } => {
+                    let remote = Timestamp {
+                        physical_ms: ms,
+                        logical,
+                        node: NodeId(node),
+                    };
+                    let before = clock.last();
+                    match clock.observe(remote, wall) {
+                        Ok(t) => {
+                            prop_assert!(t > remote && last.is_none_or(|l| t > l));
+                            prop_assert_eq!(t.node, me);
+                            last = Some(t);
+                        }
+                        Err(WireError::ClockDrift { .. }) => {
+                            prop_assert!(ms > wall + 100);
+                            prop_assert_eq!(
+                                clock.last(),
+                                before,
+                                "a refused timestamp moved the clock"
+                            );
+                        }
+                        Err(e) => prop_assert!(false, "unexpected error {e}"),
+                    }
+                }
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn equal_clocks_on_two_nodes_never_tie() {
+    run(
+        "equal_clocks_on_two_nodes_never_tie",
+        256,
+        (0u64..10, 0u64..10, 0u64..100),
+        |(a, b, wall)| {
+            prop_assume!(a != b);
+            let ta = HybridClock::new(NodeId(a), 0).now(wall);
+            let tb = HybridClock::new(NodeId(b), 0).now(wall);
+            prop_assert_ne!(ta, tb);
+            prop_assert_eq!(ta < tb, a < b, "the node id breaks the tie");
+            Ok(())
+        },
+    );
+}
