@@ -1,8 +1,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use bytes::BytesMut;
-use tokio_util::codec::{Decoder, Encoder, LinesCodec, LinesCodecError};
+use bytes::{Bytes, BytesMut};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Encoder};
 
 use crate::{NodeId, WireError};
 
@@ -21,13 +21,15 @@ pub const MAX_VALUE_LEN: usize = 256;
 /// The line layer: UTF-8 text terminated by `\n` (a `\r` before it is
 /// dropped), at most a capped number of bytes.
 ///
-/// Built on tokio-util's [`LinesCodec`]. A line over the cap is
-/// [`WireError::LineTooLong`] and the connection should be closed. A line
-/// that is not UTF-8 is [`WireError::MalformedLine`] and has been consumed,
-/// so the stream stays usable.
+/// Built on tokio-util's [`AnyDelimiterCodec`]. A line over the cap is
+/// [`WireError::LineTooLong`] and the connection should be closed. Bytes that
+/// are not UTF-8 decode with U+FFFD in their place, which no request or
+/// reply accepts (they parse to "line is not valid utf-8"), so a bad line
+/// never ends the stream: tokio-util's `Framed` stops reading after any
+/// decoder error, and one bad line must not cost a peer its connection.
 #[derive(Clone, Debug)]
 pub struct LineCodec {
-    inner: LinesCodec,
+    inner: AnyDelimiterCodec,
     max: usize,
 }
 
@@ -40,20 +42,24 @@ impl LineCodec {
     /// A codec whose lines may be at most `max` bytes.
     pub fn with_max(max: usize) -> Self {
         Self {
-            inner: LinesCodec::new_with_max_length(max),
+            inner: AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), max),
             max,
         }
     }
 
-    fn convert(&self, e: LinesCodecError) -> WireError {
+    fn convert(&self, e: AnyDelimiterCodecError) -> WireError {
         match e {
-            LinesCodecError::MaxLineLengthExceeded => WireError::LineTooLong { max: self.max },
-            LinesCodecError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                WireError::malformed("line is not valid utf-8")
+            AnyDelimiterCodecError::MaxChunkLengthExceeded => {
+                WireError::LineTooLong { max: self.max }
             }
-            LinesCodecError::Io(e) => WireError::Io(e),
+            AnyDelimiterCodecError::Io(e) => WireError::Io(e),
         }
     }
+}
+
+fn to_text(line: Bytes) -> String {
+    let line = line.strip_suffix(b"\r").unwrap_or(&line);
+    String::from_utf8_lossy(line).into_owned()
 }
 
 impl Default for LineCodec {
@@ -67,11 +73,17 @@ impl Decoder for LineCodec {
     type Error = WireError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<String>, WireError> {
-        self.inner.decode(src).map_err(|e| self.convert(e))
+        match self.inner.decode(src) {
+            Ok(line) => Ok(line.map(to_text)),
+            Err(e) => Err(self.convert(e)),
+        }
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<String>, WireError> {
-        self.inner.decode_eof(src).map_err(|e| self.convert(e))
+        match self.inner.decode_eof(src) {
+            Ok(line) => Ok(line.map(to_text)),
+            Err(e) => Err(self.convert(e)),
+        }
     }
 }
 
@@ -236,6 +248,9 @@ fn words(line: &str) -> Result<Vec<&str>, WireError> {
     if line.is_empty() {
         return Err(WireError::malformed("empty line"));
     }
+    if line.contains(char::REPLACEMENT_CHARACTER) {
+        return Err(WireError::malformed("line is not valid utf-8"));
+    }
     if line.starts_with(' ') || line.ends_with(' ') || line.contains("  ") {
         return Err(WireError::malformed("leading, trailing or double space"));
     }
@@ -369,7 +384,8 @@ impl FromStr for Reply {
 
 /// Free text in the one form a line carries it (applied when printing and
 /// when parsing, so both sides read the same words): whitespace and control
-/// characters become single spaces, and it is cut to 1 KiB.
+/// characters become single spaces, U+FFFD becomes `?`, and it is cut to
+/// 1 KiB.
 fn free_text(s: &str) -> String {
     let mut out = String::with_capacity(s.len().min(1024));
     for c in s.chars() {

@@ -1,0 +1,170 @@
+//! Barrier round time with N participants, each a thread with its own TCP
+//! connection on loopback: our controller and blocking client, against a
+//! plain rendezvous (one blocking thread reads one line from each
+//! connection, then writes `OK` to all) in the same run, interleaved.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use multinode_barrier::{BlockingBarrierNode, Config, Controller};
+use multinode_benchkit::{Better, percentile, quick, record};
+
+/// Runs `rounds` barriers with `n` client threads; returns each round's
+/// duration in µs, as seen by node 0 (time between consecutive passes).
+fn rounds_with(
+    n: usize,
+    rounds: usize,
+    mut client: impl FnMut(usize) -> Box<dyn FnMut(usize) + Send>,
+) -> Vec<f64> {
+    let start = Arc::new(Barrier::new(n));
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let mut pass = client(i);
+        let start = Arc::clone(&start);
+        handles.push(thread::spawn(move || {
+            start.wait();
+            let mut stamps = Vec::with_capacity(rounds + 1);
+            stamps.push(Instant::now());
+            for r in 0..rounds {
+                pass(r);
+                stamps.push(Instant::now());
+            }
+            stamps
+        }));
+    }
+    let mut stamps = Vec::new();
+    for (i, h) in handles.into_iter().enumerate() {
+        let s = h.join().expect("client thread");
+        if i == 0 {
+            stamps = s;
+        }
+    }
+    // Skip the first round: connection warm-up.
+    stamps
+        .windows(2)
+        .skip(1)
+        .map(|w| (w[1] - w[0]).as_secs_f64() * 1e6)
+        .collect()
+}
+
+/// Our controller on a current-thread runtime in its own thread, as
+/// `multinode barrier serve` runs it, with our blocking client.
+fn ours(n: usize, rounds: usize, tag: usize) -> Vec<f64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut cfg = Config::new(n as u32);
+    cfg.timeout = Duration::from_secs(60);
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = thread::spawn(move || {
+        rt.block_on(async move {
+            let c = Controller::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), cfg)
+                .await
+                .expect("bind");
+            addr_tx.send(c.local_addr()).expect("send addr");
+            let _ = stop_rx.await;
+            c.shutdown().await;
+        });
+    });
+    let addr = addr_rx.recv().expect("controller address");
+    let mut nodes: Vec<Option<BlockingBarrierNode>> = (0..n)
+        .map(|i| {
+            let id = multinode_wire::NodeId(i as u64);
+            Some(BlockingBarrierNode::connect(addr, Some(id)).expect("connect"))
+        })
+        .collect();
+    let samples = rounds_with(n, rounds, |i| {
+        let mut node = nodes[i].take().expect("one client per thread");
+        Box::new(move |r| node.barrier(&format!("b{tag}-{r}"), None).expect("barrier"))
+    });
+    let _ = stop_tx.send(());
+    server.join().expect("controller thread");
+    samples
+}
+
+fn raw(n: usize, rounds: usize) -> Vec<f64> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = thread::spawn(move || {
+        let mut conns: Vec<(BufReader<TcpStream>, TcpStream)> = (0..n)
+            .map(|_| {
+                let (s, _) = listener.accept().expect("accept");
+                s.set_nodelay(true).expect("nodelay");
+                (BufReader::new(s.try_clone().expect("clone")), s)
+            })
+            .collect();
+        let mut line = String::new();
+        for _ in 0..rounds {
+            let mut label = String::new();
+            for (r, _) in &mut conns {
+                line.clear();
+                r.read_line(&mut line).expect("read");
+                label = line.trim_end().trim_start_matches("BARRIER ").to_owned();
+            }
+            let reply = format!("OK {label}\n");
+            for (_, w) in &mut conns {
+                w.write_all(reply.as_bytes()).expect("write");
+            }
+        }
+    });
+    let mut streams: Vec<Option<TcpStream>> = (0..n)
+        .map(|_| {
+            let s = TcpStream::connect(addr).expect("connect");
+            s.set_nodelay(true).expect("nodelay");
+            Some(s)
+        })
+        .collect();
+    let samples = rounds_with(n, rounds, |i| {
+        let s = streams[i].take().expect("one stream per thread");
+        let mut r = BufReader::new(s.try_clone().expect("clone"));
+        let mut w = s;
+        let mut line = String::new();
+        Box::new(move |round| {
+            w.write_all(format!("BARRIER b{round}\n").as_bytes())
+                .expect("write");
+            line.clear();
+            r.read_line(&mut line).expect("read");
+        })
+    });
+    server.join().expect("server");
+    samples
+}
+
+fn main() {
+    let (reps, rounds) = if quick() { (2, 100) } else { (5, 400) };
+    for n in [4usize, 16, 64] {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for rep in 0..reps {
+            a.extend(ours(n, rounds, rep));
+            b.extend(raw(n, rounds));
+        }
+        let (a50, b50) = (percentile(&mut a, 50.0), percentile(&mut b, 50.0));
+        let (a99, b99) = (percentile(&mut a, 99.0), percentile(&mut b, 99.0));
+        let base = "plain blocking line rendezvous";
+        record(
+            "barrier",
+            &format!("round_n{n}_p50"),
+            "us",
+            a50,
+            b50,
+            base,
+            Better::Lower,
+            Some(1.5),
+        );
+        record(
+            "barrier",
+            &format!("round_n{n}_p99"),
+            "us",
+            a99,
+            b99,
+            base,
+            Better::Lower,
+            None,
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! Barrier clients: async ([`BarrierNode`]) and blocking
+//! ([`BlockingBarrierNode`]). Both match replies to the call in flight by
+//! label, so a call that was dropped or timed out locally leaves nothing that
+//! could be mistaken for the answer to the next one.
+
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use multinode_wire::{
+    BlockingReader, BlockingWriter, Label, LineCodec, NodeId, Reply, Request, Value,
+};
+use tokio_util::codec::Framed;
+
+use crate::BarrierError;
+
+/// Environment variable: the controller's address (`host:port`).
+pub const ENV_ADDR: &str = "MULTINODE_BARRIER_ADDR";
+/// Environment variable: this process's node index, `0..MULTINODE_NODES`.
+pub const ENV_INDEX: &str = "MULTINODE_NODE_INDEX";
+/// Environment variable: how many nodes the launcher started.
+pub const ENV_NODES: &str = "MULTINODE_NODES";
+
+/// Values gathered by a data-carrying barrier, one per node, by node id.
+pub type Gathered = Vec<(NodeId, Value)>;
+
+/// Reads the controller address and node index the launcher set.
+pub fn env_identity() -> Result<(SocketAddr, NodeId), BarrierError> {
+    let get = |name: &'static str| {
+        std::env::var(name).map_err(|e| BarrierError::Env {
+            name,
+            problem: e.to_string(),
+        })
+    };
+    let addr = get(ENV_ADDR)?;
+    let addr = addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or(BarrierError::Env {
+            name: ENV_ADDR,
+            problem: format!("{addr:?} is not a socket address"),
+        })?;
+    let index = get(ENV_INDEX)?;
+    let index = index.parse().map_err(|_| BarrierError::Env {
+        name: ENV_INDEX,
+        problem: format!("{index:?} is not a node index"),
+    })?;
+    Ok((addr, index))
+}
+
+/// The call in flight: which reply answers it, and what it gathered so far.
+struct Expect {
+    label: Label,
+    values: Gathered,
+}
+
+impl Expect {
+    fn new(label: &Label) -> Self {
+        Self {
+            label: label.clone(),
+            values: Vec::new(),
+        }
+    }
+
+    /// Takes one reply; `Some` once the call is answered. Replies about
+    /// other labels are answers to calls given up earlier: dropped.
+    fn absorb(&mut self, reply: Reply) -> Option<Result<Gathered, BarrierError>> {
+        if reply.label().is_some_and(|l| *l != self.label) {
+            return None;
+        }
+        match reply {
+            Reply::Ok(_) => Some(Ok(std::mem::take(&mut self.values))),
+            Reply::Value { node, value, .. } => {
+                // One value per node: a repeat replaces, so the list stays bounded.
+                match self.values.iter_mut().find(|(n, _)| *n == node) {
+                    Some(slot) => slot.1 = value,
+                    None => self.values.push((node, value)),
+                }
+                None
+            }
+            Reply::Timeout { label, missing } => {
+                Some(Err(BarrierError::Timeout { label, missing }))
+            }
+            Reply::Failed { label, cause } => Some(Err(BarrierError::Failed { label, cause })),
+            Reply::Err(reason) => Some(Err(BarrierError::Refused(reason))),
+            _ => None,
+        }
+    }
+}
+
+fn parse_reply(line: &str) -> Result<Reply, BarrierError> {
+    line.parse().map_err(BarrierError::Wire)
+}
+
+fn welcome(reply: Reply) -> Option<Result<(NodeId, u32), BarrierError>> {
+    match reply {
+        Reply::Welcome { node, nodes } => Some(Ok((node, nodes))),
+        Reply::Err(reason) => Some(Err(BarrierError::Refused(reason))),
+        _ => None,
+    }
+}
+
+/// An async barrier client: one member of the controller's cluster.
+///
+/// Cancellation-safe: dropping a call's future (or timing it out with
+/// `tokio::time::timeout`) leaves the client usable, and the next call is
+/// answered correctly.
+pub struct BarrierNode {
+    conn: Framed<tokio::net::TcpStream, LineCodec>,
+    node: NodeId,
+    nodes: u32,
+}
+
+impl BarrierNode {
+    /// Connects as node `id`, or with the id the controller assigns.
+    pub async fn connect(addr: SocketAddr, id: Option<NodeId>) -> Result<Self, BarrierError> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut conn = Framed::new(stream, LineCodec::new());
+        conn.send(Request::Hello(id)).await?;
+        loop {
+            let line = conn.next().await.ok_or(BarrierError::Closed)??;
+            if let Some(res) = welcome(parse_reply(&line)?) {
+                let (node, nodes) = res?;
+                return Ok(Self { conn, node, nodes });
+            }
+        }
+    }
+
+    /// Connects with the identity a launcher put in the environment
+    /// (`MULTINODE_BARRIER_ADDR`, `MULTINODE_NODE_INDEX`).
+    pub async fn from_env() -> Result<Self, BarrierError> {
+        let (addr, id) = env_identity()?;
+        Self::connect(addr, Some(id)).await
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// How many members each barrier waits for.
+    pub fn nodes(&self) -> u32 {
+        self.nodes
+    }
+
+    /// Waits until every member has reached `label`.
+    pub async fn barrier(&mut self, label: &str) -> Result<(), BarrierError> {
+        let label = Label::new(label)?;
+        self.call(Request::Barrier(label.clone()), &label)
+            .await
+            .map(drop)
+    }
+
+    /// A barrier that also shares `value` (a listen address, say): returns
+    /// every member's value, ordered by node id.
+    pub async fn gather(&mut self, label: &str, value: &str) -> Result<Gathered, BarrierError> {
+        let label = Label::new(label)?;
+        let value = Value::new(value)?;
+        self.call(Request::Gather(label.clone(), value), &label)
+            .await
+    }
+
+    /// Leaves the cluster in order: later barriers no longer wait for us.
+    pub async fn leave(mut self) -> Result<(), BarrierError> {
+        self.conn.send(Request::Leave).await?;
+        while let Some(line) = self.conn.next().await {
+            if parse_reply(&line?)? == Reply::Bye {
+                return Ok(());
+            }
+        }
+        Err(BarrierError::Closed)
+    }
+
+    async fn call(&mut self, req: Request, label: &Label) -> Result<Gathered, BarrierError> {
+        self.conn.send(req).await?;
+        let mut expect = Expect::new(label);
+        loop {
+            let line = self.conn.next().await.ok_or(BarrierError::Closed)??;
+            if let Some(res) = expect.absorb(parse_reply(&line)?) {
+                return res;
+            }
+        }
+    }
+}
+
+/// A blocking barrier client on `std::net`, for code without an async runtime.
+///
+/// A call with a timeout that expires returns [`BarrierError::LocalTimeout`]
+/// and leaves the client in sync for the next call.
+pub struct BlockingBarrierNode {
+    reader: BlockingReader<TcpStream, LineCodec>,
+    /// The socket's read timeout as last set, to skip redundant syscalls.
+    read_timeout: Option<Duration>,
+    writer: BlockingWriter<TcpStream, LineCodec>,
+    node: NodeId,
+    nodes: u32,
+}
+
+impl BlockingBarrierNode {
+    /// Connects as node `id`, or with the id the controller assigns.
+    pub fn connect(addr: SocketAddr, id: Option<NodeId>) -> Result<Self, BarrierError> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        let mut writer = BlockingWriter::new(stream.try_clone()?, LineCodec::new());
+        let mut reader = BlockingReader::new(stream, LineCodec::new());
+        writer.send(Request::Hello(id))?;
+        loop {
+            let line = reader.read()?.ok_or(BarrierError::Closed)?;
+            if let Some(res) = welcome(parse_reply(&line)?) {
+                let (node, nodes) = res?;
+                return Ok(Self {
+                    reader,
+                    read_timeout: None,
+                    writer,
+                    node,
+                    nodes,
+                });
+            }
+        }
+    }
+
+    /// Connects with the identity a launcher put in the environment.
+    pub fn from_env() -> Result<Self, BarrierError> {
+        let (addr, id) = env_identity()?;
+        Self::connect(addr, Some(id))
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// How many members each barrier waits for.
+    pub fn nodes(&self) -> u32 {
+        self.nodes
+    }
+
+    /// Waits until every member has reached `label`, or until `timeout`.
+    pub fn barrier(&mut self, label: &str, timeout: Option<Duration>) -> Result<(), BarrierError> {
+        let label = Label::new(label)?;
+        self.call(Request::Barrier(label.clone()), &label, timeout)
+            .map(drop)
+    }
+
+    /// A barrier that also shares `value`; returns every member's value.
+    pub fn gather(
+        &mut self,
+        label: &str,
+        value: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Gathered, BarrierError> {
+        let label = Label::new(label)?;
+        let value = Value::new(value)?;
+        self.call(Request::Gather(label.clone(), value), &label, timeout)
+    }
+
+    /// Leaves the cluster in order.
+    pub fn leave(mut self) -> Result<(), BarrierError> {
+        self.writer.send(Request::Leave)?;
+        if self.read_timeout.is_some() {
+            self.reader.get_mut().set_read_timeout(None)?;
+        }
+        while let Some(line) = self.reader.read()? {
+            if parse_reply(&line)? == Reply::Bye {
+                return Ok(());
+            }
+        }
+        Err(BarrierError::Closed)
+    }
+
+    fn call(
+        &mut self,
+        req: Request,
+        label: &Label,
+        timeout: Option<Duration>,
+    ) -> Result<Gathered, BarrierError> {
+        self.writer.send(req)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut expect = Expect::new(label);
+        loop {
+            let left = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Err(BarrierError::LocalTimeout(timeout.unwrap_or_default())),
+                },
+                None => None,
+            };
+            if left != self.read_timeout {
+                self.reader.get_mut().set_read_timeout(left)?;
+                self.read_timeout = left;
+            }
+            match self.reader.read() {
+                Ok(Some(line)) => {
+                    if let Some(res) = expect.absorb(parse_reply(&line)?) {
+                        return res;
+                    }
+                }
+                Ok(None) => return Err(BarrierError::Closed),
+                Err(e) if e.is_timeout() => {
+                    return Err(BarrierError::LocalTimeout(timeout.unwrap_or_default()));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! The barrier controller's I/O: one task per connection and one timer task,
+//! all feeding the sans-IO [`Core`] under a mutex and carrying out what it
+//! says. No protocol decision is made here.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use std::fmt::Write as _;
+
+use bytes::{Buf, BytesMut};
+use futures_util::StreamExt;
+use multinode_wire::{LineCodec, NodeId, WireError};
+use parking_lot::Mutex;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::{Config, ConnId, Core, Output, Summary};
+
+/// Bytes of replies a connection may have waiting for its socket before it
+/// counts as too slow a reader and is dropped (its node then counts as
+/// disconnected).
+const MAX_BACKLOG: usize = 1 << 20;
+
+/// How long, and how much, a refused peer's input is drained before close.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_millis(250);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// The write side of one connection. Replies are written straight from
+/// whichever task dispatches them (one `try_write`, no task wake-up on the
+/// common path); what the socket does not take at once waits in `backlog`,
+/// which the connection's own task flushes when the socket is writable.
+struct Writer {
+    half: Arc<OwnedWriteHalf>,
+    backlog: BytesMut,
+    closing: bool,
+    dead: bool,
+    wake: Arc<Notify>,
+}
+
+impl Writer {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut rest = bytes;
+        if self.backlog.is_empty() {
+            match self.half.try_write(bytes) {
+                Ok(n) => rest = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.dead = true;
+                    self.wake.notify_one();
+                    return;
+                }
+            }
+        }
+        if !rest.is_empty() {
+            if self.backlog.len() + rest.len() > MAX_BACKLOG {
+                self.dead = true;
+            } else {
+                self.backlog.extend_from_slice(rest);
+            }
+            self.wake.notify_one();
+        }
+    }
+}
+
+struct Shared {
+    core: Core,
+    writers: HashMap<ConnId, Writer>,
+}
+
+impl Shared {
+    /// Carries out the core's outputs. Never blocks.
+    fn dispatch(&mut self) {
+        let outputs: Vec<Output> = self.core.drain().collect();
+        let mut line = String::new();
+        for output in outputs {
+            match output {
+                Output::Send(conn, reply) => {
+                    let Some(w) = self.writers.get_mut(&conn) else {
+                        continue;
+                    };
+                    if w.closing || w.dead {
+                        continue;
+                    }
+                    // A reply's text never holds a newline (labels and values
+                    // are validated, free text is sanitised when printed).
+                    line.clear();
+                    let _ = writeln!(line, "{reply}");
+                    w.write(line.as_bytes());
+                }
+                Output::Close(conn) => {
+                    if let Some(w) = self.writers.get_mut(&conn) {
+                        w.closing = true;
+                        w.wake.notify_one();
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Inner {
+    shared: Mutex<Shared>,
+    /// Wakes the timer when the next deadline may have moved, and anyone
+    /// waiting for every node to leave.
+    changed: Notify,
+    all_left: Notify,
+    next_conn: AtomicU64,
+}
+
+/// A barrier controller serving the line protocol on a TCP listener.
+///
+/// Dropping it stops everything it started: the listener closes and every
+/// connection is dropped. [`Controller::shutdown`] does the same and waits
+/// for its tasks to finish.
+pub struct Controller {
+    addr: SocketAddr,
+    inner: Arc<Inner>,
+    cancel: CancellationToken,
+    tasks: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Controller {
+    /// Binds `addr` (use `127.0.0.1:0` for an ephemeral loopback port) and
+    /// starts serving.
+    pub async fn bind(addr: SocketAddr, config: Config) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        Self::start(listener, config)
+    }
+
+    /// Starts serving on an already-bound listener.
+    pub fn start(listener: TcpListener, config: Config) -> io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            shared: Mutex::new(Shared {
+                core: Core::new(config),
+                writers: HashMap::new(),
+            }),
+            changed: Notify::new(),
+            all_left: Notify::new(),
+            next_conn: AtomicU64::new(0),
+        });
+        let cancel = CancellationToken::new();
+        let tasks = tokio::spawn(run(listener, Arc::clone(&inner), cancel.clone()));
+        Ok(Self {
+            addr,
+            inner,
+            cancel,
+            tasks: Some(tasks),
+        })
+    }
+
+    /// The address nodes connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many members each barrier waits for.
+    pub fn nodes(&self) -> u32 {
+        self.inner.shared.lock().core.nodes()
+    }
+
+    /// What happened so far: barriers passed and failed, per node.
+    pub fn summary(&self) -> Summary {
+        self.inner.shared.lock().core.summary().clone()
+    }
+
+    /// Tells the controller that node `node`'s process exited, with the
+    /// cause in words (`exited with status 3`, `killed by signal 9`). Every
+    /// barrier waiting for it fails now, naming that cause, and so does any
+    /// later one: the launcher calls this as it reaps each child.
+    pub fn node_exited(&self, node: NodeId, cause: impl Into<String>) {
+        let Ok(node) = u32::try_from(node.0) else {
+            return;
+        };
+        let mut s = self.inner.shared.lock();
+        s.core.exited(node, cause.into());
+        s.dispatch();
+        drop(s);
+        self.inner.changed.notify_one();
+    }
+
+    /// Waits until every member has left with `LEAVE`.
+    pub async fn all_left(&self) {
+        loop {
+            let notified = self.inner.all_left.notified();
+            if self.inner.shared.lock().core.all_left() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Stops serving, closes every connection, waits for the tasks to end,
+    /// and returns the summary.
+    pub async fn shutdown(mut self) -> Summary {
+        self.cancel.cancel();
+        if let Some(tasks) = self.tasks.take() {
+            let _ = tasks.await;
+        }
+        self.summary()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn run(listener: TcpListener, inner: Arc<Inner>, cancel: CancellationToken) {
+    let mut conns = JoinSet::new();
+    conns.spawn(timer(Arc::clone(&inner), cancel.clone()));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(connection(stream, Arc::clone(&inner), cancel.clone()));
+                }
+                // Out of descriptors and the like: keep serving those we have.
+                Err(_) => tokio::task::yield_now().await,
+            },
+            // Reap finished connection tasks as we go.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}
+
+async fn timer(inner: Arc<Inner>, cancel: CancellationToken) {
+    loop {
+        let changed = inner.changed.notified();
+        let deadline = inner.shared.lock().core.next_deadline();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = changed => {}
+            _ = sleep => {
+                let mut s = inner.shared.lock();
+                s.core.tick(Instant::now());
+                s.dispatch();
+            }
+        }
+    }
+}
+
+/// What a connection's task does after flushing its backlog.
+enum Flushed {
+    /// Keep serving.
+    Open,
+    /// The core asked for a close and everything is written: linger, close.
+    Close,
+    /// The socket failed or the peer stopped reading: drop it.
+    Dead,
+}
+
+async fn flush(inner: &Inner, conn: ConnId, half: &OwnedWriteHalf) -> Flushed {
+    loop {
+        {
+            let mut s = inner.shared.lock();
+            let Some(w) = s.writers.get_mut(&conn) else {
+                return Flushed::Dead;
+            };
+            while !w.dead && !w.backlog.is_empty() {
+                match half.try_write(&w.backlog) {
+                    Ok(n) => w.backlog.advance(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => w.dead = true,
+                }
+            }
+            if w.dead {
+                return Flushed::Dead;
+            }
+            if w.backlog.is_empty() {
+                return if w.closing {
+                    Flushed::Close
+                } else {
+                    Flushed::Open
+                };
+            }
+        }
+        if half.writable().await.is_err() {
+            return Flushed::Dead;
+        }
+    }
+}
+
+/// Closes a connection we refused without losing our last line: a close
+/// with unread input makes the kernel send a reset, and the peer may then
+/// discard the `ERR` it has not read yet. So half-close first, then read and
+/// drop what the peer still sends, within a small bound of bytes and time.
+async fn linger(mut read: OwnedReadHalf, mut write: OwnedWriteHalf) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if write.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0usize;
+        while total < LINGER_BYTES {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
+async fn connection(stream: TcpStream, inner: Arc<Inner>, cancel: CancellationToken) {
+    let conn = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (read_half, write_half) = stream.into_split();
+    let half = Arc::new(write_half);
+    let wake = Arc::new(Notify::new());
+    {
+        let mut s = inner.shared.lock();
+        let writer = Writer {
+            half: Arc::clone(&half),
+            backlog: BytesMut::new(),
+            closing: false,
+            dead: false,
+            wake: Arc::clone(&wake),
+        };
+        s.writers.insert(conn, writer);
+        s.core.connect(conn);
+        s.dispatch();
+    }
+    let mut lines = FramedRead::new(read_half, LineCodec::new());
+    // Cleared after an over-long line: the stream cannot be read further,
+    // and only the refusal remains to be written.
+    let mut reading = true;
+    let mut close = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = wake.notified() => match flush(&inner, conn, &half).await {
+                Flushed::Open => {}
+                Flushed::Close => {
+                    close = true;
+                    break;
+                }
+                Flushed::Dead => break,
+            },
+            line = lines.next(), if reading => {
+                let now = Instant::now();
+                let mut s = inner.shared.lock();
+                let keep = match line {
+                    Some(Ok(line)) => {
+                        s.core.line(conn, &line, now);
+                        true
+                    }
+                    Some(Err(WireError::LineTooLong { max })) => {
+                        s.core.line_too_long(conn, max);
+                        reading = false;
+                        true // write the ERR, then close
+                    }
+                    Some(Err(_)) | None => false,
+                };
+                s.dispatch();
+                let left = s.core.all_left();
+                drop(s);
+                inner.changed.notify_one();
+                if left {
+                    inner.all_left.notify_waiters();
+                }
+                if !keep {
+                    break;
+                }
+            }
+        }
+    }
+    {
+        let mut s = inner.shared.lock();
+        s.writers.remove(&conn);
+        s.core.disconnect(conn, Instant::now());
+        s.dispatch();
+    }
+    inner.changed.notify_one();
+    if close {
+        if let Ok(write_half) = Arc::try_unwrap(half) {
+            linger(lines.into_inner(), write_half).await;
+        }
+    }
+}

@@ -1,0 +1,867 @@
+//! The barrier protocol as a state machine: fed connections, lines,
+//! disconnects, process exits and the time; polled for replies to send and
+//! connections to close. No I/O, no clock, no tokio.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use multinode_wire::{Label, NodeId, Reply, Request, Value};
+
+/// Identifies one connection to the controller, assigned by the I/O layer.
+pub(crate) type ConnId = u64;
+
+/// Barriers one node may have outstanding at once (it gave up waiting on the
+/// others locally, but the controller still counts its arrival).
+const MAX_OUTSTANDING: usize = 16;
+
+/// Labels whose outcome is remembered, so a late arrival at a failed label
+/// is still told it failed. The oldest outcomes are forgotten first.
+const MAX_REMEMBERED: usize = 65_536;
+
+/// Settings of a barrier controller.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How many members every barrier waits for (node ids `0..nodes`).
+    pub nodes: u32,
+    /// How long a barrier may stay open after its first arrival.
+    pub timeout: Duration,
+    /// How long a disconnect waits for the process's exit status before it
+    /// fails the pending barriers with a plain "disconnected" cause. Zero
+    /// fails at once; the launcher sets a few milliseconds so the cause names
+    /// the exit status or signal.
+    pub disconnect_grace: Duration,
+}
+
+impl Config {
+    /// A controller for `nodes` members with the default 30 s timeout.
+    pub fn new(nodes: u32) -> Self {
+        Self {
+            nodes,
+            timeout: Duration::from_secs(30),
+            disconnect_grace: Duration::ZERO,
+        }
+    }
+}
+
+/// What the I/O layer must do.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// Write this line to the connection.
+    Send(ConnId, Reply),
+    /// Flush what was sent, then close the connection.
+    Close(ConnId),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Slot {
+    Vacant,
+    Live(ConnId),
+    /// Disconnected; may come back with `HELLO <id>`.
+    Down,
+    /// The process is gone for good (reported by the launcher).
+    Exited(String),
+    Left,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Barrier,
+    Gather,
+}
+
+struct Pending {
+    kind: Kind,
+    deadline: Instant,
+    /// Arrived slots, with the connection to answer and the gathered value.
+    arrived: BTreeMap<u32, (ConnId, Option<Value>)>,
+}
+
+#[derive(Clone, Debug)]
+enum Outcome {
+    Passed,
+    TimedOut(Vec<NodeId>),
+    Failed(String),
+}
+
+/// One node's record, for the launcher's and the CLI's summaries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// Barriers this node passed.
+    pub passed: u32,
+    /// The first barrier that failed or timed out while this node was a
+    /// member, and why.
+    pub first_failure: Option<(Label, String)>,
+}
+
+/// What a controller saw over its life.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Barriers that every member passed.
+    pub passed: u64,
+    /// Barriers that failed or timed out.
+    pub failed: u64,
+    /// Per node, indexed by node id.
+    pub nodes: Vec<NodeRecord>,
+}
+
+pub(crate) struct Core {
+    cfg: Config,
+    slots: Vec<Slot>,
+    /// Live connections, with the slot each is bound to once identified.
+    conns: HashMap<ConnId, Option<u32>>,
+    pending: BTreeMap<Label, Pending>,
+    /// Slots that have not left: how many arrivals complete a barrier.
+    members: usize,
+    /// Slots in `Slot::Exited`: while any, every barrier fails at once.
+    exited: usize,
+    outcomes: HashMap<Label, Outcome>,
+    remembered: VecDeque<Label>,
+    /// Disconnects waiting for an exit status: (slot, when to give up).
+    grace: Vec<(u32, Instant)>,
+    summary: Summary,
+    out: Vec<Output>,
+}
+
+impl Core {
+    pub(crate) fn new(cfg: Config) -> Self {
+        let n = cfg.nodes as usize;
+        Self {
+            cfg,
+            slots: vec![Slot::Vacant; n],
+            conns: HashMap::new(),
+            pending: BTreeMap::new(),
+            members: n,
+            exited: 0,
+            outcomes: HashMap::new(),
+            remembered: VecDeque::new(),
+            grace: Vec::new(),
+            summary: Summary {
+                nodes: vec![NodeRecord::default(); n],
+                ..Summary::default()
+            },
+            out: Vec::new(),
+        }
+    }
+
+    pub(crate) fn nodes(&self) -> u32 {
+        self.cfg.nodes
+    }
+
+    /// Replies and closes to carry out, in order.
+    pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, Output> {
+        self.out.drain(..)
+    }
+
+    pub(crate) fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
+    /// Whether every member has left in order.
+    pub(crate) fn all_left(&self) -> bool {
+        self.slots.iter().all(|s| *s == Slot::Left)
+    }
+
+    /// The earliest moment [`Core::tick`] has work to do.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let barriers = self.pending.values().map(|p| p.deadline);
+        let grace = self.grace.iter().map(|&(_, at)| at);
+        barriers.chain(grace).min()
+    }
+
+    /// A new connection. It is a member from now on; one beyond the cluster
+    /// size is refused.
+    pub(crate) fn connect(&mut self, conn: ConnId) {
+        if self.conns.len() >= self.cfg.nodes as usize {
+            let n = self.cfg.nodes;
+            self.refuse(
+                conn,
+                format!("cluster full: {n} of {n} nodes are connected"),
+            );
+            return;
+        }
+        self.conns.insert(conn, None);
+    }
+
+    /// A connection closed (or was dropped), with the reason in words.
+    pub(crate) fn disconnect(&mut self, conn: ConnId, now: Instant) {
+        let Some(Some(slot)) = self.conns.remove(&conn) else {
+            return;
+        };
+        if self.slots[slot as usize] != Slot::Live(conn) {
+            return;
+        }
+        self.set_slot(slot, Slot::Down);
+        if self.pending.is_empty() {
+            return;
+        }
+        if self.cfg.disconnect_grace.is_zero() {
+            self.fail_all_pending(&format!("node {slot} disconnected"));
+        } else {
+            self.grace.push((slot, now + self.cfg.disconnect_grace));
+        }
+    }
+
+    /// The process of node `node` exited (reported by a launcher): it can
+    /// never arrive again, so every barrier waiting for it fails now and any
+    /// later one fails at once.
+    pub(crate) fn exited(&mut self, node: u32, cause: String) {
+        let Some(slot) = self.slots.get(node as usize).cloned() else {
+            return;
+        };
+        match slot {
+            Slot::Left | Slot::Exited(_) => return,
+            Slot::Live(conn) => {
+                // Its socket closes any moment now; that event finds the
+                // connection already unbound.
+                self.conns.insert(conn, None);
+            }
+            Slot::Vacant | Slot::Down => {}
+        }
+        self.grace.retain(|&(s, _)| s != node);
+        self.set_slot(node, Slot::Exited(cause.clone()));
+        self.fail_all_pending(&format!("node {node} {cause}"));
+    }
+
+    /// Expires deadlines and disconnect grace periods.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        let expired: Vec<Label> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(l, _)| l.clone())
+            .collect();
+        for label in expired {
+            let p = self.pending.remove(&label).expect("listed above");
+            let missing: Vec<NodeId> = (0..self.cfg.nodes)
+                .filter(|&s| self.slots[s as usize] != Slot::Left && !p.arrived.contains_key(&s))
+                .map(|s| NodeId(u64::from(s)))
+                .collect();
+            for &(conn, _) in p.arrived.values() {
+                self.out.push(Output::Send(
+                    conn,
+                    Reply::Timeout {
+                        label: label.clone(),
+                        missing: missing.clone(),
+                    },
+                ));
+            }
+            let ids: Vec<String> = missing.iter().map(ToString::to_string).collect();
+            let why = format!("timed out waiting for node(s) {}", ids.join(","));
+            self.finish(label, Outcome::TimedOut(missing), Some(why));
+        }
+        let due: Vec<u32> = self
+            .grace
+            .iter()
+            .filter(|&&(_, at)| at <= now)
+            .map(|&(s, _)| s)
+            .collect();
+        self.grace.retain(|&(_, at)| at > now);
+        for slot in due {
+            if self.slots[slot as usize] == Slot::Down {
+                self.fail_all_pending(&format!("node {slot} disconnected"));
+            }
+        }
+    }
+
+    /// One line from a connection.
+    pub(crate) fn line(&mut self, conn: ConnId, line: &str, now: Instant) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        match line.parse::<Request>() {
+            Err(e) => self.send(conn, Reply::Err(e.to_string())),
+            Ok(Request::Hello(id)) => self.hello(conn, id),
+            Ok(Request::Barrier(label)) => self.arrive(conn, label, Kind::Barrier, None, now),
+            Ok(Request::Gather(label, value)) => {
+                self.arrive(conn, label, Kind::Gather, Some(value), now)
+            }
+            Ok(Request::Leave) => self.leave(conn),
+            Ok(other) => self.send(conn, Reply::Err(format!("unsupported request {other}"))),
+        }
+    }
+
+    /// A line over the cap: refused, and the connection closed, since the
+    /// rest of that line cannot be told from the next.
+    pub(crate) fn line_too_long(&mut self, conn: ConnId, max: usize) {
+        self.refuse(conn, format!("line longer than {max} bytes"));
+    }
+
+    fn hello(&mut self, conn: ConnId, id: Option<NodeId>) {
+        let nodes = self.cfg.nodes;
+        if let Some(Some(bound)) = self.conns.get(&conn).copied() {
+            if id.is_none_or(|id| id.0 == u64::from(bound)) {
+                let node = NodeId(u64::from(bound));
+                self.send(conn, Reply::Welcome { node, nodes });
+            } else {
+                self.send(
+                    conn,
+                    Reply::Err(format!("already identified as node {bound}")),
+                );
+            }
+            return;
+        }
+        let slot = match id {
+            None => match self.free_slot() {
+                Some(s) => s,
+                None => return self.refuse(conn, "no free node id".into()),
+            },
+            Some(NodeId(id)) if id >= u64::from(nodes) => {
+                return self.refuse(conn, format!("node id {id} out of range 0..{nodes}"));
+            }
+            Some(NodeId(id)) => id as u32,
+        };
+        match self.slots[slot as usize] {
+            Slot::Live(_) => self.refuse(conn, format!("node {slot} is already connected")),
+            Slot::Left => self.refuse(conn, format!("node {slot} has left")),
+            Slot::Vacant | Slot::Down | Slot::Exited(_) => {
+                self.bind(conn, slot);
+                let node = NodeId(u64::from(slot));
+                self.send(conn, Reply::Welcome { node, nodes });
+            }
+        }
+    }
+
+    fn free_slot(&self) -> Option<u32> {
+        let first = |want: fn(&Slot) -> bool| self.slots.iter().position(want);
+        first(|s| *s == Slot::Vacant)
+            .or_else(|| first(|s| matches!(s, Slot::Down | Slot::Exited(_))))
+            .map(|s| s as u32)
+    }
+
+    /// Changes a slot's state, keeping the member and exit counts.
+    fn set_slot(&mut self, slot: u32, state: Slot) {
+        let old = std::mem::replace(&mut self.slots[slot as usize], state);
+        let new = &self.slots[slot as usize];
+        self.members =
+            self.members + usize::from(old == Slot::Left) - usize::from(*new == Slot::Left);
+        self.exited = self.exited + usize::from(matches!(new, Slot::Exited(_)))
+            - usize::from(matches!(old, Slot::Exited(_)));
+    }
+
+    fn bind(&mut self, conn: ConnId, slot: u32) {
+        self.conns.insert(conn, Some(slot));
+        self.set_slot(slot, Slot::Live(conn));
+        self.grace.retain(|&(s, _)| s != slot);
+    }
+
+    fn arrive(
+        &mut self,
+        conn: ConnId,
+        label: Label,
+        kind: Kind,
+        value: Option<Value>,
+        now: Instant,
+    ) {
+        let slot = match self.conns.get(&conn).copied().flatten() {
+            Some(s) => s,
+            // A client that never said HELLO (the reference protocol) gets
+            // the lowest free id at its first barrier.
+            None => match self.free_slot() {
+                Some(s) => {
+                    self.bind(conn, s);
+                    s
+                }
+                None => return self.reject(conn, label, "no free node id"),
+            },
+        };
+        match self.outcomes.get(&label) {
+            Some(Outcome::Passed) => {
+                return self.reject(conn, label, "already completed; labels are single-use");
+            }
+            Some(Outcome::TimedOut(missing)) => {
+                let missing = missing.clone();
+                return self.send(conn, Reply::Timeout { label, missing });
+            }
+            Some(Outcome::Failed(cause)) => {
+                let cause = cause.clone();
+                return self.send(conn, Reply::Failed { label, cause });
+            }
+            None => {}
+        }
+        let outstanding = self
+            .pending
+            .values()
+            .filter(|p| p.arrived.contains_key(&slot))
+            .count();
+        if outstanding >= MAX_OUTSTANDING && !self.pending.contains_key(&label) {
+            return self.reject(conn, label, "too many outstanding barriers for this node");
+        }
+        let timeout = self.cfg.timeout;
+        let p = self
+            .pending
+            .entry(label.clone())
+            .or_insert_with(|| Pending {
+                kind,
+                deadline: now + timeout,
+                arrived: BTreeMap::new(),
+            });
+        if p.kind != kind {
+            return self.reject(conn, label, "BARRIER and GATHER mixed on one label");
+        }
+        // Arriving again (a client that gave up and retried) just refreshes
+        // which connection to answer.
+        p.arrived.insert(slot, (conn, value));
+        if self.exited > 0 {
+            let (node, cause) = self
+                .slots
+                .iter()
+                .enumerate()
+                .find_map(|(i, s)| match s {
+                    Slot::Exited(c) => Some((i, c.clone())),
+                    _ => None,
+                })
+                .expect("counted");
+            return self.fail(&label, &format!("node {node} {cause}"));
+        }
+        self.try_complete(&label);
+    }
+
+    fn leave(&mut self, conn: ConnId) {
+        if let Some(Some(slot)) = self.conns.get(&conn).copied() {
+            self.set_slot(slot, Slot::Left);
+            self.grace.retain(|&(s, _)| s != slot);
+            for p in self.pending.values_mut() {
+                p.arrived.remove(&slot);
+            }
+            let labels: Vec<Label> = self.pending.keys().cloned().collect();
+            for label in labels {
+                self.try_complete(&label);
+            }
+        }
+        self.conns.remove(&conn);
+        self.out.push(Output::Send(conn, Reply::Bye));
+        self.out.push(Output::Close(conn));
+    }
+
+    fn try_complete(&mut self, label: &Label) {
+        let Some(p) = self.pending.get(label) else {
+            return;
+        };
+        if self.members == 0 {
+            self.pending.remove(label);
+            return;
+        }
+        // Only members arrive (a slot that left has no arrivals), so a full
+        // count means everyone is here.
+        if p.arrived.len() < self.members {
+            return;
+        }
+        let p = self.pending.remove(label).expect("checked above");
+        for (&slot, &(conn, _)) in &p.arrived {
+            if p.kind == Kind::Gather {
+                for (&from, (_, value)) in &p.arrived {
+                    let value = value.clone().expect("a GATHER arrival carries a value");
+                    self.out.push(Output::Send(
+                        conn,
+                        Reply::Value {
+                            label: label.clone(),
+                            node: NodeId(u64::from(from)),
+                            value,
+                        },
+                    ));
+                }
+            }
+            self.out.push(Output::Send(conn, Reply::Ok(label.clone())));
+            self.summary.nodes[slot as usize].passed += 1;
+        }
+        self.finish(label.clone(), Outcome::Passed, None);
+    }
+
+    fn fail_all_pending(&mut self, cause: &str) {
+        let labels: Vec<Label> = self.pending.keys().cloned().collect();
+        for label in labels {
+            self.fail(&label, cause);
+        }
+    }
+
+    fn fail(&mut self, label: &Label, cause: &str) {
+        let Some(p) = self.pending.remove(label) else {
+            return;
+        };
+        for &(conn, _) in p.arrived.values() {
+            self.out.push(Output::Send(
+                conn,
+                Reply::Failed {
+                    label: label.clone(),
+                    cause: cause.to_owned(),
+                },
+            ));
+        }
+        self.finish(
+            label.clone(),
+            Outcome::Failed(cause.to_owned()),
+            Some(cause.to_owned()),
+        );
+    }
+
+    fn finish(&mut self, label: Label, outcome: Outcome, failure: Option<String>) {
+        if let Some(why) = failure {
+            self.summary.failed += 1;
+            for (slot, rec) in self.summary.nodes.iter_mut().enumerate() {
+                if self.slots[slot] != Slot::Left && rec.first_failure.is_none() {
+                    rec.first_failure = Some((label.clone(), why.clone()));
+                }
+            }
+        } else {
+            self.summary.passed += 1;
+        }
+        if self.remembered.len() >= MAX_REMEMBERED {
+            if let Some(old) = self.remembered.pop_front() {
+                self.outcomes.remove(&old);
+            }
+        }
+        self.remembered.push_back(label.clone());
+        self.outcomes.insert(label, outcome);
+    }
+
+    /// Refuses a request about `label` from one node only: the barrier
+    /// itself goes on for the others.
+    fn reject(&mut self, conn: ConnId, label: Label, why: &str) {
+        self.send(
+            conn,
+            Reply::Failed {
+                label,
+                cause: why.to_owned(),
+            },
+        );
+    }
+
+    /// Refuses a connection: an `ERR` line, then close.
+    fn refuse(&mut self, conn: ConnId, why: String) {
+        self.conns.remove(&conn);
+        self.out.push(Output::Send(conn, Reply::Err(why)));
+        self.out.push(Output::Close(conn));
+    }
+
+    fn send(&mut self, conn: ConnId, reply: Reply) {
+        self.out.push(Output::Send(conn, reply));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The protocol in virtual time: no sockets, no clock.
+
+    use super::*;
+
+    struct Harness {
+        core: Core,
+        t0: Instant,
+        log: Vec<(ConnId, String)>,
+    }
+
+    impl Harness {
+        fn new(nodes: u32) -> Self {
+            let mut cfg = Config::new(nodes);
+            cfg.timeout = Duration::from_secs(10);
+            Self::with(cfg)
+        }
+
+        fn with(cfg: Config) -> Self {
+            Self {
+                core: Core::new(cfg),
+                t0: Instant::now(),
+                log: Vec::new(),
+            }
+        }
+
+        fn at(&self, secs: u64) -> Instant {
+            self.t0 + Duration::from_secs(secs)
+        }
+
+        fn pump(&mut self) {
+            for o in self.core.drain() {
+                match o {
+                    Output::Send(c, r) => self.log.push((c, r.to_string())),
+                    Output::Close(c) => self.log.push((c, "<close>".into())),
+                }
+            }
+        }
+
+        fn connect(&mut self, conn: ConnId) {
+            self.core.connect(conn);
+            self.pump();
+        }
+
+        fn say(&mut self, conn: ConnId, line: &str, secs: u64) {
+            let now = self.at(secs);
+            self.core.line(conn, line, now);
+            self.pump();
+        }
+
+        fn tick(&mut self, secs: u64) {
+            let now = self.at(secs);
+            self.core.tick(now);
+            self.pump();
+        }
+
+        /// Everything conn received since the last call.
+        fn take(&mut self, conn: ConnId) -> Vec<String> {
+            let (mine, rest) = self.log.drain(..).partition(|(c, _)| *c == conn);
+            self.log = rest;
+            mine.into_iter().map(|(_, l)| l).collect()
+        }
+    }
+
+    #[test]
+    fn reference_clients_pass_with_assigned_ids() {
+        let mut h = Harness::new(2);
+        h.connect(1);
+        h.connect(2);
+        h.say(1, "BARRIER start", 0);
+        assert!(h.take(1).is_empty(), "answered before everyone arrived");
+        h.say(2, "BARRIER start", 1);
+        assert_eq!(h.take(1), ["OK start"]);
+        assert_eq!(h.take(2), ["OK start"]);
+        assert_eq!(h.core.summary().nodes[0].passed, 1);
+        assert_eq!(h.core.summary().nodes[1].passed, 1);
+    }
+
+    #[test]
+    fn a_timed_out_label_never_answers_ok() {
+        let mut h = Harness::new(2);
+        h.connect(1);
+        h.connect(2);
+        h.say(1, "HELLO 0", 0);
+        h.take(1);
+        h.say(1, "BARRIER x", 5);
+        h.tick(14);
+        assert!(
+            h.take(1).is_empty(),
+            "deadline runs from the first arrival, at 5 s"
+        );
+        h.tick(15);
+        assert_eq!(h.take(1), ["TIMEOUT x missing=1"]);
+        h.say(2, "BARRIER x", 16);
+        assert_eq!(
+            h.take(2),
+            ["TIMEOUT x missing=1"],
+            "a late arrival must not pass"
+        );
+        h.say(1, "BARRIER x", 17);
+        assert_eq!(h.take(1), ["TIMEOUT x missing=1"]);
+        assert_eq!(h.core.summary().failed, 1);
+    }
+
+    #[test]
+    fn a_lone_node_never_passes() {
+        let mut h = Harness::new(2);
+        h.connect(1);
+        h.say(1, "BARRIER x", 0);
+        assert_eq!(h.core.next_deadline(), Some(h.at(10)));
+        h.tick(10);
+        assert_eq!(h.take(1), ["TIMEOUT x missing=1"]);
+    }
+
+    #[test]
+    fn one_connection_too_many_is_refused() {
+        let mut h = Harness::new(2);
+        for c in 1..=3 {
+            h.connect(c);
+        }
+        assert_eq!(
+            h.take(3),
+            ["ERR cluster full: 2 of 2 nodes are connected", "<close>"]
+        );
+        h.say(3, "BARRIER x", 0);
+        h.say(1, "BARRIER x", 0);
+        assert!(
+            h.take(3).is_empty() && h.take(1).is_empty(),
+            "a refused connection counted"
+        );
+        h.say(2, "BARRIER x", 0);
+        assert_eq!(h.take(1), ["OK x"]);
+    }
+
+    #[test]
+    fn identities_are_unique_and_in_range() {
+        let mut h = Harness::new(2);
+        h.connect(1);
+        h.connect(2);
+        h.say(1, "HELLO 1", 0);
+        assert_eq!(h.take(1), ["WELCOME 1 2"]);
+        h.say(2, "HELLO 1", 0);
+        assert_eq!(h.take(2), ["ERR node 1 is already connected", "<close>"]);
+        h.connect(3);
+        h.say(3, "HELLO 2", 0);
+        assert_eq!(h.take(3), ["ERR node id 2 out of range 0..2", "<close>"]);
+        h.connect(4);
+        h.say(4, "HELLO", 0);
+        assert_eq!(h.take(4), ["WELCOME 0 2"]);
+    }
+
+    #[test]
+    fn a_disconnect_fails_every_pending_barrier_at_once() {
+        let mut h = Harness::new(3);
+        for c in 1..=3 {
+            h.connect(c);
+            h.say(c, &format!("HELLO {}", c - 1), 0);
+            h.take(c);
+        }
+        h.say(1, "BARRIER x", 0);
+        h.say(2, "BARRIER x", 0);
+        // Node 1 (conn 2) dies while waiting: its arrival must not count.
+        h.core.disconnect(2, h.at(1));
+        h.pump();
+        assert_eq!(h.take(1), ["FAILED x node 1 disconnected"]);
+        h.say(3, "BARRIER x", 2);
+        assert_eq!(h.take(3), ["FAILED x node 1 disconnected"]);
+        let first = &h.core.summary().nodes[2].first_failure;
+        assert_eq!(first.as_ref().map(|(l, _)| l.as_str()), Some("x"));
+    }
+
+    #[test]
+    fn a_node_may_come_back_between_barriers() {
+        let mut h = Harness::new(2);
+        h.connect(1);
+        h.connect(2);
+        h.say(1, "HELLO 0", 0);
+        h.say(2, "HELLO 1", 0);
+        h.say(1, "BARRIER a", 0);
+        h.say(2, "BARRIER a", 0);
+        h.take(1);
+        h.take(2);
+        h.core.disconnect(2, h.at(1)); // nothing pending: nothing fails
+        h.say(1, "BARRIER b", 2);
+        assert!(h.take(1).is_empty(), "b waits for node 1 to come back");
+        h.connect(5);
+        h.say(5, "HELLO 1", 3);
+        assert_eq!(h.take(5), ["WELCOME 1 2"]);
+        h.say(5, "BARRIER b", 3);
+        assert_eq!(h.take(1), ["OK b"]);
+        assert_eq!(h.take(5), ["OK b"]);
+    }
+
+    #[test]
+    fn leave_shrinks_the_set() {
+        let mut h = Harness::new(3);
+        for c in 0..3 {
+            h.connect(c);
+            h.say(c, &format!("HELLO {c}"), 0);
+            h.take(c);
+        }
+        h.say(0, "BARRIER x", 0);
+        h.say(1, "BARRIER x", 0);
+        h.say(2, "LEAVE", 0);
+        assert_eq!(h.take(2), ["BYE", "<close>"]);
+        assert_eq!(h.take(0), ["OK x"], "the leaver no longer counts");
+        assert!(!h.core.all_left());
+        h.say(0, "LEAVE", 1);
+        h.say(1, "LEAVE", 1);
+        assert!(h.core.all_left());
+    }
+
+    #[test]
+    fn an_exited_node_fails_barriers_even_if_it_never_connected() {
+        let mut h = Harness::new(3);
+        h.connect(0);
+        h.say(0, "HELLO 0", 0);
+        h.take(0);
+        h.core.exited(2, "killed by signal 9".into());
+        h.say(0, "BARRIER x", 1);
+        assert_eq!(h.take(0), ["FAILED x node 2 killed by signal 9"]);
+    }
+
+    #[test]
+    fn the_exit_status_wins_over_a_plain_disconnect_within_the_grace() {
+        let mut cfg = Config::new(2);
+        cfg.disconnect_grace = Duration::from_secs(1);
+        let mut h = Harness::with(cfg);
+        h.connect(0);
+        h.connect(1);
+        h.say(0, "HELLO 0", 0);
+        h.say(1, "HELLO 1", 0);
+        h.say(0, "BARRIER x", 0);
+        h.take(0);
+        h.core.disconnect(1, h.at(0));
+        h.pump();
+        assert!(h.take(0).is_empty(), "waits for the exit status");
+        assert_eq!(h.core.next_deadline(), Some(h.at(1)));
+        h.core.exited(1, "exited with status 3".into());
+        h.pump();
+        assert_eq!(h.take(0), ["FAILED x node 1 exited with status 3"]);
+
+        // Without an exit report, the grace ends in a plain disconnect.
+        let mut cfg = Config::new(2);
+        cfg.disconnect_grace = Duration::from_secs(1);
+        let mut h = Harness::with(cfg);
+        h.connect(0);
+        h.connect(1);
+        h.say(0, "BARRIER y", 0);
+        h.say(1, "HELLO", 0);
+        h.take(0);
+        h.core.disconnect(1, h.at(0));
+        h.tick(1);
+        assert_eq!(h.take(0), ["FAILED y node 1 disconnected"]);
+    }
+
+    #[test]
+    fn gather_shares_every_value_then_ok() {
+        let mut h = Harness::new(2);
+        h.connect(0);
+        h.connect(1);
+        h.say(1, "HELLO 1", 0);
+        h.say(0, "HELLO 0", 0);
+        h.take(0);
+        h.take(1);
+        h.say(1, "GATHER addrs b:2", 0);
+        h.say(0, "GATHER addrs a:1", 0);
+        let want = ["VALUE addrs 0 a:1", "VALUE addrs 1 b:2", "OK addrs"];
+        assert_eq!(h.take(0), want);
+        assert_eq!(h.take(1), want);
+    }
+
+    #[test]
+    fn labels_are_single_use_and_kinds_do_not_mix() {
+        let mut h = Harness::new(1);
+        h.connect(0);
+        h.say(0, "BARRIER a", 0);
+        assert_eq!(h.take(0), ["OK a"]);
+        h.say(0, "BARRIER a", 0);
+        assert_eq!(
+            h.take(0),
+            ["FAILED a already completed; labels are single-use"]
+        );
+
+        let mut h = Harness::new(2);
+        h.connect(0);
+        h.connect(1);
+        h.say(0, "GATHER g v", 0);
+        h.say(1, "BARRIER g", 0);
+        assert_eq!(
+            h.take(1),
+            ["FAILED g BARRIER and GATHER mixed on one label"]
+        );
+        assert!(h.take(0).is_empty(), "the refusal is for that node only");
+    }
+
+    #[test]
+    fn bad_lines_get_err_and_the_node_carries_on() {
+        let mut h = Harness::new(1);
+        h.connect(0);
+        for bad in ["JUMP", "BARRIER a ", "BARRIER", "", "HELLO x"] {
+            h.say(0, bad, 0);
+            let got = h.take(0);
+            assert_eq!(got.len(), 1, "{bad:?}: {got:?}");
+            assert!(got[0].starts_with("ERR "), "{bad:?}: {got:?}");
+        }
+        h.core.line_too_long(0, 4096);
+        h.pump();
+        assert_eq!(h.take(0), ["ERR line longer than 4096 bytes", "<close>"]);
+    }
+
+    #[test]
+    fn outstanding_barriers_per_node_are_bounded() {
+        let mut h = Harness::new(2);
+        h.connect(0);
+        for i in 0..MAX_OUTSTANDING {
+            h.say(0, &format!("BARRIER b{i}"), 0);
+        }
+        assert!(h.take(0).is_empty());
+        h.say(0, "BARRIER one-more", 0);
+        assert_eq!(
+            h.take(0),
+            ["FAILED one-more too many outstanding barriers for this node"]
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! Out-of-process barriers: N real processes, in any language, meet at named
+//! points before any goes on.
+//!
+//! - [`Controller`]: serves the barrier line protocol on loopback TCP for a
+//!   cluster of N members (node ids `0..N`).
+//! - [`BarrierNode`] (async) and [`BlockingBarrierNode`] (`std::net`): clients.
+//! - [`Launcher`]: spawns N copies of a command with the controller's address
+//!   in their environment and reaps every one of them, like `mpirun`.
+//!
+//! A child in any language joins with one line of ASCII per command:
+//! `BARRIER <label>` is answered `OK <label>`, `TIMEOUT <label>` or
+//! `FAILED <label> <cause>` (see `docs/barrier-protocol.md`).
+//!
+//! Invariants: a barrier completes only when every member (every node that
+//! has not left) has arrived; its deadline runs from its first arrival; a
+//! label that timed out or failed stays failed, and labels are single-use;
+//! a member that disconnects or exits while a barrier is pending fails it for
+//! everyone at once, naming the node; a client call that was abandoned never
+//! desynchronises the next. The protocol logic is a sans-IO state machine;
+//! the controller's tasks only carry bytes to and from it.
+//!
+//! Not done here: no authentication (bind loopback), no persistence of
+//! barrier state across controller restarts.
+
+mod client;
+mod controller;
+mod core;
+mod error;
+mod launcher;
+
+pub use client::{
+    BarrierNode, BlockingBarrierNode, ENV_ADDR, ENV_INDEX, ENV_NODES, Gathered, env_identity,
+};
+pub use controller::Controller;
+pub use core::{Config, NodeRecord, Summary};
+pub use error::BarrierError;
+pub use launcher::{LaunchReport, Launcher, MAX_CAPTURE, NodeReport, OutputMode, describe};
