@@ -389,10 +389,10 @@ impl FromStr for Reply {
 fn free_text(s: &str) -> String {
     let mut out = String::with_capacity(s.len().min(1024));
     for c in s.chars() {
-        let c = if c.is_control() || c.is_whitespace() {
-            ' '
-        } else {
-            c
+        let c = match c {
+            c if c.is_control() || c.is_whitespace() => ' ',
+            char::REPLACEMENT_CHARACTER => '?',
+            c => c,
         };
         if c == ' ' && (out.is_empty() || out.ends_with(' ')) {
             continue;

@@ -231,11 +231,11 @@ fn random_lines_never_panic() {
 #[test]
 fn line_codec_caps_and_survives_bad_utf8() {
     let mut codec = LineCodec::with_max(16);
-    let mut buf = BytesMut::from(&b"\xff\xfe bad\nBARRIER a\r\n"[..]);
-    assert!(matches!(
-        codec.decode(&mut buf),
-        Err(WireError::MalformedLine { .. })
-    ));
+    let mut buf = BytesMut::from(&b"BARRIER \xff\xfe\nBARRIER a\r\n"[..]);
+    let bad = codec.decode(&mut buf).unwrap().unwrap();
+    let err = bad.parse::<Request>().unwrap_err();
+    assert_eq!(err.to_string(), "malformed line: line is not valid utf-8");
+    assert!(bad.parse::<Reply>().is_err());
     assert_eq!(
         codec.decode(&mut buf).unwrap().as_deref(),
         Some("BARRIER a")

@@ -1,0 +1,205 @@
+//! `multinode`: the kit's libraries put to work from a shell.
+//!
+//! - `multinode barrier serve --nodes N`: a barrier controller on loopback;
+//!   prints `LISTENING <addr>` first, serves until every node has left or a
+//!   signal arrives, and exits 0 only if every barrier passed.
+//! - `multinode run -n N -- CMD ARGS...`: like `mpirun` for cluster tests;
+//!   starts a controller and N copies of CMD with `MULTINODE_BARRIER_ADDR`,
+//!   `MULTINODE_NODE_INDEX` and `MULTINODE_NODES` set, prints a per-node
+//!   summary, and exits 0 only if every child exited 0 and no barrier failed.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use multinode_barrier::{Config, Controller, LaunchReport, Launcher, OutputMode, describe};
+
+#[derive(Parser)]
+#[command(
+    name = "multinode",
+    version,
+    about = "Build and test small clusters of real processes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Out-of-process barriers.
+    Barrier {
+        #[command(subcommand)]
+        cmd: BarrierCmd,
+    },
+    /// Launch N copies of a command that meet at barriers, and report.
+    Run(RunArgs),
+}
+
+#[derive(Subcommand)]
+enum BarrierCmd {
+    /// Serve the barrier line protocol until every node has left.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// How many nodes every barrier waits for (node ids 0..N).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    nodes: u32,
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    bind: SocketAddr,
+    /// Seconds a barrier may stay open after its first arrival.
+    #[arg(long, default_value_t = 30.0, value_parser = positive_secs)]
+    timeout: f64,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// How many copies to launch.
+    #[arg(short = 'n', long = "nodes", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    nodes: u32,
+    /// Seconds a barrier may stay open after its first arrival.
+    #[arg(long, default_value_t = 30.0, value_parser = positive_secs)]
+    timeout: f64,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, num_args = 1..)]
+    command: Vec<String>,
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds in (0, 86400]")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("multinode: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Barrier {
+                cmd: BarrierCmd::Serve(args),
+            } => serve(args).await,
+            Cmd::Run(args) => run(args).await,
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("multinode: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or (on unix) SIGTERM.
+async fn interrupted() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return "interrupted",
+                _ = term.recv() => return "terminated",
+            }
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    "interrupted"
+}
+
+async fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let mut config = Config::new(args.nodes);
+    config.timeout = Duration::from_secs_f64(args.timeout);
+    let controller = Controller::bind(args.bind, config)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.bind))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "LISTENING {}", controller.local_addr())?;
+    out.flush()?;
+    drop(out);
+    let why = tokio::select! {
+        _ = controller.all_left() => "every node left",
+        why = interrupted() => why,
+    };
+    let summary = controller.shutdown().await;
+    eprintln!(
+        "multinode barrier serve: {why}; {} barrier(s) passed, {} failed",
+        summary.passed, summary.failed
+    );
+    for (i, rec) in summary.nodes.iter().enumerate() {
+        if let Some((label, cause)) = &rec.first_failure {
+            eprintln!("  node {i}: first failure at {label}: {cause}");
+        }
+    }
+    Ok(if summary.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn run(args: RunArgs) -> Result<ExitCode> {
+    let Some((program, rest)) = args.command.split_first() else {
+        bail!("no command given after --");
+    };
+    let launch = Launcher::new(program, args.nodes)
+        .args(rest)
+        .timeout(Duration::from_secs_f64(args.timeout))
+        .output(OutputMode::Prefixed)
+        .run();
+    let report = tokio::select! {
+        report = launch => report.with_context(|| format!("cannot launch {program:?}"))?,
+        why = interrupted() => {
+            // Dropping the launch above killed and reaped every child.
+            eprintln!("multinode run: {why}; every node was stopped");
+            return Ok(ExitCode::from(130));
+        }
+    };
+    print_report(&report);
+    Ok(if report.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_report(report: &LaunchReport) {
+    println!("node  exit                   barriers  first failure");
+    for n in &report.nodes {
+        let failure = match &n.first_failure {
+            Some((label, cause)) => format!("{label}: {cause}"),
+            None => "-".into(),
+        };
+        println!(
+            "{:<5} {:<22} {:<9} {failure}",
+            n.node.to_string(),
+            describe(n.status),
+            n.passed
+        );
+    }
+    let ok = report.nodes.iter().filter(|n| n.status.success()).count();
+    println!(
+        "{} of {} nodes exited 0; {} barrier(s) passed, {} failed: {}",
+        ok,
+        report.nodes.len(),
+        report.barriers_passed,
+        report.barriers_failed,
+        if report.success() { "OK" } else { "FAILED" }
+    );
+}
