@@ -135,6 +135,77 @@ fn raw(n: usize, rounds: usize) -> Vec<f64> {
     samples
 }
 
+/// A bash child that joins as node 1, arrives at `x`, says so, and sleeps
+/// (as the process holding the socket) until it is killed.
+fn waiting_child(addr: SocketAddr) -> std::process::Child {
+    let script = "exec 3<>/dev/tcp/127.0.0.1/$PORT; printf 'HELLO 1\\nBARRIER x\\n' >&3; \
+                  echo sent; exec sleep 1000";
+    std::process::Command::new("bash")
+        .args(["-c", script])
+        .env("PORT", addr.port().to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn bash")
+}
+
+fn wait_for_sent(child: &mut std::process::Child) {
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("piped"))
+        .read_line(&mut line)
+        .expect("read child");
+    assert_eq!(line, "sent\n");
+}
+
+/// Milliseconds from SIGKILL of a node waiting at a barrier to `FAILED` at
+/// another waiting node.
+fn kill_to_failed(rt: &tokio::runtime::Runtime) -> f64 {
+    let mut cfg = Config::new(3);
+    cfg.timeout = Duration::from_secs(60);
+    let c = rt
+        .block_on(Controller::bind(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            cfg,
+        ))
+        .expect("bind");
+    let addr = c.local_addr();
+    let mut child = waiting_child(addr);
+    wait_for_sent(&mut child);
+    let mut node =
+        BlockingBarrierNode::connect(addr, Some(multinode_wire::NodeId(0))).expect("connect");
+    let waiter = thread::spawn(move || {
+        let res = node.barrier("x", Some(Duration::from_secs(30)));
+        assert!(res.is_err(), "the barrier must fail");
+        Instant::now()
+    });
+    // Let node 0's arrival land, so the kill hits a pending barrier.
+    thread::sleep(Duration::from_millis(20));
+    let killed = Instant::now();
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    let failed = waiter.join().expect("waiter");
+    drop(c);
+    (failed - killed).as_secs_f64() * 1e3
+}
+
+/// Milliseconds from SIGKILL of a connected child to end of stream at a raw
+/// listener: the physical limit of noticing a dead peer.
+fn kill_to_eof() -> f64 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let mut child = waiting_child(listener.local_addr().expect("addr"));
+    let (conn, _) = listener.accept().expect("accept");
+    wait_for_sent(&mut child);
+    let mut r = BufReader::new(conn);
+    let mut line = String::new();
+    r.read_line(&mut line).expect("hello");
+    r.read_line(&mut line).expect("barrier");
+    let killed = Instant::now();
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    line.clear();
+    let _ = r.read_line(&mut line);
+    (Instant::now() - killed).as_secs_f64() * 1e3
+}
+
 fn main() {
     let (reps, rounds) = if quick() { (2, 100) } else { (5, 400) };
     for n in [4usize, 16, 64] {
@@ -167,4 +238,17 @@ fn main() {
             None,
         );
     }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let tries = if quick() { 3 } else { 9 };
+    let (failed, eof) = multinode_benchkit::interleaved(tries, || kill_to_failed(&rt), kill_to_eof);
+    record(
+        "barrier",
+        "sigkill_to_failed",
+        "ms",
+        failed,
+        eof,
+        "SIGKILL to end of stream at a raw listener",
+        Better::Lower,
+        None,
+    );
 }
