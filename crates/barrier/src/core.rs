@@ -595,6 +595,13 @@ mod tests {
             self.pump();
         }
 
+        /// Connects `conn` as node `id` and drops the welcome.
+        fn join(&mut self, conn: ConnId, id: u32) {
+            self.connect(conn);
+            self.say(conn, &format!("HELLO {id}"), 0);
+            assert_eq!(self.take(conn).len(), 1, "a welcome");
+        }
+
         /// Everything conn received since the last call.
         fn take(&mut self, conn: ConnId) -> Vec<String> {
             let (mine, rest) = self.log.drain(..).partition(|(c, _)| *c == conn);
@@ -694,9 +701,7 @@ mod tests {
     fn a_disconnect_fails_every_pending_barrier_at_once() {
         let mut h = Harness::new(3);
         for c in 1..=3 {
-            h.connect(c);
-            h.say(c, &format!("HELLO {}", c - 1), 0);
-            h.take(c);
+            h.join(c, (c - 1) as u32);
         }
         h.say(1, "BARRIER x", 0);
         h.say(2, "BARRIER x", 0);
@@ -736,9 +741,7 @@ mod tests {
     fn leave_shrinks_the_set() {
         let mut h = Harness::new(3);
         for c in 0..3 {
-            h.connect(c);
-            h.say(c, &format!("HELLO {c}"), 0);
-            h.take(c);
+            h.join(c, c as u32);
         }
         h.say(0, "BARRIER x", 0);
         h.say(1, "BARRIER x", 0);

@@ -35,14 +35,7 @@ fn multinode(args: &[&str]) -> Output {
         .spawn()
         .expect("spawn multinode");
     let mut guard = Reap(child);
-    let deadline = Instant::now() + PATIENCE;
-    while guard.0.try_wait().expect("try_wait").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "multinode {args:?} did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_exit(&mut guard);
     let Reap(child) = &mut guard;
     let mut out = Vec::new();
     let mut err = Vec::new();
@@ -156,7 +149,7 @@ fn wait_exit(guard: &mut Reap) -> std::process::ExitStatus {
         if let Some(status) = guard.0.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < deadline, "serve did not exit");
+        assert!(Instant::now() < deadline, "multinode did not exit");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
