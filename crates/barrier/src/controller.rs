@@ -135,7 +135,8 @@ impl Controller {
         Self::start(listener, config)
     }
 
-    /// Starts serving on an already-bound listener.
+    /// Starts serving on an already-bound listener. Must be called within
+    /// a tokio runtime, which runs the controller's tasks.
     pub fn start(listener: TcpListener, config: Config) -> io::Result<Self> {
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
@@ -226,8 +227,9 @@ async fn run(listener: TcpListener, inner: Arc<Inner>, cancel: CancellationToken
                     let _ = stream.set_nodelay(true);
                     conns.spawn(connection(stream, Arc::clone(&inner), cancel.clone()));
                 }
-                // Out of descriptors and the like: keep serving those we have.
-                Err(_) => tokio::task::yield_now().await,
+                // Out of descriptors and the like: keep serving those we
+                // have, and try again shortly rather than spin.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
             },
             // Reap finished connection tasks as we go.
             Some(_) = conns.join_next(), if !conns.is_empty() => {}

@@ -16,6 +16,9 @@ use tokio::task::JoinSet;
 use crate::client::{ENV_ADDR, ENV_INDEX, ENV_NODES};
 use crate::{BarrierError, Config, Controller};
 
+/// How long output is still read after every child has exited.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
+
 /// How much of each child's output [`OutputMode::Captured`] keeps.
 pub const MAX_CAPTURE: usize = 1 << 20;
 
@@ -189,9 +192,12 @@ impl Launcher {
             statuses[i as usize] = Some(status);
         }
 
+        // Pipes close when the last holder exits; a process that escaped its
+        // group (setsid) could hold one open forever, so the wait is bounded.
         let mut captured = Vec::with_capacity(outputs.len());
         for out in outputs {
-            captured.push(out.await.unwrap_or_default());
+            let out = tokio::time::timeout(OUTPUT_DRAIN, out).await;
+            captured.push(out.ok().and_then(Result::ok).unwrap_or_default());
         }
         let summary = controller.shutdown().await;
         let nodes = statuses
