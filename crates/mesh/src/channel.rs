@@ -1,0 +1,80 @@
+use std::time::Duration;
+
+use multinode_wire::WireError;
+
+/// Why a channel operation failed. A receive that times out is not an
+/// error: it is `Ok(None)`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// This end was closed with [`Channel::close`].
+    #[error("channel closed")]
+    Closed,
+    /// The other end was closed; nothing more will arrive, and sends fail.
+    #[error("peer closed the channel")]
+    PeerClosed,
+    /// This end's node is crashed.
+    #[error("node {0} is crashed")]
+    Crashed(usize),
+    /// The other end's node is crashed.
+    #[error("peer node {0} is crashed")]
+    PeerCrashed(usize),
+    /// The handle belongs to an earlier life of its node or link (before a
+    /// crash and restart): take a new one.
+    #[error("stale channel handle: generation {held}, current {current}")]
+    Stale {
+        /// The generation the handle was taken in.
+        held: u64,
+        /// The node's generation now.
+        current: u64,
+    },
+    /// The link's queue is at capacity; the message was not sent.
+    #[error("queue full ({capacity} messages)")]
+    QueueFull {
+        /// The queue's capacity.
+        capacity: usize,
+    },
+    /// The message is larger than the channel carries.
+    #[error("message of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// The message's length.
+        len: usize,
+        /// The channel's maximum.
+        max: usize,
+    },
+    /// The underlying connection failed (TCP channels).
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
+
+/// One end of a bidirectional, ordered, message-oriented link between two
+/// nodes.
+///
+/// Semantics every implementation keeps (the conformance suite checks them):
+/// - `send` either queues the whole message for the peer and returns
+///   `Ok(())`, or fails and queues nothing.
+/// - Messages on one channel arrive in the order they were sent, each once,
+///   unless a fault model says otherwise.
+/// - `receive(timeout)` returns the next message, `Ok(None)` if none came
+///   within `timeout`, or an error once nothing more can ever come.
+/// - `close` on one end: that end's `send` and `receive` fail with
+///   [`ChannelError::Closed`] at once; the other end may still receive what
+///   was sent before the close, then its `receive` and `send` fail with
+///   [`ChannelError::PeerClosed`]; `is_open` is false on both ends.
+/// - Crash of either node: the crashed node's handles fail with
+///   [`ChannelError::Crashed`]; the survivor still receives what was
+///   delivered before the crash, then fails with
+///   [`ChannelError::PeerCrashed`].
+pub trait Channel: Send + Sync {
+    /// Sends one message.
+    fn send(&self, msg: &[u8]) -> Result<(), ChannelError>;
+
+    /// Receives the next message, waiting at most `timeout`.
+    fn receive(&self, timeout: Duration) -> Result<Option<Vec<u8>>, ChannelError>;
+
+    /// Closes this end. Idempotent.
+    fn close(&self);
+
+    /// Whether both ends are open and both nodes up.
+    fn is_open(&self) -> bool;
+}

@@ -1,0 +1,3 @@
+//! `multinode-mesh` integration tests.
+
+mod faults;
