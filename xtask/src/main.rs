@@ -73,12 +73,61 @@ fn ci() -> Result<()> {
         ],
         &[],
     )?;
-    cargo("test", &["test", "--workspace", "--locked"], &[])?;
+    let (passed, failed) = cargo_test(&["test", "--workspace", "--locked"])?;
     cargo(
         "doc",
         &["doc", "--workspace", "--no-deps", "--locked"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     eprintln!("==> ci: all checks passed");
+    // One plain closing line with the totals of every test binary.
+    println!("tests: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and returns the totals summed
+/// over every `test result:` line it printed.
+fn cargo_test(args: &[&str]) -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader, Write};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("==> test: cargo {}", args.join(" "));
+    let started = std::time::Instant::now();
+    let mut child = Command::new(cargo)
+        .args(args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        writeln!(out, "{line}")?;
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count(rest, " passed");
+            failed += count(rest, " failed");
+        }
+    }
+    drop(out);
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("test failed ({status}): {passed} passed, {failed} failed");
+    }
+    eprintln!("==> test: ok in {:.1}s", started.elapsed().as_secs_f64());
+    Ok((passed, failed))
+}
+
+/// The number before `what` in a `test result:` line (`ok. 5 passed; ...`).
+fn count(line: &str, what: &str) -> u64 {
+    line.split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(what.trim_start())
+                .map(str::trim)
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
