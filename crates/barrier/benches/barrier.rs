@@ -168,8 +168,8 @@ fn kill_to_failed(rt: &tokio::runtime::Runtime) -> f64 {
         ))
         .expect("bind");
     let addr = c.local_addr();
-    let mut child = waiting_child(addr);
-    wait_for_sent(&mut child);
+    // Node 0 is waiting at `x` before the child even exists, so the kill
+    // hits a pending barrier that node 0 has reached.
     let mut node =
         BlockingBarrierNode::connect(addr, Some(multinode_wire::NodeId(0))).expect("connect");
     let waiter = thread::spawn(move || {
@@ -177,8 +177,8 @@ fn kill_to_failed(rt: &tokio::runtime::Runtime) -> f64 {
         assert!(res.is_err(), "the barrier must fail");
         Instant::now()
     });
-    // Let node 0's arrival land, so the kill hits a pending barrier.
-    thread::sleep(Duration::from_millis(20));
+    let mut child = waiting_child(addr);
+    wait_for_sent(&mut child);
     let killed = Instant::now();
     child.kill().expect("kill");
     child.wait().expect("reap");

@@ -401,16 +401,16 @@ impl Core {
         // Arriving again (a client that gave up and retried) just refreshes
         // which connection to answer.
         p.arrived.insert(slot, (conn, value));
-        if self.exited > 0 {
-            let (node, cause) = self
-                .slots
-                .iter()
-                .enumerate()
-                .find_map(|(i, s)| match s {
+        // The count only spares the scan when nobody has exited.
+        let gone = (self.exited > 0)
+            .then(|| {
+                self.slots.iter().enumerate().find_map(|(i, s)| match s {
                     Slot::Exited(c) => Some((i, c.clone())),
                     _ => None,
                 })
-                .expect("counted");
+            })
+            .flatten();
+        if let Some((node, cause)) = gone {
             return self.fail(&label, &format!("node {node} {cause}"));
         }
         self.try_complete(&label);
@@ -449,8 +449,13 @@ impl Core {
         let p = self.pending.remove(label).expect("checked above");
         for (&slot, &(conn, _)) in &p.arrived {
             if p.kind == Kind::Gather {
-                for (&from, (_, value)) in &p.arrived {
-                    let value = value.clone().expect("a GATHER arrival carries a value");
+                // Every arrival at a GATHER label carries a value (mixed
+                // kinds are refused before arriving).
+                let values = p
+                    .arrived
+                    .iter()
+                    .filter_map(|(&from, (_, v))| Some((from, v.clone()?)));
+                for (from, value) in values {
                     self.out.push(Output::Send(
                         conn,
                         Reply::Value {
