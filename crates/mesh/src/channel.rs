@@ -42,6 +42,17 @@ pub enum ChannelError {
         /// The channel's maximum.
         max: usize,
     },
+    /// There is no such link: a node outside the group, or a node and
+    /// itself.
+    #[error("no link from node {from} to node {to} in a group of {size}")]
+    NoSuchLink {
+        /// The local node asked for.
+        from: usize,
+        /// The peer asked for.
+        to: usize,
+        /// The group's size.
+        size: usize,
+    },
     /// The underlying connection failed (TCP channels).
     #[error(transparent)]
     Wire(#[from] WireError),

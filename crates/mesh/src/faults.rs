@@ -4,7 +4,6 @@
 //! sequence of calls give one trace, which [`FaultModel::trace_hash`]
 //! fingerprints.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
@@ -35,7 +34,8 @@ impl LinkFaults {
 pub enum Fate {
     /// Lost: by a random drop, or because the link is cut.
     Dropped,
-    /// Kept by the model until [`FaultModel::release`] of its link.
+    /// Held: the caller keeps it, in order with the link's other held
+    /// messages, until [`FaultModel::release`] of its link.
     Held,
     /// To be delivered.
     Deliver {
@@ -48,8 +48,12 @@ pub enum Fate {
     },
 }
 
-/// What the model did on one link: every fault is counted, so a test can
-/// tell a fault that acted from one that was inert.
+/// What happened on one link: every fault is counted, so a test can tell a
+/// fault that acted from one that was inert.
+///
+/// The model fills in what it decides; `delivered` and `lost` are facts only
+/// the transport knows, so the model leaves them at zero and transports
+/// (the in-memory mesh) fill them in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkCounters {
     /// Messages offered to the link.
@@ -66,6 +70,11 @@ pub struct LinkCounters {
     pub reordered: u64,
     /// Held while the link was held.
     pub held: u64,
+    /// Handed to a receiver (by the transport).
+    pub delivered: u64,
+    /// Accepted by the link but never delivered: discarded with the queue
+    /// of a node that crashed or an end that closed (by the transport).
+    pub lost: u64,
 }
 
 #[derive(Default)]
@@ -73,7 +82,6 @@ struct Link {
     faults: LinkFaults,
     cut: bool,
     holding: bool,
-    held: VecDeque<Vec<u8>>,
     counters: LinkCounters,
 }
 
@@ -172,23 +180,37 @@ impl FaultModel {
         self.links[from * self.n + to].cut
     }
 
-    /// Holds the link `from → to`: its messages are kept, in order, until
+    /// Holds the link `from → to`: from now on its messages are
+    /// [`Fate::Held`], to be kept by the caller, in order, until
     /// [`FaultModel::release`].
     pub fn hold(&mut self, from: usize, to: usize) {
         self.link(from, to).holding = true;
     }
 
-    /// Stops holding `from → to` and returns what was held, in send order.
-    pub fn release(&mut self, from: usize, to: usize) -> Vec<Vec<u8>> {
-        let link = self.link(from, to);
-        link.holding = false;
-        link.held.drain(..).collect()
+    /// Stops holding `from → to`: the caller delivers what it held, in send
+    /// order, ahead of anything sent later.
+    pub fn release(&mut self, from: usize, to: usize) {
+        self.link(from, to).holding = false;
     }
 
-    /// Decides the fate of `msg` sent on `from → to`. A held message is
-    /// kept by the model; otherwise the caller delivers `msg` as the fate says.
+    /// Whether `from → to` is being held.
+    pub fn is_holding(&self, from: usize, to: usize) -> bool {
+        self.links[from * self.n + to].holding
+    }
+
+    /// Whether anything can happen to a message on `from → to` other than
+    /// immediate delivery: it is cut, held, or has a random fault set. A
+    /// transport may skip [`FaultModel::decide`] (and its counting and
+    /// tracing) on a link for which this is false.
+    pub fn is_faulty(&self, from: usize, to: usize) -> bool {
+        let l = &self.links[from * self.n + to];
+        l.cut || l.holding || !l.faults.is_off()
+    }
+
+    /// Decides the fate of `msg` sent on `from → to`; the caller delivers
+    /// (or keeps) `msg` as the fate says.
     pub fn decide(&mut self, from: usize, to: usize, msg: &[u8]) -> Fate {
-        let fate = self.draw(from, to, msg);
+        let fate = self.draw(from, to);
         let code = match fate {
             Fate::Dropped => 1,
             Fate::Held => 2,
@@ -207,7 +229,7 @@ impl FaultModel {
         fate
     }
 
-    fn draw(&mut self, from: usize, to: usize, msg: &[u8]) -> Fate {
+    fn draw(&mut self, from: usize, to: usize) -> Fate {
         // Borrow the generator and the link apart.
         let Self { rng, links, n, .. } = self;
         assert!(from < *n && to < *n, "link {from}->{to} outside 0..{n}");
@@ -219,7 +241,6 @@ impl FaultModel {
         }
         if link.holding {
             link.counters.held += 1;
-            link.held.push_back(msg.to_vec());
             return Fate::Held;
         }
         let f = &link.faults;

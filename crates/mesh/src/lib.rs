@@ -20,6 +20,8 @@
 
 mod channel;
 mod faults;
+mod memory;
 
 pub use channel::{Channel, ChannelError};
 pub use faults::{Fate, FaultModel, LinkCounters, LinkFaults};
+pub use memory::{InMemoryChannel, InMemoryGroup, InMemoryTransport, MeshConfig};

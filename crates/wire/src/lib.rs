@@ -8,6 +8,8 @@
 //!   another cluster, protocol version or species is refused with a
 //!   [`WireError::Handshake`] that names the field.
 //! - **Cluster frames** ([`ClusterFrame`]): gossip PDUs beside remote tells.
+//! - **Channel frames** ([`ChannelCodec`]): a point-to-point channel's
+//!   messages and its orderly goodbye, so a close is told from a crash.
 //! - **Lines** ([`LineCodec`], [`Request`], [`Reply`]): the barrier protocol,
 //!   capped at 4 KiB a line, parsed into typed commands.
 //! - **Versions** ([`Timestamp`], [`HybridClock`]): a hybrid logical clock
@@ -48,6 +50,7 @@
 
 mod blocking;
 pub mod bounded;
+mod channel;
 mod clock;
 mod codec;
 mod error;
@@ -57,6 +60,7 @@ mod line;
 mod message;
 
 pub use blocking::{BlockingReader, BlockingWriter};
+pub use channel::{ChannelCodec, ChannelFrame};
 pub use clock::{HybridClock, Timestamp};
 pub use codec::{Message, MessageCodec};
 pub use error::WireError;

@@ -2,8 +2,8 @@
 
 use bytes::{Bytes, BytesMut};
 use multinode_wire::{
-    ClusterFrame, ClusterId, GossipPdu, Hello, MAGIC, MessageCodec, NodeId, RemoteTell, Reply,
-    Request, Timestamp,
+    ChannelCodec, ChannelFrame, ClusterFrame, ClusterId, GossipPdu, Hello, MAGIC, MessageCodec,
+    NodeId, RemoteTell, Reply, Request, Timestamp, WireError,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -74,6 +74,8 @@ fn every_golden_marker_is_checked() {
         "tell",
         "tell-sender",
         "timestamp",
+        "channel-data",
+        "channel-bye",
     ];
     let in_doc = DOC.matches("<!-- golden: ").count();
     assert_eq!(
@@ -120,6 +122,54 @@ fn cluster_frames() {
             ..tell
         }),
     );
+}
+
+#[test]
+fn channel_frames() {
+    for (name, frame) in [
+        ("channel-data", ChannelFrame::Data(&b"hi"[..])),
+        ("channel-bye", ChannelFrame::Bye),
+    ] {
+        let want = golden(name);
+        let mut buf = BytesMut::new();
+        ChannelCodec::default()
+            .encode(frame.clone(), &mut buf)
+            .expect("encode");
+        assert_eq!(
+            hex(&buf),
+            hex(&want),
+            "{name}: encoder disagrees with the doc"
+        );
+        let mut src = BytesMut::from(&want[..]);
+        let back = ChannelCodec::default()
+            .decode(&mut src)
+            .expect("decode")
+            .expect("a whole frame");
+        let owned = |f: ChannelFrame<&[u8]>| match f {
+            ChannelFrame::Data(b) => ChannelFrame::Data(b.to_vec()),
+            ChannelFrame::Bye => ChannelFrame::Bye,
+        };
+        let back = match back {
+            ChannelFrame::Data(b) => ChannelFrame::Data(b.to_vec()),
+            ChannelFrame::Bye => ChannelFrame::Bye,
+        };
+        assert_eq!(back, owned(frame), "{name}: decoder disagrees with the doc");
+        assert!(src.is_empty());
+    }
+}
+
+#[test]
+fn channel_frames_refuse_foreign_tags() {
+    for bad in [&[0, 0, 0, 0][..], &[0, 0, 0, 1, 2], &[0, 0, 0, 2, 1, 0]] {
+        let err = ChannelCodec::default()
+            .decode(&mut BytesMut::from(bad))
+            .expect_err("a foreign channel frame");
+        assert!(matches!(err, WireError::Decode { .. }), "{bad:?}: {err}");
+    }
+    let err = ChannelCodec::with_max(2)
+        .encode(ChannelFrame::Data(&[0u8; 3][..]), &mut BytesMut::new())
+        .expect_err("over the cap");
+    assert!(matches!(err, WireError::FrameTooLarge { .. }), "{err}");
 }
 
 #[test]
