@@ -10,11 +10,18 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use multinode_benchkit::{Better, interleaved, quick, record};
-use multinode_mesh::{Channel, ChannelError, InMemoryGroup, MeshConfig};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{TcpListener, TcpStream};
+
+use multinode_mesh::{
+    Channel, ChannelError, InMemoryGroup, MeshConfig, TcpChannel, TcpChannelListener, TcpConfig,
+};
+use multinode_wire::{ClusterId, Hello, NodeId};
 
 fn main() {
     let quick = quick();
     in_memory(quick);
+    tcp(quick);
 }
 
 /// Sends until the queue takes the message (the mesh's full-queue policy
@@ -40,7 +47,10 @@ fn in_memory(quick: bool) {
         let start = Instant::now();
         let consumer = thread::spawn(move || {
             for _ in 0..count {
-                let m = b.receive(Duration::from_secs(10)).unwrap().expect("message");
+                let m = b
+                    .receive(Duration::from_secs(10))
+                    .unwrap()
+                    .expect("message");
                 black_box(m);
             }
         });
@@ -74,5 +84,82 @@ fn in_memory(quick: bool) {
         "crossbeam-channel bounded(1024), Vec<u8>",
         Better::Higher,
         Some(0.9),
+    );
+}
+
+fn tcp(quick: bool) {
+    let count: usize = if quick { 100_000 } else { 1_000_000 };
+    let reps = if quick { 3 } else { 7 };
+    let msg = [9u8; 1024];
+
+    let ours = || {
+        let listener = TcpChannelListener::bind(
+            "127.0.0.1:0",
+            Hello::new(ClusterId(1), NodeId(1)),
+            TcpConfig::default(),
+        )
+        .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepter = thread::spawn(move || listener.accept().unwrap());
+        let a = TcpChannel::connect(
+            addr,
+            Hello::new(ClusterId(1), NodeId(0)),
+            Some(NodeId(1)),
+            TcpConfig::default(),
+        )
+        .unwrap();
+        let b = accepter.join().unwrap();
+        let start = Instant::now();
+        let consumer = thread::spawn(move || {
+            for _ in 0..count {
+                let m = b
+                    .receive(Duration::from_secs(10))
+                    .unwrap()
+                    .expect("message");
+                black_box(m);
+            }
+        });
+        for _ in 0..count {
+            send_all(&a, &msg);
+        }
+        consumer.join().unwrap();
+        count as f64 / start.elapsed().as_secs_f64() / 1e6
+    };
+    let baseline = || {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let a = TcpStream::connect(addr).unwrap();
+        let (b, _) = listener.accept().unwrap();
+        a.set_nodelay(true).unwrap();
+        let start = Instant::now();
+        let consumer = thread::spawn(move || {
+            let mut r = BufReader::new(b);
+            let mut len = [0u8; 4];
+            for _ in 0..count {
+                r.read_exact(&mut len).unwrap();
+                let mut m = vec![0u8; u32::from_be_bytes(len) as usize];
+                r.read_exact(&mut m).unwrap();
+                black_box(m);
+            }
+        });
+        let mut w = BufWriter::new(a);
+        for _ in 0..count {
+            w.write_all(&(msg.len() as u32).to_be_bytes()).unwrap();
+            w.write_all(&msg).unwrap();
+        }
+        w.flush().unwrap();
+        consumer.join().unwrap();
+        count as f64 / start.elapsed().as_secs_f64() / 1e6
+    };
+    let (o, b) = interleaved(reps, ours, baseline);
+    record(
+        "mesh",
+        "tcp_1kib",
+        "Mmsg/s",
+        o,
+        b,
+        "framed std::net socket, BufWriter/BufReader",
+        Better::Higher,
+        Some(0.7),
     );
 }

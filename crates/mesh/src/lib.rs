@@ -21,7 +21,9 @@
 mod channel;
 mod faults;
 mod memory;
+mod tcp;
 
 pub use channel::{Channel, ChannelError};
 pub use faults::{Fate, FaultModel, LinkCounters, LinkFaults};
 pub use memory::{InMemoryChannel, InMemoryGroup, InMemoryTransport, MeshConfig};
+pub use tcp::{TcpChannel, TcpChannelListener, TcpConfig};

@@ -877,9 +877,7 @@ impl Channel for InMemoryChannel {
             let (until, watch_queue) = match self.take(state) {
                 Ok(Some(msg)) => return self.delivered(msg),
                 Ok(None) => {
-                    return Err(self
-                        .peer_error(state)
-                        .unwrap_or(ChannelError::PeerClosed));
+                    return Err(self.peer_error(state).unwrap_or(ChannelError::PeerClosed));
                 }
                 Err(wait) => wait,
             };

@@ -51,6 +51,24 @@ impl<R: Read, D: Decoder<Error = WireError>> BlockingReader<R, D> {
         }
     }
 
+    /// Decodes the next item from bytes already received, without touching
+    /// the stream: `Ok(None)` if they hold no whole item.
+    pub fn read_buffered(&mut self) -> Result<Option<D::Item>, WireError> {
+        self.codec.decode(&mut self.buf)
+    }
+
+    /// Switches to another decoder, keeping every byte received but not yet
+    /// decoded (as after a handshake, when the peer's first frames may
+    /// already be in the buffer).
+    pub fn map_codec<D2>(self, f: impl FnOnce(D) -> D2) -> BlockingReader<R, D2> {
+        BlockingReader {
+            inner: self.inner,
+            codec: f(self.codec),
+            buf: self.buf,
+            scratch: self.scratch,
+        }
+    }
+
     /// Bytes received but not yet decoded (part of an item).
     pub fn buffered(&self) -> usize {
         self.buf.len()

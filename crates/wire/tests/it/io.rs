@@ -205,3 +205,45 @@ async fn a_stranger_is_refused_never_misparsed() {
         }
     }
 }
+
+#[test]
+fn switching_codec_after_the_handshake_keeps_early_frames() {
+    // The peer's Hello and its first channel frames arrive in one read.
+    let mut bytes = BytesMut::new();
+    MessageCodec::<Hello>::new()
+        .encode(&Hello::new(ClusterId(1), NodeId(2)), &mut bytes)
+        .unwrap();
+    let mut channel = multinode_wire::ChannelCodec::default();
+    channel
+        .encode(
+            multinode_wire::ChannelFrame::Data(&b"first"[..]),
+            &mut bytes,
+        )
+        .unwrap();
+    channel
+        .encode(multinode_wire::ChannelFrame::Bye, &mut bytes)
+        .unwrap();
+    let mut reader = BlockingReader::new(
+        std::io::Cursor::new(bytes.to_vec()),
+        MessageCodec::<Hello>::new(),
+    );
+    assert_eq!(
+        reader.read().unwrap(),
+        Some(Hello::new(ClusterId(1), NodeId(2)))
+    );
+    let mut reader = reader.map_codec(|_| multinode_wire::ChannelCodec::default());
+    assert!(
+        reader.buffered() > 0,
+        "the early frames were read with the Hello"
+    );
+    match reader.read_buffered().unwrap() {
+        Some(multinode_wire::ChannelFrame::Data(b)) => assert_eq!(&b[..], b"first"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        reader.read_buffered().unwrap(),
+        Some(multinode_wire::ChannelFrame::Bye)
+    );
+    assert_eq!(reader.read_buffered().unwrap(), None);
+    assert_eq!(reader.read().unwrap(), None, "a clean end of stream");
+}
