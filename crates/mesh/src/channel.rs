@@ -68,14 +68,19 @@ pub enum ChannelError {
 ///   unless a fault model says otherwise.
 /// - `receive(timeout)` returns the next message, `Ok(None)` if none came
 ///   within `timeout`, or an error once nothing more can ever come.
-/// - `close` on one end: that end's `send` and `receive` fail with
-///   [`ChannelError::Closed`] at once; the other end may still receive what
-///   was sent before the close, then its `receive` and `send` fail with
-///   [`ChannelError::PeerClosed`]; `is_open` is false on both ends.
-/// - Crash of either node: the crashed node's handles fail with
-///   [`ChannelError::Crashed`]; the survivor still receives what was
-///   delivered before the crash, then fails with
-///   [`ChannelError::PeerCrashed`].
+/// - `close` on one end (idempotent): that end's `send` and `receive` fail
+///   with [`ChannelError::Closed`] at once, and a `receive` blocked on it
+///   wakes. The other end still receives everything sent before the close,
+///   then its `receive` fails with [`ChannelError::PeerClosed`] (a blocked
+///   one wakes), and from then on so does its `send`. The in-memory channel
+///   refuses the other end's `send` at once; over TCP the close travels with
+///   the stream, so the other end learns of it when its `receive` reaches
+///   it. `is_open` is false on an end once it knows.
+/// - A crash of either node: the crashed node's handles fail with
+///   [`ChannelError::Crashed`]; the survivor still receives what was sent
+///   before the crash, then fails with [`ChannelError::PeerCrashed`]
+///   (over TCP: the connection ended without the close's goodbye).
+/// - A `receive` blocked on one end never blocks a `send` on it.
 pub trait Channel: Send + Sync {
     /// Sends one message.
     fn send(&self, msg: &[u8]) -> Result<(), ChannelError>;

@@ -338,7 +338,12 @@ impl TcpChannel {
             {
                 inner.set(PEER_LOST)
             }
-            Some(e) => inner.break_with(CORRUPT, e.to_string()),
+            Some(e) => {
+                // The first caller gets the wire error itself; later ones
+                // get a summary of it.
+                inner.break_with(CORRUPT, e.to_string());
+                return ChannelError::Wire(e);
+            }
         }
         inner
             .error(inner.state.load(Acquire))
@@ -434,14 +439,11 @@ impl Channel for TcpChannel {
             Ok(None) => {}
             Err(e) => return Err(self.read_failed(Some(e))),
         }
-        let wait = match deadline {
-            // A zero wait still looks at what has arrived.
-            Some(d) => Some(
-                d.saturating_duration_since(Instant::now())
-                    .max(Duration::from_micros(1)),
-            ),
-            None => None,
-        };
+        // A zero wait still looks at what has arrived.
+        let wait = deadline.map(|d| {
+            d.saturating_duration_since(Instant::now())
+                .max(Duration::from_micros(1))
+        });
         if let Err(e) = reader.get_ref().set_read_timeout(wait) {
             return Err(self.read_failed(Some(e.into())));
         }

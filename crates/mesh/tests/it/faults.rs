@@ -6,17 +6,7 @@ use multinode_mesh::{Fate, FaultModel, LinkCounters, LinkFaults};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
 
-fn seed(test: &str) -> u64 {
-    let seed = match std::env::var("MULTINODE_SEED") {
-        Ok(s) => s.parse().expect("MULTINODE_SEED must be a u64"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos() as u64,
-    };
-    println!("{test}: seed {seed} (replay with MULTINODE_SEED={seed})");
-    seed
-}
+use crate::support::seed;
 
 const DELIVER: Fate = Fate::Deliver {
     after: Duration::ZERO,

@@ -57,6 +57,25 @@ fn decode_all(input: &[u8]) -> usize {
     }
 }
 
+/// The same for channel frames: every outcome typed, nothing over the cap
+/// allocated.
+fn decode_all_channel(input: &[u8]) {
+    let mut codec = multinode_wire::ChannelCodec::with_max(CAP);
+    let mut buf = BytesMut::from(input);
+    loop {
+        match codec.decode(&mut buf) {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(WireError::FrameTooLarge { len, max }) => {
+                assert!(len > max as u64);
+                return;
+            }
+            Err(WireError::Decode { .. }) => {}
+            Err(e) => panic!("unexpected error kind: {e}"),
+        }
+    }
+}
+
 #[test]
 fn random_and_mutated_frames() {
     let mut rng = SplitMix(seed("random_and_mutated_frames"));
@@ -94,6 +113,8 @@ fn random_and_mutated_frames() {
             }
         };
         let (_, largest) = largest_allocation(|| decode_all(&input));
+        worst = worst.max(largest);
+        let ((), largest) = largest_allocation(|| decode_all_channel(&input));
         worst = worst.max(largest);
     }
     assert!(
