@@ -55,7 +55,7 @@ fn in_memory(quick: bool) {
             }
         });
         for _ in 0..count {
-            send_all(&a, &msg);
+            a.send_timeout(&msg, Duration::from_secs(10)).unwrap();
         }
         consumer.join().unwrap();
         count as f64 / start.elapsed().as_secs_f64() / 1e6

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Select, SendTimeoutError, Sender, TrySendError, bounded};
 use parking_lot::Mutex;
 
 use crate::{Channel, ChannelError, Fate, FaultModel, LinkCounters, LinkFaults};
@@ -48,7 +48,9 @@ impl Default for MeshConfig {
 
 impl MeshConfig {
     /// How many messages one directed link queues before `send` fails with
-    /// [`ChannelError::QueueFull`] (at least 1).
+    /// [`ChannelError::QueueFull`] (at least 1). Held and delayed messages
+    /// count; the one a receiver has taken off the queue to wait for its
+    /// delay or release does not.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.max(1);
         self
@@ -695,6 +697,90 @@ impl InMemoryChannel {
         }
     }
 
+    /// Sends `msg`, waiting up to `timeout` for room if the link's queue is
+    /// full, where [`Channel::send`] fails at once with
+    /// [`ChannelError::QueueFull`]: backpressure without a retry loop.
+    pub fn send_timeout(&self, msg: &[u8], timeout: Duration) -> Result<(), ChannelError> {
+        self.send_inner(msg, Some(timeout))
+    }
+
+    fn send_inner(&self, msg: &[u8], wait: Option<Duration>) -> Result<(), ChannelError> {
+        let max = self.shared.config.max_message;
+        if msg.len() > max {
+            return Err(ChannelError::TooLarge {
+                len: msg.len(),
+                max,
+            });
+        }
+        let state = self.conn.state.load(Acquire);
+        if state != 0 {
+            if let Some(e) = self.own_error(state).or_else(|| self.peer_error(state)) {
+                return Err(e);
+            }
+        }
+        let link = self.shared.link(self.local(), self.peer());
+        if link.tx.0.faulty.load(Acquire) {
+            return self.send_faulty_waiting(msg, wait);
+        }
+        let inbox = &self.conn.ends[1 - self.side];
+        let item = Item::Plain(msg.to_vec());
+        let waited = match (inbox.tx.try_send(item), wait) {
+            (Ok(()), _) => false,
+            (Err(TrySendError::Full(_)), None) => return Err(self.queue_full()),
+            (Err(TrySendError::Full(item)), Some(timeout)) => {
+                match inbox.tx.send_timeout(item, timeout) {
+                    Ok(()) => true,
+                    Err(SendTimeoutError::Timeout(_)) => return Err(self.queue_full()),
+                    Err(SendTimeoutError::Disconnected(_)) => return Err(ChannelError::PeerClosed),
+                }
+            }
+            // The connection owns both halves of its queues.
+            (Err(TrySendError::Disconnected(_)), _) => return Err(ChannelError::PeerClosed),
+        };
+        link.tx.0.sent.fetch_add(1, Relaxed);
+        if waited {
+            self.after_waiting()?;
+        }
+        Ok(())
+    }
+
+    /// A send that waited may have found room only because the peer's end
+    /// closed or crashed and its queue was thrown away: then the message is
+    /// lost, counted, and the error reported.
+    fn after_waiting(&self) -> Result<(), ChannelError> {
+        let state = self.conn.state.load(Acquire);
+        match self.peer_error(state).or_else(|| self.own_error(state)) {
+            None => Ok(()),
+            Some(e) => {
+                let _ctl = self.shared.control.lock();
+                let lost = self.conn.ends[1 - self.side].discard();
+                self.shared
+                    .link(self.local(), self.peer())
+                    .rx
+                    .0
+                    .lost
+                    .fetch_add(lost, Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// The slow path, waiting for room: retried in short naps, since room
+    /// on a faulty link may come from a release as well as a receive.
+    fn send_faulty_waiting(&self, msg: &[u8], wait: Option<Duration>) -> Result<(), ChannelError> {
+        let deadline = wait.and_then(|w| Instant::now().checked_add(w));
+        loop {
+            match self.send_faulty(msg) {
+                Err(ChannelError::QueueFull { .. })
+                    if wait.is_some() && deadline.is_none_or(|d| Instant::now() < d) =>
+                {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The slow path: the link has a fault, cut or hold set.
     fn send_faulty(&self, msg: &[u8]) -> Result<(), ChannelError> {
         let (me, peer) = (self.local(), self.peer());
@@ -819,37 +905,28 @@ impl InMemoryChannel {
     }
 }
 
+/// Spins, then yields, a few times while `rx` stays empty, as crossbeam's
+/// own blocking receive does before it parks: a message about to arrive is
+/// taken without registering a waiter. Returns whether one arrived.
+fn spin_for<T>(rx: &Receiver<T>) -> bool {
+    for step in 0..10u32 {
+        if step < 6 {
+            for _ in 0..1u32 << step {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::yield_now();
+        }
+        if !rx.is_empty() {
+            return true;
+        }
+    }
+    false
+}
+
 impl Channel for InMemoryChannel {
     fn send(&self, msg: &[u8]) -> Result<(), ChannelError> {
-        let max = self.shared.config.max_message;
-        if msg.len() > max {
-            return Err(ChannelError::TooLarge {
-                len: msg.len(),
-                max,
-            });
-        }
-        let state = self.conn.state.load(Acquire);
-        if state != 0 {
-            if let Some(e) = self.own_error(state).or_else(|| self.peer_error(state)) {
-                return Err(e);
-            }
-        }
-        let link = self.shared.link(self.local(), self.peer());
-        if link.tx.0.faulty.load(Acquire) {
-            return self.send_faulty(msg);
-        }
-        match self.conn.ends[1 - self.side]
-            .tx
-            .try_send(Item::Plain(msg.to_vec()))
-        {
-            Ok(()) => {
-                link.tx.0.sent.fetch_add(1, Relaxed);
-                Ok(())
-            }
-            Err(TrySendError::Full(_)) => Err(self.queue_full()),
-            // The connection owns both halves of its queues.
-            Err(TrySendError::Disconnected(_)) => Err(ChannelError::PeerClosed),
-        }
+        self.send_inner(msg, None)
     }
 
     fn receive(&self, timeout: Duration) -> Result<Option<Vec<u8>>, ChannelError> {
@@ -881,6 +958,9 @@ impl Channel for InMemoryChannel {
                 }
                 Err(wait) => wait,
             };
+            if watch_queue && until.is_none() && !timeout.is_zero() && spin_for(&end.rx) {
+                continue;
+            }
             let now = Instant::now();
             let deadline = *deadline.get_or_insert_with(|| now.checked_add(timeout));
             if deadline.is_some_and(|d| now >= d) {

@@ -204,6 +204,10 @@ impl Inner {
 /// of its peer's close only through the stream, so a peer learns of it when
 /// its `receive` reaches it; until then its sends still succeed (and are
 /// lost).
+///
+/// `close` and drop wait for the writer to flush; a peer that stopped
+/// reading holds them up for at most the write timeout
+/// ([`TcpConfig::write_timeout`]), after which the connection is broken.
 pub struct TcpChannel {
     inner: Arc<Inner>,
     reader: Mutex<BlockingReader<TcpStream, ChannelCodec>>,
@@ -351,6 +355,10 @@ impl TcpChannel {
     }
 }
 
+/// Below this many buffered bytes the writer yields once before writing,
+/// so a burst of small sends goes out in one write.
+const COALESCE: usize = 16 * 1024;
+
 /// The writer thread: swaps the send buffer out and writes it whole, until
 /// the channel closes (then it writes what is left, the goodbye, and shuts
 /// its half down) or a write fails.
@@ -365,6 +373,12 @@ fn write_loop(inner: &Inner, mut stream: TcpStream) {
             }
             if dead() {
                 return;
+            }
+            if out.buf.len() < COALESCE && !out.closing {
+                // A sender is likely mid-burst: let it add to this write.
+                drop(out);
+                std::thread::yield_now();
+                out = inner.out.lock();
             }
             std::mem::swap(&mut out.buf, &mut batch);
             out.closing

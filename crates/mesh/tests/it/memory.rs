@@ -447,3 +447,23 @@ fn faults_off_every_message_arrives_exactly_once_in_order() {
         })
         .unwrap();
 }
+
+#[test]
+fn send_timeout_waits_for_room_instead_of_failing() {
+    let g = InMemoryGroup::with_config(2, MeshConfig::default().capacity(1));
+    let (a, b) = (ch(&g, 0, 1), ch(&g, 1, 0));
+    a.send(b"first").expect("send");
+    assert!(matches!(
+        a.send(b"x"),
+        Err(ChannelError::QueueFull { capacity: 1 })
+    ));
+    assert!(matches!(
+        a.send_timeout(b"x", BRIEF),
+        Err(ChannelError::QueueFull { capacity: 1 })
+    ));
+    let waiting = thread::spawn(move || a.send_timeout(b"second", Duration::from_secs(3600)));
+    assert_eq!(recv(&b), b"first");
+    join_soon(waiting, "send_timeout once there is room").expect("send");
+    assert_eq!(recv(&b), b"second");
+    assert_eq!(g.counters(0, 1).sent, 2);
+}
