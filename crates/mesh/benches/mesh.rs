@@ -20,6 +20,7 @@ use multinode_wire::{ClusterId, Hello, NodeId};
 
 fn main() {
     let quick = quick();
+    pin(0);
     in_memory(quick);
     tcp(quick);
 }
@@ -36,6 +37,28 @@ fn send_all(ch: &impl Channel, msg: &[u8]) {
     }
 }
 
+/// Pins the calling thread to one CPU (Linux), so the producer and the
+/// consumer of both sides of a comparison always run on different cores:
+/// left to the scheduler they sometimes share one, which changes the
+/// regime (and the absolute rate) between repetitions.
+#[allow(unsafe_code, reason = "sched_setaffinity has no safe std wrapper")]
+fn pin(cpu: usize) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within
+    // it; sched_setaffinity reads `size_of::<cpu_set_t>()` bytes of it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % 2.max(num_cpus()), &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cpu;
+}
+
+fn num_cpus() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn in_memory(quick: bool) {
     let count: usize = if quick { 200_000 } else { 2_000_000 };
     let reps = if quick { 3 } else { 7 };
@@ -46,6 +69,7 @@ fn in_memory(quick: bool) {
         let (a, b) = (group.channel(0, 1).unwrap(), group.channel(1, 0).unwrap());
         let start = Instant::now();
         let consumer = thread::spawn(move || {
+            pin(1);
             for _ in 0..count {
                 let m = b
                     .receive(Duration::from_secs(10))
@@ -64,6 +88,7 @@ fn in_memory(quick: bool) {
         let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(1024);
         let start = Instant::now();
         let consumer = thread::spawn(move || {
+            pin(1);
             for _ in 0..count {
                 black_box(rx.recv().unwrap());
             }
@@ -111,6 +136,7 @@ fn tcp(quick: bool) {
         let b = accepter.join().unwrap();
         let start = Instant::now();
         let consumer = thread::spawn(move || {
+            pin(1);
             for _ in 0..count {
                 let m = b
                     .receive(Duration::from_secs(10))
@@ -133,6 +159,7 @@ fn tcp(quick: bool) {
         a.set_nodelay(true).unwrap();
         let start = Instant::now();
         let consumer = thread::spawn(move || {
+            pin(1);
             let mut r = BufReader::new(b);
             let mut len = [0u8; 4];
             for _ in 0..count {

@@ -446,6 +446,8 @@ impl InMemoryGroup {
             side: conn.side_of(from),
             conn,
             shared: Arc::clone(shared),
+            tx_link: from * shared.n + to,
+            rx_link: to * shared.n + from,
         })
     }
 
@@ -605,11 +607,20 @@ impl InMemoryGroup {
 ///
 /// Cloning gives another handle to the same end; closing any of them closes
 /// the end. Dropping a handle does nothing.
+///
+/// Several threads may send and receive on one end at once. Which receiving
+/// thread gets which message is unspecified; each thread sees the messages
+/// it gets in link order. With a delay or hold on the link and several
+/// receiving threads, a message queued behind a delayed one can reach
+/// another thread first.
 #[derive(Clone)]
 pub struct InMemoryChannel {
     shared: Arc<Shared>,
     conn: Arc<Conn>,
     side: usize,
+    /// Index of the link this end sends on, and of the one it receives on.
+    tx_link: usize,
+    rx_link: usize,
 }
 
 impl std::fmt::Debug for InMemoryChannel {
@@ -682,8 +693,7 @@ impl InMemoryChannel {
     }
 
     fn delivered(&self, msg: Vec<u8>) -> Result<Option<Vec<u8>>, ChannelError> {
-        self.shared
-            .link(self.peer(), self.local())
+        self.shared.links[self.rx_link]
             .rx
             .0
             .delivered
@@ -694,6 +704,53 @@ impl InMemoryChannel {
     fn queue_full(&self) -> ChannelError {
         ChannelError::QueueFull {
             capacity: self.shared.config.capacity,
+        }
+    }
+
+    /// The rest of `receive`: staged and overtaking messages, delays and
+    /// holds, and waiting.
+    #[inline(never)]
+    fn receive_waiting(&self, timeout: Duration) -> Result<Option<Vec<u8>>, ChannelError> {
+        let end = &self.conn.ends[self.side];
+        let mut deadline: Option<Option<Instant>> = None;
+        loop {
+            let state = self.conn.state.load(Acquire);
+            if state != 0 {
+                if let Some(e) = self.own_error(state) {
+                    return Err(e);
+                }
+            }
+            let (until, watch_queue) = match self.take(state) {
+                Ok(Some(msg)) => return self.delivered(msg),
+                Ok(None) => {
+                    return Err(self.peer_error(state).unwrap_or(ChannelError::PeerClosed));
+                }
+                Err(wait) => wait,
+            };
+            let now = Instant::now();
+            let deadline = *deadline.get_or_insert_with(|| now.checked_add(timeout));
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            let until = match (until, deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let mut select = Select::new();
+            let wake = select.recv(&end.wake_rx);
+            if watch_queue {
+                select.recv(&end.rx);
+            }
+            if state == 0 {
+                select.recv(&self.conn.terminal_rx);
+            }
+            let ready = match until {
+                Some(until) => select.ready_deadline(until).ok(),
+                None => Some(select.ready()),
+            };
+            if ready == Some(wake) {
+                let _ = end.wake_rx.try_recv();
+            }
         }
     }
 
@@ -718,26 +775,50 @@ impl InMemoryChannel {
                 return Err(e);
             }
         }
-        let link = self.shared.link(self.local(), self.peer());
+        let link = &self.shared.links[self.tx_link];
         if link.tx.0.faulty.load(Acquire) {
             return self.send_faulty_waiting(msg, wait);
         }
         let inbox = &self.conn.ends[1 - self.side];
         let item = Item::Plain(msg.to_vec());
+        let sent = &link.tx.0.sent;
+        sent.fetch_add(1, Relaxed);
         let waited = match (inbox.tx.try_send(item), wait) {
             (Ok(()), _) => false,
-            (Err(TrySendError::Full(_)), None) => return Err(self.queue_full()),
-            (Err(TrySendError::Full(item)), Some(timeout)) => {
+            (Err(TrySendError::Full(mut item)), Some(timeout)) => {
+                // Back off before reading the clock and parking: room
+                // usually comes within a few spins.
+                for step in 0..SPIN_STEPS {
+                    backoff(step);
+                    match inbox.tx.try_send(item) {
+                        Ok(()) => return self.after_waiting(),
+                        Err(TrySendError::Full(back)) => item = back,
+                        Err(TrySendError::Disconnected(_)) => {
+                            sent.fetch_sub(1, Relaxed);
+                            return Err(ChannelError::PeerClosed);
+                        }
+                    }
+                }
                 match inbox.tx.send_timeout(item, timeout) {
                     Ok(()) => true,
-                    Err(SendTimeoutError::Timeout(_)) => return Err(self.queue_full()),
-                    Err(SendTimeoutError::Disconnected(_)) => return Err(ChannelError::PeerClosed),
+                    Err(e) => {
+                        sent.fetch_sub(1, Relaxed);
+                        return Err(match e {
+                            SendTimeoutError::Timeout(_) => self.queue_full(),
+                            SendTimeoutError::Disconnected(_) => ChannelError::PeerClosed,
+                        });
+                    }
                 }
             }
-            // The connection owns both halves of its queues.
-            (Err(TrySendError::Disconnected(_)), _) => return Err(ChannelError::PeerClosed),
+            (Err(e), _) => {
+                sent.fetch_sub(1, Relaxed);
+                return Err(match e {
+                    TrySendError::Full(_) => self.queue_full(),
+                    // The connection owns both halves of its queues.
+                    TrySendError::Disconnected(_) => ChannelError::PeerClosed,
+                });
+            }
         };
-        link.tx.0.sent.fetch_add(1, Relaxed);
         if waited {
             self.after_waiting()?;
         }
@@ -905,23 +986,18 @@ impl InMemoryChannel {
     }
 }
 
-/// Spins, then yields, a few times while `rx` stays empty, as crossbeam's
-/// own blocking receive does before it parks: a message about to arrive is
-/// taken without registering a waiter. Returns whether one arrived.
-fn spin_for<T>(rx: &Receiver<T>) -> bool {
-    for step in 0..10u32 {
-        if step < 6 {
-            for _ in 0..1u32 << step {
-                std::hint::spin_loop();
-            }
-        } else {
-            std::thread::yield_now();
+/// How many backoff steps a receive takes on an empty queue before it
+/// parks: 6 growing spins, then 4 yields.
+const SPIN_STEPS: u32 = 10;
+
+fn backoff(step: u32) {
+    if step < 6 {
+        for _ in 0..1u32 << step {
+            std::hint::spin_loop();
         }
-        if !rx.is_empty() {
-            return true;
-        }
+    } else {
+        std::thread::yield_now();
     }
-    false
 }
 
 impl Channel for InMemoryChannel {
@@ -930,62 +1006,30 @@ impl Channel for InMemoryChannel {
     }
 
     fn receive(&self, timeout: Duration) -> Result<Option<Vec<u8>>, ChannelError> {
+        // The fast path, kept small enough to inline: an open connection,
+        // nothing staged, a plain message at the front of the queue.
+        // While the queue is empty it spins, then yields, a few times, as
+        // crossbeam's own blocking receive does before it parks: a message
+        // about to arrive is taken without registering a waiter.
         let end = &self.conn.ends[self.side];
-        let mut deadline: Option<Option<Instant>> = None;
-        loop {
-            let state = self.conn.state.load(Acquire);
-            if state != 0 {
-                if let Some(e) = self.own_error(state) {
-                    return Err(e);
+        let spins = if timeout.is_zero() { 0 } else { SPIN_STEPS };
+        let mut step = 0;
+        while self.conn.state.load(Acquire) == 0 && !end.slow.load(SeqCst) {
+            match end.rx.try_recv() {
+                Ok(Item::Plain(msg)) => return self.delivered(msg),
+                Ok(Item::Tagged(t)) => {
+                    let mut staged = end.staged.lock();
+                    staged.push_back(t);
+                    end.settle(&staged);
                 }
-            }
-            // The fast path: nothing staged, a plain message at the front.
-            if !end.slow.load(SeqCst) {
-                match end.rx.try_recv() {
-                    Ok(Item::Plain(msg)) => return self.delivered(msg),
-                    Ok(Item::Tagged(t)) => {
-                        let mut staged = end.staged.lock();
-                        staged.push_back(t);
-                        end.settle(&staged);
-                    }
-                    Err(_) => {}
+                Err(_) if step < spins => {
+                    backoff(step);
+                    step += 1;
                 }
-            }
-            let (until, watch_queue) = match self.take(state) {
-                Ok(Some(msg)) => return self.delivered(msg),
-                Ok(None) => {
-                    return Err(self.peer_error(state).unwrap_or(ChannelError::PeerClosed));
-                }
-                Err(wait) => wait,
-            };
-            if watch_queue && until.is_none() && !timeout.is_zero() && spin_for(&end.rx) {
-                continue;
-            }
-            let now = Instant::now();
-            let deadline = *deadline.get_or_insert_with(|| now.checked_add(timeout));
-            if deadline.is_some_and(|d| now >= d) {
-                return Ok(None);
-            }
-            let until = match (until, deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let mut select = Select::new();
-            let wake = select.recv(&end.wake_rx);
-            if watch_queue {
-                select.recv(&end.rx);
-            }
-            if state == 0 {
-                select.recv(&self.conn.terminal_rx);
-            }
-            let ready = match until {
-                Some(until) => select.ready_deadline(until).ok(),
-                None => Some(select.ready()),
-            };
-            if ready == Some(wake) {
-                let _ = end.wake_rx.try_recv();
+                Err(_) => break,
             }
         }
+        self.receive_waiting(timeout)
     }
 
     fn close(&self) {
