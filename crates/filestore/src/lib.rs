@@ -1,0 +1,27 @@
+//! A crash-safe key-value state store shared by processes.
+//!
+//! - [`FileStore`]: one human-readable JSON file per store. Every write
+//!   takes a cross-process lock on a sidecar file that is never deleted,
+//!   re-reads, merges key by key with the value's [`Merge`] rule, and
+//!   replaces the file durably (temp file, fsync, rename, fsync of the
+//!   directory) before it acknowledges. Puts from several threads share one
+//!   write cycle.
+//! - [`StateStore`]: the interface (`get`, `put`, `delete`, `keys`);
+//!   [`Checkpoint`] is the stock value, a sequence that never moves back.
+//! - [`Storage`]: every disk operation, so [`SimStorage`] can model what a
+//!   power cut keeps and a test can crash the protocol at every step;
+//!   [`DiskStorage`] is the real disk.
+//!
+//! Invariants: an acknowledged write survives a crash of the process or of
+//! the machine; nothing is acknowledged that was not made durable; a value
+//! never moves backwards by its merge rule; no handle resurrects a delete
+//! or undoes a reset it had not seen; a corrupt file is an error naming it,
+//! never a silent reset; `get` takes no lock and does no I/O.
+
+mod error;
+mod storage;
+mod store;
+
+pub use error::StoreError;
+pub use storage::{DiskStorage, SimStorage, Storage};
+pub use store::{Checkpoint, FORMAT_VERSION, FileStore, Merge, PutOutcome, StateStore};

@@ -1,0 +1,3 @@
+//! `multinode-filestore` integration tests.
+
+mod store;

@@ -1,0 +1,359 @@
+//! `FileStore` through its public API, on the real disk and on the
+//! simulated one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use multinode_filestore::{
+    Checkpoint, FileStore, PutOutcome, SimStorage, StateStore, Storage, StoreError,
+};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed, TestRunner};
+
+type Cp = Checkpoint<String>;
+type Disk = FileStore<Cp>;
+
+fn cp(sequence: u64) -> Cp {
+    Checkpoint {
+        sequence,
+        data: format!("at {sequence}"),
+    }
+}
+
+fn seq(v: Option<Cp>) -> Option<u64> {
+    v.map(|c| c.sequence)
+}
+
+fn dir() -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().expect("tempdir");
+    let p = d.path().join("state.json");
+    (d, p)
+}
+
+fn seed(test: &str) -> u64 {
+    let seed = match std::env::var("MULTINODE_SEED") {
+        Ok(s) => s.parse().expect("MULTINODE_SEED must be a u64"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos() as u64,
+    };
+    println!("{test}: seed {seed} (replay with MULTINODE_SEED={seed})");
+    seed
+}
+
+// ---- The reference's defects, one regression each. ----
+
+#[test]
+fn defect_a_stale_handle_cannot_resurrect_a_delete() {
+    let (_d, path) = dir();
+    let a = Disk::open(&path).unwrap();
+    a.put("k", cp(5)).unwrap();
+    let b = Disk::open(&path).unwrap();
+    assert_eq!(seq(b.get("k")), Some(5));
+    a.delete("k").unwrap();
+    // b still has k = 5 in hand; writing another key must not bring it back.
+    assert_eq!(b.put("other", cp(1)).unwrap(), PutOutcome::Applied);
+    let fresh = Disk::open(&path).unwrap();
+    assert_eq!(fresh.get("k"), None);
+    assert_eq!(fresh.keys(), vec!["other".to_string()]);
+    // Nor can b put the old value back without having seen the delete.
+    let b2 = Disk::open(&path).unwrap();
+    a.put("k2", cp(3)).unwrap();
+    b2.refresh().unwrap();
+    a.delete("k2").unwrap();
+    assert_eq!(b2.put("k2", cp(3)).unwrap(), PutOutcome::Superseded);
+    assert_eq!(Disk::open(&path).unwrap().get("k2"), None);
+}
+
+#[test]
+fn defect_a_reset_survives_stale_handles() {
+    let (_d, path) = dir();
+    let a = Disk::open(&path).unwrap();
+    a.put("k", cp(10)).unwrap();
+    let b = Disk::open(&path).unwrap();
+    a.reset("k", cp(1)).unwrap();
+    assert_eq!(
+        b.put("k", cp(11)).unwrap(),
+        PutOutcome::Superseded,
+        "pre-reset numbering"
+    );
+    assert_eq!(seq(Disk::open(&path).unwrap().get("k")), Some(1));
+    // b has now seen the reset: it goes on from there.
+    assert_eq!(seq(b.get("k")), Some(1));
+    assert_eq!(b.put("k", cp(2)).unwrap(), PutOutcome::Applied);
+    assert_eq!(
+        b.put("k", cp(2)).unwrap(),
+        PutOutcome::Superseded,
+        "never backwards or sideways"
+    );
+}
+
+#[test]
+fn defect_temp_litter_is_swept_on_open() {
+    let (d, path) = dir();
+    let a = Disk::open(&path).unwrap();
+    a.put("k", cp(1)).unwrap();
+    // What a writer killed between its temp write and its rename leaves.
+    for i in 0..9 {
+        std::fs::write(
+            d.path().join(format!(".state.json.tmp-4242-{i}")),
+            b"{partial",
+        )
+        .unwrap();
+    }
+    std::fs::write(d.path().join("unrelated.txt"), b"mine").unwrap();
+    let b = Disk::open(&path).unwrap();
+    assert_eq!(seq(b.get("k")), Some(1));
+    let mut left: Vec<String> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["state.json", "state.json.lock", "unrelated.txt"]);
+}
+
+#[test]
+fn defect_a_no_op_put_makes_what_it_read_durable() {
+    let sim = SimStorage::new();
+    let path = Path::new("/s/state.json");
+    // A writer that renamed its file into place and died before syncing
+    // the directory: the file is visible, not durable.
+    let json = br#"{"format":1,"entries":{"k":{"epoch":0,"value":{"sequence":9,"data":"x"}}}}"#;
+    let tmp = Path::new("/s/.state.json.tmp-1-0");
+    sim.write(tmp, json).unwrap();
+    sim.sync_file(tmp).unwrap();
+    sim.rename(tmp, path).unwrap();
+    let store = FileStore::<Cp, _>::open_with(path, sim.clone()).unwrap();
+    assert_eq!(store.put("k", cp(3)).unwrap(), PutOutcome::Superseded);
+    sim.power_cut();
+    let after = FileStore::<Cp, _>::open_with(path, sim.clone()).unwrap();
+    assert_eq!(
+        seq(after.get("k")),
+        Some(9),
+        "the state a no-op put acknowledged was lost"
+    );
+}
+
+// ---- Corruption, versions, poisoning. ----
+
+#[test]
+fn a_corrupt_file_is_a_typed_error_and_stays_untouched() {
+    let (_d, path) = dir();
+    for bad in [
+        &b"{\"format\":1,\"entries\":{\"k\":"[..],
+        b"\x00\xff garbage",
+        b"",
+    ] {
+        std::fs::write(&path, bad).unwrap();
+        match Disk::open(&path) {
+            Err(StoreError::Corrupt { path: p, .. }) => assert_eq!(p, path),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bad,
+            "the corrupt file was touched"
+        );
+    }
+    std::fs::write(&path, br#"{"format":2,"entries":{}}"#).unwrap();
+    match Disk::open(&path) {
+        Err(
+            e @ StoreError::NewerFormat {
+                found: 2,
+                supported: 1,
+                ..
+            },
+        ) => {
+            assert!(e.to_string().contains("format version 2"), "{e}");
+        }
+        other => panic!("expected NewerFormat, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_fsync_error_fails_the_put_and_poisons_the_handle() {
+    let sim = SimStorage::new();
+    let path = Path::new("/s/state.json");
+    let store = FileStore::<Cp, _>::open_with(path, sim.clone()).unwrap();
+    store.put("a", cp(1)).unwrap();
+    sim.fail_from(Some(1)); // the temp file's fsync
+    assert!(store.put("b", cp(1)).is_err());
+    assert!(store.is_poisoned());
+    sim.fail_from(None);
+    assert!(matches!(
+        store.put("c", cp(1)).unwrap_err().root(),
+        StoreError::Poisoned
+    ));
+    let fresh = FileStore::<Cp, _>::open_with(path, sim).unwrap();
+    assert_eq!(fresh.keys(), vec!["a".to_string()]);
+}
+
+/// Crashes the put protocol at every step (a power cut right before it),
+/// then recovers: the file always parses, no temp file is left, and the
+/// value is the old one or the new one, the new one if the put returned.
+#[test]
+fn a_power_cut_at_every_step_of_a_put_recovers() {
+    let path = Path::new("/s/state.json");
+    let steps = {
+        let sim = SimStorage::new();
+        let s = FileStore::<Cp, _>::open_with(path, sim.clone()).unwrap();
+        s.put("k", cp(1)).unwrap();
+        let before = sim.steps();
+        s.put("k", cp(2)).unwrap();
+        sim.steps() - before
+    };
+    assert!(steps >= 4, "write, fsync, rename, fsync dir: {steps}");
+    for step in 0..=steps {
+        let sim = SimStorage::new();
+        let s = FileStore::<Cp, _>::open_with(path, sim.clone()).unwrap();
+        s.put("k", cp(1)).unwrap();
+        sim.fail_from(Some(step));
+        let acked = s.put("k", cp(2)).is_ok();
+        sim.power_cut();
+        let after = FileStore::<Cp, _>::open_with(path, sim.clone())
+            .unwrap_or_else(|e| panic!("step {step}: recovery failed: {e}"));
+        let got = seq(after.get("k"));
+        assert!(got == Some(1) || got == Some(2), "step {step}: {got:?}");
+        if acked {
+            assert_eq!(got, Some(2), "step {step}: an acknowledged put was lost");
+        }
+        let litter: Vec<String> = sim
+            .list(Path::new("/s"))
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
+        assert!(litter.is_empty(), "step {step}: {litter:?}");
+    }
+}
+
+#[test]
+fn concurrent_puts_from_threads_all_land() {
+    let (_d, path) = dir();
+    let store = Disk::open(&path).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let store = store.clone();
+            s.spawn(move || {
+                for i in 0..5u64 {
+                    let r = store.put(&format!("t{t}-{i}"), cp(i + 1)).unwrap();
+                    assert_eq!(r, PutOutcome::Applied);
+                }
+            });
+        }
+    });
+    assert_eq!(Disk::open(&path).unwrap().keys().len(), 40);
+}
+
+// ---- The model test. ----
+
+/// The store's documented semantics, written plainly over a BTreeMap.
+#[derive(Clone, Default)]
+struct Model {
+    /// key → (epoch, sequence or tombstone)
+    file: BTreeMap<String, (u64, Option<u64>)>,
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Put(usize, u8, u64),
+    Delete(usize, u8),
+    Reset(usize, u8, u64),
+    Refresh(usize),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0..3usize, 0..4u8, 0..20u64).prop_map(|(h, k, s)| Step::Put(h, k, s)),
+        1 => (0..3usize, 0..4u8).prop_map(|(h, k)| Step::Delete(h, k)),
+        1 => (0..3usize, 0..4u8, 0..20u64).prop_map(|(h, k, s)| Step::Reset(h, k, s)),
+        1 => (0..3usize).prop_map(Step::Refresh),
+    ]
+}
+
+#[test]
+fn random_operations_from_several_handles_match_a_model() {
+    let mut config = Config::with_cases(48);
+    config.rng_seed = RngSeed::Fixed(seed("filestore_model"));
+    config.failure_persistence = None;
+    let mut runner = TestRunner::new(config);
+    runner
+        .run(&proptest::collection::vec(step(), 1..40), |steps| {
+            let sim = SimStorage::new();
+            let path = Path::new("/m/state.json");
+            let handles: Vec<_> = (0..3)
+                .map(|_| FileStore::<Cp, _>::open_with(path, sim.clone()).unwrap())
+                .collect();
+            let mut model = Model::default();
+            // What each handle last saw of the file.
+            let mut seen: Vec<Model> = vec![Model::default(); 3];
+            for st in steps {
+                match st {
+                    Step::Put(h, k, s) => {
+                        let key = format!("k{k}");
+                        let seen_epoch = seen[h].file.get(&key).map_or(0, |e| e.0);
+                        let want = match model.file.get(&key) {
+                            None => {
+                                model.file.insert(key.clone(), (seen_epoch, Some(s)));
+                                PutOutcome::Applied
+                            }
+                            Some(&(e, _)) if e > seen_epoch => PutOutcome::Superseded,
+                            Some(&(_, Some(cur))) if s <= cur => PutOutcome::Superseded,
+                            Some(&(e, _)) => {
+                                model.file.insert(key.clone(), (e, Some(s)));
+                                PutOutcome::Applied
+                            }
+                        };
+                        prop_assert_eq!(handles[h].put(&key, cp(s)).unwrap(), want);
+                        seen[h] = model.clone();
+                    }
+                    Step::Delete(h, k) => {
+                        let key = format!("k{k}");
+                        if let Some((e, v)) = model.file.get_mut(&key) {
+                            if v.is_some() {
+                                *e += 1;
+                                *v = None;
+                            }
+                        }
+                        handles[h].delete(&key).unwrap();
+                        seen[h] = model.clone();
+                    }
+                    Step::Reset(h, k, s) => {
+                        let key = format!("k{k}");
+                        let e = model.file.get(&key).map_or(0, |e| e.0) + 1;
+                        model.file.insert(key.clone(), (e, Some(s)));
+                        handles[h].reset(&key, cp(s)).unwrap();
+                        seen[h] = model.clone();
+                    }
+                    Step::Refresh(h) => {
+                        handles[h].refresh().unwrap();
+                        seen[h] = model.clone();
+                    }
+                }
+                for (h, view) in seen.iter().enumerate() {
+                    for k in 0..4u8 {
+                        let key = format!("k{k}");
+                        let want = view.file.get(&key).and_then(|e| e.1);
+                        prop_assert_eq!(
+                            seq(handles[h].get(&key)),
+                            want,
+                            "handle {} key {}",
+                            h,
+                            key
+                        );
+                    }
+                }
+            }
+            let fresh = FileStore::<Cp, _>::open_with(path, sim.clone()).unwrap();
+            let live: Vec<String> = model
+                .file
+                .iter()
+                .filter(|(_, e)| e.1.is_some())
+                .map(|(k, _)| k.clone())
+                .collect();
+            prop_assert_eq!(fresh.keys(), live);
+            Ok(())
+        })
+        .unwrap();
+}
