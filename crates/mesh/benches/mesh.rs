@@ -59,6 +59,28 @@ fn num_cpus() -> usize {
     thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Sends `count` messages with `send` on this thread while a pinned
+/// consumer thread receives them from `rx`; returns million messages a
+/// second.
+fn pump(count: usize, rx: impl Channel + 'static, mut send: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let consumer = thread::spawn(move || {
+        pin(1);
+        for _ in 0..count {
+            let m = rx
+                .receive(Duration::from_secs(10))
+                .unwrap()
+                .expect("message");
+            black_box(m);
+        }
+    });
+    for _ in 0..count {
+        send();
+    }
+    consumer.join().unwrap();
+    count as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
 fn in_memory(quick: bool) {
     let count: usize = if quick { 200_000 } else { 2_000_000 };
     let reps = if quick { 3 } else { 7 };
@@ -67,22 +89,9 @@ fn in_memory(quick: bool) {
     let ours = || {
         let group = InMemoryGroup::with_config(2, MeshConfig::default().capacity(1024));
         let (a, b) = (group.channel(0, 1).unwrap(), group.channel(1, 0).unwrap());
-        let start = Instant::now();
-        let consumer = thread::spawn(move || {
-            pin(1);
-            for _ in 0..count {
-                let m = b
-                    .receive(Duration::from_secs(10))
-                    .unwrap()
-                    .expect("message");
-                black_box(m);
-            }
-        });
-        for _ in 0..count {
+        pump(count, b, || {
             a.send_timeout(&msg, Duration::from_secs(10)).unwrap();
-        }
-        consumer.join().unwrap();
-        count as f64 / start.elapsed().as_secs_f64() / 1e6
+        })
     };
     let baseline = || {
         let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(1024);
@@ -134,22 +143,7 @@ fn tcp(quick: bool) {
         )
         .unwrap();
         let b = accepter.join().unwrap();
-        let start = Instant::now();
-        let consumer = thread::spawn(move || {
-            pin(1);
-            for _ in 0..count {
-                let m = b
-                    .receive(Duration::from_secs(10))
-                    .unwrap()
-                    .expect("message");
-                black_box(m);
-            }
-        });
-        for _ in 0..count {
-            send_all(&a, &msg);
-        }
-        consumer.join().unwrap();
-        count as f64 / start.elapsed().as_secs_f64() / 1e6
+        pump(count, b, || send_all(&a, &msg))
     };
     let baseline = || {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

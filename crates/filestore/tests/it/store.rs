@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use multinode_filestore::{
     Checkpoint, FileStore, PutOutcome, SimStorage, StateStore, Storage, StoreError,
 };
+use multinode_testkit::proptest_config;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed, TestRunner};
+use proptest::test_runner::TestRunner;
 
 type Cp = Checkpoint<String>;
 type Disk = FileStore<Cp>;
@@ -28,18 +29,6 @@ fn dir() -> (tempfile::TempDir, PathBuf) {
     let d = tempfile::tempdir().expect("tempdir");
     let p = d.path().join("state.json");
     (d, p)
-}
-
-fn seed(test: &str) -> u64 {
-    let seed = match std::env::var("MULTINODE_SEED") {
-        Ok(s) => s.parse().expect("MULTINODE_SEED must be a u64"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos() as u64,
-    };
-    println!("{test}: seed {seed} (replay with MULTINODE_SEED={seed})");
-    seed
 }
 
 // ---- The reference's defects, one regression each. ----
@@ -274,10 +263,7 @@ fn step() -> impl Strategy<Value = Step> {
 
 #[test]
 fn random_operations_from_several_handles_match_a_model() {
-    let mut config = Config::with_cases(48);
-    config.rng_seed = RngSeed::Fixed(seed("filestore_model"));
-    config.failure_persistence = None;
-    let mut runner = TestRunner::new(config);
+    let mut runner = TestRunner::new(proptest_config("filestore_model", 48));
     runner
         .run(&proptest::collection::vec(step(), 1..40), |steps| {
             let sim = SimStorage::new();

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use multinode_mesh::{Fate, FaultModel, LinkCounters, LinkFaults};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed, TestRunner};
+use proptest::test_runner::TestRunner;
 
-use crate::support::seed;
+use crate::support::{proptest_config, seed};
 
 const DELIVER: Fate = Fate::Deliver {
     after: Duration::ZERO,
@@ -33,10 +33,7 @@ fn run(model: &mut FaultModel, count: usize) -> Vec<Fate> {
 
 #[test]
 fn faults_off_deliver_everything_once_in_order_at_once() {
-    let mut config = Config::with_cases(128);
-    config.rng_seed = RngSeed::Fixed(seed("faults_off_deliver_everything"));
-    config.failure_persistence = None;
-    let mut runner = TestRunner::new(config);
+    let mut runner = TestRunner::new(proptest_config("faults_off_deliver_everything", 128));
     let sends = proptest::collection::vec((0usize..4, 0usize..4, 0usize..100), 0..200);
     runner
         .run(&(any::<u64>(), sends), |(model_seed, sends)| {

@@ -10,9 +10,9 @@ use multinode_mesh::{
     MeshConfig,
 };
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed, TestRunner};
+use proptest::test_runner::TestRunner;
 
-use crate::support::{join_soon, recv, seed};
+use crate::support::{join_soon, proptest_config, recv, seed};
 
 const BRIEF: Duration = Duration::from_millis(20);
 
@@ -402,10 +402,7 @@ fn check(next_seen: &mut [[u32; 4]; 4], from: usize, to: usize, m: &[u8]) {
 
 #[test]
 fn faults_off_every_message_arrives_exactly_once_in_order() {
-    let mut config = Config::with_cases(64);
-    config.rng_seed = RngSeed::Fixed(seed("faults_off_exactly_once_in_order"));
-    config.failure_persistence = None;
-    let mut runner = TestRunner::new(config);
+    let mut runner = TestRunner::new(proptest_config("faults_off_exactly_once_in_order", 64));
     // Each step sends on a link or drains one receiver a little.
     let steps =
         proptest::collection::vec((0usize..4, 0usize..4, 0usize..64, any::<bool>()), 0..300);

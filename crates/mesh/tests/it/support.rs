@@ -6,19 +6,7 @@ use std::time::{Duration, Instant};
 use multinode_mesh::{Channel, InMemoryTransport, TcpChannel, TcpChannelListener, TcpConfig};
 use multinode_wire::{ClusterId, Hello, NodeId};
 
-/// The seed of a randomized test: `MULTINODE_SEED`, or the clock. Printed,
-/// so a failure can be replayed.
-pub(crate) fn seed(test: &str) -> u64 {
-    let seed = match std::env::var("MULTINODE_SEED") {
-        Ok(s) => s.parse().expect("MULTINODE_SEED must be a u64"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos() as u64,
-    };
-    println!("{test}: seed {seed} (replay with MULTINODE_SEED={seed})");
-    seed
-}
+pub(crate) use multinode_testkit::{proptest_config, seed};
 
 /// Long enough for anything that should happen now; a test that waits this
 /// long has failed.

@@ -8,33 +8,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use proptest::test_runner::{Config, RngSeed};
-
-/// The seed for a randomized test: `MULTINODE_SEED` if set, else a fresh
-/// one. Printed either way, so a failure can be replayed.
-pub(crate) fn seed(test: &str) -> u64 {
-    let seed = match std::env::var("MULTINODE_SEED") {
-        Ok(s) => s.parse().expect("MULTINODE_SEED must be a u64"),
-        Err(_) => {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock after 1970");
-            t.as_nanos() as u64 ^ u64::from(std::process::id()) << 32
-        }
-    };
-    println!("{test}: seed {seed} (replay with MULTINODE_SEED={seed})");
-    seed
-}
-
-/// A proptest configuration seeded by [`seed`].
-pub(crate) fn proptest_config(test: &str, cases: u32) -> Config {
-    Config {
-        cases,
-        rng_seed: RngSeed::Fixed(seed(test)),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
+pub(crate) use multinode_testkit::{proptest_config, seed};
 
 /// A small deterministic generator for hand-written randomized loops.
 pub(crate) struct SplitMix(pub(crate) u64);
