@@ -15,7 +15,8 @@ pub enum StoreError {
         /// The operating system's error.
         source: io::Error,
     },
-    /// The store file does not parse. It is left exactly as it is.
+    /// The snapshot or its log does not parse, or the log is damaged
+    /// before its last line. The file is left exactly as it is.
     #[error("{} is corrupt: {reason}", path.display())]
     Corrupt {
         /// The store file.
@@ -44,6 +45,9 @@ pub enum StoreError {
     /// state. Open a new handle.
     #[error("store handle is poisoned by an earlier failed write")]
     Poisoned,
+    /// A [`crate::Pending`] was asked for its outcome after giving it.
+    #[error("the outcome was already taken")]
+    Polled,
     /// The write cycle carrying this operation (and others queued with it)
     /// failed.
     #[error("write cycle failed: {0}")]

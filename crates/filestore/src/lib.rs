@@ -19,9 +19,12 @@
 //! never a silent reset; `get` takes no lock and does no I/O.
 
 mod error;
+mod log;
+mod pending;
 mod storage;
 mod store;
 
 pub use error::StoreError;
-pub use storage::{DiskStorage, SimStorage, Storage};
+pub use pending::Pending;
+pub use storage::{DiskStorage, FileVersion, SimStorage, Storage};
 pub use store::{Checkpoint, FORMAT_VERSION, FileStore, Merge, PutOutcome, StateStore};

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,9 +17,21 @@ use parking_lot::Mutex;
 /// directory. An implementation may keep more across a crash, never less.
 pub trait Storage: Send + Sync + 'static {
     /// The file's contents, or `None` if it does not exist.
-    fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
+    fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        self.read_from(path, 0)
+    }
+    /// The file's contents from byte `offset` on (empty past the end), or
+    /// `None` if it does not exist.
+    fn read_from(&self, path: &Path, offset: u64) -> io::Result<Option<Vec<u8>>>;
+    /// Which version of `path` is there now, or `None` if it does not
+    /// exist: cheap (a `stat`), and different after any replace or write.
+    fn version(&self, path: &Path) -> io::Result<Option<FileVersion>>;
     /// Creates or truncates `path` and writes `data` (not yet durable).
     fn write(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Appends `data` to `path`, creating it if missing (not yet durable).
+    fn append(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Cuts `path` to `len` bytes (not yet durable).
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     /// Makes `path`'s contents durable (fsync).
     fn sync_file(&self, path: &Path) -> io::Result<()>;
     /// Renames `from` to `to`, replacing `to` atomically.
@@ -35,23 +47,87 @@ pub trait Storage: Send + Sync + 'static {
     fn with_lock(&self, lock_path: &Path, f: &mut dyn FnMut()) -> io::Result<()>;
 }
 
+/// Identifies one state of one file: which file (device and inode, so a
+/// replace shows) and its length and change time (so a write shows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileVersion {
+    /// The device the file is on.
+    pub device: u64,
+    /// The file's inode number.
+    pub inode: u64,
+    /// Its length in bytes.
+    pub len: u64,
+    /// When its contents or metadata last changed, in nanoseconds.
+    pub changed_ns: i128,
+}
+
 /// The real disk: `std::fs`, `fsync` via `File::sync_all`, and an
 /// `fd-lock` write lock on the sidecar file.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DiskStorage;
 
+fn found<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 impl Storage for DiskStorage {
     fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
-        match fs::read(path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        found(fs::read(path))
+    }
+
+    fn read_from(&self, path: &Path, offset: u64) -> io::Result<Option<Vec<u8>>> {
+        let Some(mut f) = found(File::open(path))? else {
+            return Ok(None);
+        };
+        f.seek(SeekFrom::Start(offset))?;
+        let mut out = Vec::new();
+        f.read_to_end(&mut out)?;
+        Ok(Some(out))
+    }
+
+    fn version(&self, path: &Path) -> io::Result<Option<FileVersion>> {
+        let Some(m) = found(fs::metadata(path))? else {
+            return Ok(None);
+        };
+        #[cfg(unix)]
+        let v = {
+            use std::os::unix::fs::MetadataExt;
+            FileVersion {
+                device: m.dev(),
+                inode: m.ino(),
+                len: m.len(),
+                changed_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+            }
+        };
+        #[cfg(not(unix))]
+        let v = FileVersion {
+            device: 0,
+            inode: 0,
+            len: m.len(),
+            changed_ns: m
+                .modified()?
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i128),
+        };
+        Ok(Some(v))
     }
 
     fn write(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let mut f = File::create(path)?;
         f.write_all(data)
+    }
+
+    fn append(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+        f.write_all(data)
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        OpenOptions::new().write(true).open(path)?.set_len(len)
     }
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {
@@ -105,10 +181,17 @@ pub struct SimStorage {
 }
 
 #[derive(Debug, Default)]
+struct SimFile {
+    now: Vec<u8>,
+    synced: Vec<u8>,
+    changes: u64,
+}
+
+#[derive(Debug, Default)]
 struct SimDisk {
     next_inode: u64,
-    /// inode → (contents now, contents synced).
-    inodes: HashMap<u64, (Vec<u8>, Option<Vec<u8>>)>,
+    /// inode → the file.
+    inodes: HashMap<u64, SimFile>,
     /// path → inode, as the running system sees it.
     names: BTreeMap<PathBuf, u64>,
     /// path → inode, as a power cut would leave it.
@@ -120,6 +203,28 @@ struct SimDisk {
 }
 
 impl SimDisk {
+    fn file(&mut self, path: &Path) -> io::Result<&mut SimFile> {
+        let ino = *self.names.get(path).ok_or(io::ErrorKind::NotFound)?;
+        let f = self.inodes.get_mut(&ino).ok_or(io::ErrorKind::NotFound)?;
+        f.changes += 1;
+        Ok(f)
+    }
+
+    fn create(&mut self, path: &Path) -> &mut SimFile {
+        let ino = match self.names.get(path) {
+            Some(&ino) => ino,
+            None => {
+                self.next_inode += 1;
+                let ino = self.next_inode;
+                self.names.insert(path.to_path_buf(), ino);
+                ino
+            }
+        };
+        let f = self.inodes.entry(ino).or_default();
+        f.changes += 1;
+        f
+    }
+
     fn step(&mut self) -> io::Result<()> {
         let step = self.steps;
         self.steps += 1;
@@ -152,52 +257,100 @@ impl SimStorage {
 
     /// Loses power: everything not made durable is gone, and failures stop.
     pub fn power_cut(&self) {
+        self.power_cut_keeping(0);
+    }
+
+    /// Loses power, but a file whose unsynced contents extend its synced
+    /// ones keeps up to `torn` bytes of the extension, as a half-finished
+    /// append would.
+    pub fn power_cut_keeping(&self, torn: usize) {
         let mut d = self.disk.lock();
         d.names = d.durable_names.clone();
         let live: Vec<u64> = d.names.values().copied().collect();
         d.inodes.retain(|ino, _| live.contains(ino));
-        for (now, synced) in d.inodes.values_mut() {
-            *now = synced.clone().unwrap_or_default();
+        for f in d.inodes.values_mut() {
+            let keep = if f.now.starts_with(&f.synced) {
+                f.synced.len().saturating_add(torn).min(f.now.len())
+            } else {
+                0
+            };
+            f.now = if keep > 0 {
+                f.now[..keep].to_vec()
+            } else {
+                f.synced.clone()
+            };
+            f.changes += 1;
         }
         d.fail_from = None;
     }
 }
 
-impl Storage for SimStorage {
-    fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+impl SimStorage {
+    fn lookup(
+        &self,
+        path: &Path,
+    ) -> io::Result<Option<(u64, parking_lot::MappedMutexGuard<'_, SimFile>)>> {
         let d = self.disk.lock();
         if d.fail_from.is_some_and(|f| d.steps >= f) {
             return Err(io::Error::other("simulated crash"));
         }
-        Ok(d.names.get(path).map(|ino| d.inodes[ino].0.clone()))
+        let Some(&ino) = d.names.get(path) else {
+            return Ok(None);
+        };
+        Ok(
+            parking_lot::MutexGuard::try_map(d, |d| d.inodes.get_mut(&ino))
+                .ok()
+                .map(|f| (ino, f)),
+        )
+    }
+}
+
+impl Storage for SimStorage {
+    fn read_from(&self, path: &Path, offset: u64) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.lookup(path)?.map(|(_, f)| {
+            let from = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(f.now.len());
+            f.now[from..].to_vec()
+        }))
+    }
+
+    fn version(&self, path: &Path) -> io::Result<Option<FileVersion>> {
+        Ok(self.lookup(path)?.map(|(ino, f)| FileVersion {
+            device: 0,
+            inode: ino,
+            len: f.now.len() as u64,
+            changed_ns: i128::from(f.changes),
+        }))
     }
 
     fn write(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let mut d = self.disk.lock();
         d.step()?;
-        let ino = match d.names.get(path) {
-            Some(&ino) => ino,
-            None => {
-                d.next_inode += 1;
-                let ino = d.next_inode;
-                d.names.insert(path.to_path_buf(), ino);
-                d.inodes.insert(ino, (Vec::new(), None));
-                ino
-            }
-        };
-        if let Some(i) = d.inodes.get_mut(&ino) {
-            i.0 = data.to_vec();
-        }
+        d.create(path).now = data.to_vec();
+        Ok(())
+    }
+
+    fn append(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let mut d = self.disk.lock();
+        d.step()?;
+        d.create(path).now.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let mut d = self.disk.lock();
+        d.step()?;
+        let f = d.file(path)?;
+        f.now.truncate(usize::try_from(len).unwrap_or(usize::MAX));
         Ok(())
     }
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {
         let mut d = self.disk.lock();
         d.step()?;
-        let ino = *d.names.get(path).ok_or(io::ErrorKind::NotFound)?;
-        if let Some(i) = d.inodes.get_mut(&ino) {
-            i.1 = Some(i.0.clone());
-        }
+        let f = d.file(path)?;
+        f.synced = f.now.clone();
         Ok(())
     }
 

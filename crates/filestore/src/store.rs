@@ -1,19 +1,28 @@
-//! `FileStore`: lock, re-read, merge, durable replace, with group commit.
+//! `FileStore`: lock, catch up, merge, append durably; group commit on one
+//! write thread per handle.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{DiskStorage, Storage, StoreError};
+use crate::log;
+use crate::pending::Slot;
+use crate::{DiskStorage, FileVersion, Pending, Storage, StoreError};
 
-/// The newest snapshot format this build reads and the one it writes.
+/// The newest snapshot and log format this build reads, and the one it
+/// writes.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// The log is folded into a new snapshot once it is longer than this and
+/// than the snapshot, so a put costs O(1) amortized, not O(state).
+const COMPACT_AFTER: u64 = 256 * 1024;
 
 /// How a value merges with the one already stored: the per-key rule that
 /// keeps state from moving backwards.
@@ -49,22 +58,23 @@ pub enum PutOutcome {
     Superseded,
 }
 
-/// A key-value state store shared by processes (blocking; every method may
-/// be called from any thread).
-pub trait StateStore<V> {
+/// A key-value state store shared by processes. Reads are answered from
+/// memory; writes return a [`Pending`] to `.await` from async code or to
+/// [`Pending::wait`] for from blocking code.
+pub trait StateStore<V>: Send + Sync {
     /// The value of `key` as this handle last saw it. No lock, no I/O.
     fn get(&self, key: &str) -> Option<V>;
-    /// Merges `value` into `key`, durably, before returning.
-    fn put(&self, key: &str, value: V) -> Result<PutOutcome, StoreError>;
-    /// Deletes `key`, durably: no handle that has not seen the delete can
-    /// bring the old value back.
-    fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// The live keys as this handle last saw them, in order.
     fn keys(&self) -> Vec<String>;
+    /// Merges `value` into `key`; done when it is durable.
+    fn put(&self, key: &str, value: V) -> Pending<PutOutcome>;
+    /// Deletes `key`; done when durable. No handle that has not seen the
+    /// delete can bring the old value back.
+    fn delete(&self, key: &str) -> Pending<()>;
 }
 
-/// One key in the snapshot: its epoch (raised by every delete and reset)
-/// and its value, or a tombstone.
+/// One key: its epoch (raised by every delete and reset) and its value, or
+/// a tombstone.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Entry<V> {
     epoch: u64,
@@ -72,15 +82,33 @@ struct Entry<V> {
     value: Option<V>,
 }
 
+type Entries<V> = BTreeMap<String, Entry<V>>;
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Snapshot<V> {
+struct Snapshot<E> {
     format: u32,
-    entries: BTreeMap<String, Entry<V>>,
+    #[serde(default)]
+    generation: u64,
+    entries: E,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogHeader {
+    log: u32,
+    generation: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogRecord<E> {
+    set: E,
 }
 
 #[derive(Deserialize)]
 struct FormatOnly {
+    #[serde(alias = "log")]
     format: u32,
 }
 
@@ -88,61 +116,107 @@ enum Op<V> {
     Put(String, V, u64),
     Delete(String),
     Reset(String, V),
+    Refresh,
+    Compact,
 }
 
-type Outcome = Result<PutOutcome, StoreError>;
+/// The log as the writer last left it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LogState {
+    /// No log file.
+    Missing,
+    /// A log of an older generation (a compaction's leftover): ignored,
+    /// replaced by the next write.
+    Stale((u64, u64)),
+    /// The live log (device, inode) and where its intact lines end.
+    Live((u64, u64), u64),
+}
 
-#[derive(Default)]
-struct Commits<V> {
-    queue: Vec<(u64, Op<V>)>,
-    done: BTreeMap<u64, Outcome>,
-    next: u64,
-    leading: bool,
+/// What the writer knows of the files, under the cross-process lock.
+struct Tracked<V> {
+    entries: Entries<V>,
+    /// False until loaded, and after any failure: the next cycle reloads.
+    valid: bool,
+    snapshot: Option<FileVersion>,
+    snapshot_len: u64,
+    generation: u64,
+    log: LogState,
+    /// Whether everything in `entries` is known to be durable.
+    durable: bool,
+}
+
+/// What a catch-up changed, for the readers' cache.
+enum Delta {
+    All,
+    Keys(Vec<String>),
 }
 
 struct Inner<V, S> {
     storage: S,
     path: PathBuf,
+    log_path: PathBuf,
     dir: PathBuf,
     lock_path: PathBuf,
     temp_prefix: String,
-    cache: RwLock<BTreeMap<String, Entry<V>>>,
-    commits: Mutex<Commits<V>>,
-    committed: Condvar,
+    tracked: Mutex<Tracked<V>>,
+    cache: RwLock<Entries<V>>,
     poisoned: AtomicBool,
     temps: AtomicU64,
+    queue: Mutex<(Vec<(Op<V>, Arc<Slot>)>, bool)>,
+    wake: Condvar,
 }
 
-/// A state store in one JSON file, shared by every process that opens it.
+struct Handle<V, S> {
+    inner: Arc<Inner<V, S>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<V, S> Drop for Handle<V, S> {
+    fn drop(&mut self) {
+        self.inner.queue.lock().1 = true;
+        self.inner.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            // The thread finishes what is queued, then stops.
+            let _ = t.join();
+        }
+    }
+}
+
+/// A state store in a human-readable JSON snapshot (`<file>`) and a
+/// checksummed append-only log (`<file>.log`), shared by every process
+/// that opens it.
 ///
 /// Each write cycle takes the cross-process lock (on `<file>.lock`, which
-/// is never deleted), re-reads the file, merges the pending operations key
-/// by key into what it read (never writing back a stale cache), writes the
-/// result to a temp file in the same directory, fsyncs it, renames it over
-/// the file, fsyncs the directory, and only then acknowledges. Concurrent
-/// puts in one process share one cycle (group commit). An fsync error fails
-/// the cycle and poisons the handle: it never retries and acknowledges.
+/// is never deleted), catches up with what other processes wrote, merges
+/// the queued operations key by key, appends one line to the log, fsyncs
+/// it, and only then acknowledges. When the log outgrows the snapshot it is
+/// folded into a new one by the durable replace (temp file, fsync, rename,
+/// fsync of the directory). Operations queued while a cycle runs share the
+/// next one (group commit), on one write thread per opened store. An fsync
+/// error fails the cycle and poisons the handle: it never retries and
+/// acknowledges.
 ///
 /// Deletes and [`FileStore::reset`] raise the key's epoch; a put from a
 /// handle that had not seen the key's current epoch is
 /// [`PutOutcome::Superseded`], so a stale handle cannot undo either.
 pub struct FileStore<V, S = DiskStorage> {
-    inner: Arc<Inner<V, S>>,
+    handle: Arc<Handle<V, S>>,
 }
 
 impl<V, S> Clone for FileStore<V, S> {
     fn clone(&self) -> Self {
         Self {
-            inner: Arc::clone(&self.inner),
+            handle: Arc::clone(&self.handle),
         }
     }
 }
 
 impl<V, S> std::fmt::Debug for FileStore<V, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = &self.handle.inner;
         f.debug_struct("FileStore")
-            .field("path", &self.inner.path)
-            .field("poisoned", &self.inner.poisoned.load(Ordering::Acquire))
+            .field("path", &inner.path)
+            .field("poisoned", &inner.poisoned.load(Ordering::Acquire))
             .finish()
     }
 }
@@ -152,6 +226,7 @@ where
     V: Merge + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// Opens (or creates on first write) the store at `path` on disk.
+    /// Blocking: it takes the lock and reads the files.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         Self::open_with(path, DiskStorage)
     }
@@ -163,8 +238,8 @@ where
     S: Storage,
 {
     /// Opens the store at `path` on `storage`: under the lock, sweeps temp
-    /// files a killed writer left, then reads the file. A corrupt file is
-    /// an error naming it, and is left as it is.
+    /// files a killed writer left, cuts a torn tail off the log, then reads.
+    /// A corrupt file is an error naming it, and is left as it is.
     pub fn open_with(path: impl AsRef<Path>, storage: S) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let name = path
@@ -176,88 +251,88 @@ where
             _ => PathBuf::from("."),
         };
         let inner = Arc::new(Inner {
+            log_path: dir.join(format!("{name}.log")),
             lock_path: dir.join(format!("{name}.lock")),
             temp_prefix: format!(".{name}.tmp-"),
             path,
             dir,
             storage,
-            cache: RwLock::new(BTreeMap::new()),
-            commits: Mutex::new(Commits {
-                queue: Vec::new(),
-                done: BTreeMap::new(),
-                next: 0,
-                leading: false,
+            tracked: Mutex::new(Tracked {
+                entries: BTreeMap::new(),
+                valid: false,
+                snapshot: None,
+                snapshot_len: 0,
+                generation: 0,
+                log: LogState::Missing,
+                durable: false,
             }),
-            committed: Condvar::new(),
+            cache: RwLock::new(BTreeMap::new()),
             poisoned: AtomicBool::new(false),
             temps: AtomicU64::new(0),
+            queue: Mutex::new((Vec::new(), false)),
+            wake: Condvar::new(),
         });
         let mut result = Ok(());
         let locked = inner.storage.with_lock(&inner.lock_path, &mut || {
             result = inner.sweep().and_then(|()| {
-                let entries = inner.read()?;
-                *inner.cache.write() = entries;
+                let mut t = inner.tracked.lock();
+                inner.catch_up(&mut t)?;
+                *inner.cache.write() = t.entries.clone();
                 Ok(())
             });
         });
         locked.map_err(|e| StoreError::io(&inner.lock_path, e))?;
         result?;
-        Ok(Self { inner })
+        let worker = Arc::clone(&inner);
+        let thread = std::thread::Builder::new()
+            .name("filestore-write".into())
+            .spawn(move || worker.run())
+            .map_err(|e| StoreError::io(&inner.path, e))?;
+        Ok(Self {
+            handle: Arc::new(Handle {
+                inner,
+                thread: Some(thread),
+            }),
+        })
     }
 
-    /// The file this store lives in.
+    /// The snapshot file this store lives in.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        &self.handle.inner.path
     }
 
-    /// Re-reads the file (without the lock: writers replace it whole), so
-    /// `get` and `keys` see other processes' writes.
-    pub fn refresh(&self) -> Result<(), StoreError> {
-        let entries = self.inner.read()?;
-        *self.inner.cache.write() = entries;
-        Ok(())
+    /// Catches up with other processes' writes, so `get` and `keys` see
+    /// them (one write cycle, under the lock).
+    pub fn refresh(&self) -> Pending<()> {
+        self.submit(Op::Refresh, |_| ())
     }
 
     /// Sets `key` to `value` whatever is stored, and raises its epoch: puts
     /// from handles that have not seen the reset are superseded.
-    pub fn reset(&self, key: &str, value: V) -> Result<(), StoreError> {
-        self.commit(Op::Reset(key.to_owned(), value)).map(|_| ())
+    pub fn reset(&self, key: &str, value: V) -> Pending<()> {
+        self.submit(Op::Reset(key.to_owned(), value), |_| ())
+    }
+
+    /// Folds the log into a new snapshot now (it also happens by itself
+    /// once the log outgrows the snapshot).
+    pub fn compact(&self) -> Pending<()> {
+        self.submit(Op::Compact, |_| ())
     }
 
     /// Whether an earlier write failed and this handle refuses more.
     pub fn is_poisoned(&self) -> bool {
-        self.inner.poisoned.load(Ordering::Acquire)
+        self.handle.inner.poisoned.load(Ordering::Acquire)
     }
 
-    fn seen_epoch(&self, key: &str) -> u64 {
-        self.inner.cache.read().get(key).map_or(0, |e| e.epoch)
-    }
-
-    /// Queues `op` and waits for the cycle that carries it; the first
-    /// waiter with no cycle running leads one for everything queued.
-    fn commit(&self, op: Op<V>) -> Outcome {
-        let inner = &self.inner;
-        let mut c = inner.commits.lock();
-        let ticket = c.next;
-        c.next += 1;
-        c.queue.push((ticket, op));
-        loop {
-            if let Some(outcome) = c.done.remove(&ticket) {
-                return outcome;
-            }
-            if c.leading {
-                inner.committed.wait(&mut c);
-                continue;
-            }
-            c.leading = true;
-            let batch = std::mem::take(&mut c.queue);
-            drop(c);
-            let outcomes = inner.cycle(batch);
-            c = inner.commits.lock();
-            c.done.extend(outcomes);
-            c.leading = false;
-            inner.committed.notify_all();
+    fn submit<T>(&self, op: Op<V>, map: fn(PutOutcome) -> T) -> Pending<T> {
+        let inner = &self.handle.inner;
+        if inner.poisoned.load(Ordering::Acquire) {
+            return Pending::ready(Err(StoreError::Poisoned));
         }
+        let slot = Arc::new(Slot::default());
+        inner.queue.lock().0.push((op, Arc::clone(&slot)));
+        inner.wake.notify_one();
+        Pending::queued(slot, map)
     }
 }
 
@@ -266,179 +341,385 @@ where
     V: Merge + Clone + Serialize + DeserializeOwned,
     S: Storage,
 {
+    /// The write thread: one cycle for everything queued, until closed.
+    fn run(&self) {
+        loop {
+            let batch = {
+                let mut q = self.queue.lock();
+                while q.0.is_empty() && !q.1 {
+                    self.wake.wait(&mut q);
+                }
+                if q.0.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut q.0)
+            };
+            let (ops, slots): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let outcomes =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.cycle(ops)))
+                    .unwrap_or_else(|_| {
+                        self.poisoned.store(true, Ordering::Release);
+                        Err(StoreError::Poisoned)
+                    });
+            match outcomes {
+                Ok(list) => {
+                    for (slot, o) in slots.iter().zip(list) {
+                        slot.complete(Ok(o));
+                    }
+                }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    for slot in &slots {
+                        slot.complete(Err(StoreError::Batch(Arc::clone(&e))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn corrupt(&self, path: &Path, reason: impl ToString) -> StoreError {
+        StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
+
     fn sweep(&self) -> Result<(), StoreError> {
-        let names = self
-            .storage
-            .list(&self.dir)
-            .map_err(|e| StoreError::io(&self.dir, e))?;
+        let names = self.storage.list(&self.dir).map_err(at(&self.dir))?;
         let mut swept = false;
         for name in names.iter().filter(|n| n.starts_with(&self.temp_prefix)) {
             let p = self.dir.join(name);
-            self.storage.remove(&p).map_err(|e| StoreError::io(&p, e))?;
+            self.storage.remove(&p).map_err(at(&p))?;
             swept = true;
         }
         if swept {
-            self.storage
-                .sync_dir(&self.dir)
-                .map_err(|e| StoreError::io(&self.dir, e))?;
+            self.storage.sync_dir(&self.dir).map_err(at(&self.dir))?;
         }
         Ok(())
     }
 
-    fn read(&self) -> Result<BTreeMap<String, Entry<V>>, StoreError> {
-        let Some(bytes) = self
-            .storage
-            .read(&self.path)
-            .map_err(|e| StoreError::io(&self.path, e))?
-        else {
-            return Ok(BTreeMap::new());
-        };
-        let corrupt = |reason: String| StoreError::Corrupt {
-            path: self.path.clone(),
-            reason,
-        };
-        let format: FormatOnly =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    fn parse<T: DeserializeOwned>(&self, path: &Path, json: &[u8]) -> Result<T, StoreError> {
+        let format: FormatOnly = serde_json::from_slice(json).map_err(|e| self.corrupt(path, e))?;
         if format.format > FORMAT_VERSION {
             return Err(StoreError::NewerFormat {
-                path: self.path.clone(),
+                path: path.to_path_buf(),
                 found: format.format,
                 supported: FORMAT_VERSION,
             });
         }
-        let snap: Snapshot<V> =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        Ok(snap.entries)
+        serde_json::from_slice(json).map_err(|e| self.corrupt(path, e))
     }
 
-    /// One write cycle for `batch`, under the cross-process lock.
-    fn cycle(&self, batch: Vec<(u64, Op<V>)>) -> Vec<(u64, Outcome)> {
-        if self.poisoned.load(Ordering::Acquire) {
-            return batch
-                .into_iter()
-                .map(|(t, _)| (t, Err(StoreError::Poisoned)))
-                .collect();
+    /// Brings `t` up to date with the files, under the lock; a torn log
+    /// tail is cut (durably) so the next append follows intact lines.
+    fn catch_up(&self, t: &mut Tracked<V>) -> Result<Delta, StoreError> {
+        let result = self.catch_up_inner(t);
+        if result.is_err() {
+            t.valid = false;
         }
-        let tickets: Vec<u64> = batch.iter().map(|(t, _)| *t).collect();
-        let mut outcome: Result<Vec<PutOutcome>, StoreError> = Ok(Vec::new());
-        let mut batch = Some(batch);
+        result
+    }
+
+    fn catch_up_inner(&self, t: &mut Tracked<V>) -> Result<Delta, StoreError> {
+        let s = &self.storage;
+        let snapshot = s.version(&self.path).map_err(at(&self.path))?;
+        if !t.valid || snapshot != t.snapshot {
+            return self.reload(t);
+        }
+        let log = s.version(&self.log_path).map_err(at(&self.log_path))?;
+        let id = log.map(|v| (v.device, v.inode));
+        match (t.log, log) {
+            (LogState::Missing, None) => Ok(Delta::Keys(Vec::new())),
+            (LogState::Stale(was), Some(_)) if Some(was) == id => Ok(Delta::Keys(Vec::new())),
+            (LogState::Live(was, end), Some(v)) if Some(was) == id && v.len >= end => {
+                let tail = s
+                    .read_from(&self.log_path, end)
+                    .map_err(at(&self.log_path))?
+                    .unwrap_or_default();
+                let mut keys = Vec::new();
+                let good = self.replay(&mut t.entries, &tail, end, &mut keys)?;
+                t.log = LogState::Live(was, end + good);
+                if !keys.is_empty() {
+                    t.durable = false;
+                }
+                Ok(Delta::Keys(keys))
+            }
+            _ => self.reload(t),
+        }
+    }
+
+    /// Applies the intact records in `tail` (the log from byte `at` on),
+    /// cuts a torn tail, and returns how many bytes were intact.
+    fn replay(
+        &self,
+        entries: &mut Entries<V>,
+        tail: &[u8],
+        from: u64,
+        keys: &mut Vec<String>,
+    ) -> Result<u64, StoreError> {
+        let lines = log::split(tail).map_err(|e| self.corrupt(&self.log_path, e))?;
+        for line in &lines.lines {
+            let rec: LogRecord<Entries<V>> = self.parse_record(line)?;
+            for (k, e) in rec.set {
+                keys.push(k.clone());
+                entries.insert(k, e);
+            }
+        }
+        let good = lines.good as u64;
+        if lines.torn {
+            let s = &self.storage;
+            s.truncate(&self.log_path, from + good)
+                .map_err(at(&self.log_path))?;
+            s.sync_file(&self.log_path).map_err(at(&self.log_path))?;
+        }
+        Ok(good)
+    }
+
+    fn parse_record(&self, line: &[u8]) -> Result<LogRecord<Entries<V>>, StoreError> {
+        serde_json::from_slice(line).map_err(|e| self.corrupt(&self.log_path, e))
+    }
+
+    /// Reads the snapshot and the log whole.
+    fn reload(&self, t: &mut Tracked<V>) -> Result<Delta, StoreError> {
+        t.valid = false;
+        let s = &self.storage;
+        let snapshot = s.version(&self.path).map_err(at(&self.path))?;
+        let (mut entries, generation, len) = match s.read(&self.path).map_err(at(&self.path))? {
+            None => (BTreeMap::new(), 0, 0),
+            Some(bytes) => {
+                let snap: Snapshot<Entries<V>> = self.parse(&self.path, &bytes)?;
+                (snap.entries, snap.generation, bytes.len() as u64)
+            }
+        };
+        let log = s.version(&self.log_path).map_err(at(&self.log_path))?;
+        let state = match (log, s.read(&self.log_path).map_err(at(&self.log_path))?) {
+            (Some(v), Some(bytes)) => {
+                let id = (v.device, v.inode);
+                let lines = log::split(&bytes).map_err(|e| self.corrupt(&self.log_path, e))?;
+                match lines.lines.first() {
+                    // Written by a rename, a log always has its header: one
+                    // without is no log at all.
+                    None => LogState::Stale(id),
+                    Some(first) => {
+                        let header: LogHeader = self.parse(&self.log_path, first)?;
+                        if header.generation != generation {
+                            LogState::Stale(id)
+                        } else {
+                            let head = first.len() as u64 + 10;
+                            let mut keys = Vec::new();
+                            let good = self.replay(
+                                &mut entries,
+                                &bytes[head as usize..],
+                                head,
+                                &mut keys,
+                            )?;
+                            LogState::Live(id, head + good)
+                        }
+                    }
+                }
+            }
+            _ => LogState::Missing,
+        };
+        *t = Tracked {
+            entries,
+            valid: true,
+            snapshot,
+            snapshot_len: len,
+            generation,
+            log: state,
+            durable: false,
+        };
+        Ok(Delta::All)
+    }
+
+    /// One write cycle for `ops`, under the cross-process lock.
+    fn cycle(&self, ops: Vec<Op<V>>) -> Result<Vec<PutOutcome>, StoreError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Poisoned);
+        }
+        let mut outcome = Err(StoreError::Poisoned);
+        let mut ops = Some(ops);
         let locked = self.storage.with_lock(&self.lock_path, &mut || {
-            if let Some(batch) = batch.take() {
-                outcome = self.apply_and_write(batch);
+            if let Some(ops) = ops.take() {
+                outcome = self.locked_cycle(ops);
             }
         });
-        let outcome = locked
-            .map_err(|e| StoreError::io(&self.lock_path, e))
-            .and(outcome);
-        match outcome {
-            Ok(list) => tickets.into_iter().zip(list.into_iter().map(Ok)).collect(),
-            Err(e) => {
-                let e = Arc::new(e);
-                tickets
-                    .into_iter()
-                    .map(|t| (t, Err(StoreError::Batch(Arc::clone(&e)))))
-                    .collect()
-            }
-        }
+        locked.map_err(at(&self.lock_path))?;
+        outcome
     }
 
-    fn apply_and_write(&self, batch: Vec<(u64, Op<V>)>) -> Result<Vec<PutOutcome>, StoreError> {
-        let mut entries = self.read()?;
-        let mut changed = false;
-        let outcomes: Vec<PutOutcome> = batch
+    fn locked_cycle(&self, ops: Vec<Op<V>>) -> Result<Vec<PutOutcome>, StoreError> {
+        let mut t = self.tracked.lock();
+        let delta = self.catch_up(&mut t)?;
+        let mut record: Entries<V> = BTreeMap::new();
+        let mut compact = false;
+        let outcomes = ops
             .into_iter()
-            .map(|(_, op)| {
-                let applied = apply(&mut entries, op);
-                changed |= applied;
-                if applied {
-                    PutOutcome::Applied
-                } else {
-                    PutOutcome::Superseded
+            .map(|op| {
+                compact |= matches!(op, Op::Compact);
+                match apply(&mut t.entries, op) {
+                    Some(key) => {
+                        if let Some(e) = t.entries.get(&key) {
+                            record.insert(key, e.clone());
+                        }
+                        PutOutcome::Applied
+                    }
+                    None => PutOutcome::Superseded,
                 }
             })
             .collect();
-        let written = if changed {
-            self.replace(&entries)
-        } else {
-            // Nothing to write, but what was read must be durable before
-            // a no-op is acknowledged: its writer may have died before
-            // syncing the directory.
-            self.make_durable()
-        };
-        if let Err(e) = written {
+        if let Err(e) = self.write(&mut t, &record, compact) {
+            // The disk is in an unknown state: refuse to go on.
             self.poisoned.store(true, Ordering::Release);
+            t.valid = false;
             return Err(e);
         }
-        *self.cache.write() = entries;
+        let mut cache = self.cache.write();
+        match delta {
+            Delta::All => *cache = t.entries.clone(),
+            Delta::Keys(keys) => {
+                for k in keys {
+                    if let Some(e) = t.entries.get(&k) {
+                        cache.insert(k, e.clone());
+                    }
+                }
+            }
+        }
+        cache.extend(record);
         Ok(outcomes)
     }
 
-    /// The durable replace: temp file, fsync, rename, fsync the directory.
-    fn replace(&self, entries: &BTreeMap<String, Entry<V>>) -> Result<(), StoreError> {
-        let snap = SnapshotRef {
-            format: FORMAT_VERSION,
-            entries,
+    /// Makes the cycle durable: appends `record`, compacting if due.
+    fn write(
+        &self,
+        t: &mut Tracked<V>,
+        record: &Entries<V>,
+        compact: bool,
+    ) -> Result<(), StoreError> {
+        let s = &self.storage;
+        if compact || (t.snapshot.is_none() && !record.is_empty()) {
+            return self.compact(t);
+        }
+        if record.is_empty() {
+            // Nothing to write, but what was read must be durable before a
+            // no-op is acknowledged: its writer may have died before its
+            // fsync.
+            if !t.durable {
+                if t.snapshot.is_some() {
+                    s.sync_file(&self.path).map_err(at(&self.path))?;
+                }
+                if t.log != LogState::Missing {
+                    s.sync_file(&self.log_path).map_err(at(&self.log_path))?;
+                }
+                s.sync_dir(&self.dir).map_err(at(&self.dir))?;
+                t.durable = true;
+            }
+            return Ok(());
+        }
+        let (id, end) = match t.log {
+            LogState::Live(id, end) => (id, end),
+            _ => self.new_log(t)?,
         };
-        let mut json = serde_json::to_vec_pretty(&snap).map_err(|e| StoreError::Encode {
-            reason: e.to_string(),
-        })?;
+        let json = serde_json::to_vec(&LogRecord { set: record }).map_err(encode)?;
+        let line = log::encode_line(&json);
+        s.append(&self.log_path, &line)
+            .map_err(at(&self.log_path))?;
+        s.sync_file(&self.log_path).map_err(at(&self.log_path))?;
+        let end = end + line.len() as u64;
+        t.log = LogState::Live(id, end);
+        if !t.durable {
+            // Earlier lines read this cycle may be another writer's that
+            // died before its fsync; the file's fsync covered them, but a
+            // snapshot it renamed may still need its directory synced.
+            s.sync_dir(&self.dir).map_err(at(&self.dir))?;
+            t.durable = true;
+        }
+        if end > COMPACT_AFTER.max(t.snapshot_len) {
+            self.compact(t)?;
+        }
+        Ok(())
+    }
+
+    /// Writes every entry as a new snapshot of the next generation, then
+    /// starts a fresh log for it. A crash between the two leaves a log of
+    /// the old generation, which readers ignore.
+    fn compact(&self, t: &mut Tracked<V>) -> Result<(), StoreError> {
+        let generation = t.generation + 1;
+        let snap = Snapshot {
+            format: FORMAT_VERSION,
+            generation,
+            entries: &t.entries,
+        };
+        let mut json = serde_json::to_vec_pretty(&snap).map_err(encode)?;
         json.push(b'\n');
+        self.replace(&self.path, &json)?;
+        t.generation = generation;
+        t.snapshot_len = json.len() as u64;
+        t.snapshot = self.storage.version(&self.path).map_err(at(&self.path))?;
+        t.log = LogState::Missing;
+        self.new_log(t)?;
+        t.durable = true;
+        Ok(())
+    }
+
+    fn new_log(&self, t: &mut Tracked<V>) -> Result<((u64, u64), u64), StoreError> {
+        let header = LogHeader {
+            log: FORMAT_VERSION,
+            generation: t.generation,
+        };
+        let line = log::encode_line(&serde_json::to_vec(&header).map_err(encode)?);
+        self.replace(&self.log_path, &line)?;
+        let v = self
+            .storage
+            .version(&self.log_path)
+            .map_err(at(&self.log_path))?
+            .ok_or_else(|| StoreError::io(&self.log_path, io::ErrorKind::NotFound.into()))?;
+        let pos = ((v.device, v.inode), line.len() as u64);
+        t.log = LogState::Live(pos.0, pos.1);
+        Ok(pos)
+    }
+
+    /// The durable replace: temp file, fsync, rename, fsync the directory.
+    fn replace(&self, path: &Path, data: &[u8]) -> Result<(), StoreError> {
         let n = self.temps.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .dir
             .join(format!("{}{}-{n}", self.temp_prefix, std::process::id()));
         let s = &self.storage;
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |e| StoreError::io(&p, e)
-        };
-        s.write(&tmp, &json).map_err(io(&tmp))?;
-        s.sync_file(&tmp).map_err(io(&tmp))?;
-        s.rename(&tmp, &self.path).map_err(io(&self.path))?;
-        s.sync_dir(&self.dir).map_err(io(&self.dir))
-    }
-
-    fn make_durable(&self) -> Result<(), StoreError> {
-        let s = &self.storage;
-        if s.read(&self.path)
-            .map_err(|e| StoreError::io(&self.path, e))?
-            .is_some()
-        {
-            s.sync_file(&self.path)
-                .map_err(|e| StoreError::io(&self.path, e))?;
-            s.sync_dir(&self.dir)
-                .map_err(|e| StoreError::io(&self.dir, e))?;
-        }
-        Ok(())
+        s.write(&tmp, data).map_err(at(&tmp))?;
+        s.sync_file(&tmp).map_err(at(&tmp))?;
+        s.rename(&tmp, path).map_err(at(path))?;
+        s.sync_dir(&self.dir).map_err(at(&self.dir))
     }
 }
 
-#[derive(Serialize)]
-struct SnapshotRef<'a, V> {
-    format: u32,
-    entries: &'a BTreeMap<String, Entry<V>>,
+/// Names `p` in an I/O error.
+fn at(p: &Path) -> impl Fn(io::Error) -> StoreError {
+    let p = p.to_path_buf();
+    move |e| StoreError::io(&p, e)
 }
 
-/// Applies one operation; whether it changed anything.
-fn apply<V: Merge>(entries: &mut BTreeMap<String, Entry<V>>, op: Op<V>) -> bool {
+fn encode(e: serde_json::Error) -> StoreError {
+    StoreError::Encode {
+        reason: e.to_string(),
+    }
+}
+
+/// Applies one operation; the key it changed, if any.
+fn apply<V: Merge>(entries: &mut Entries<V>, op: Op<V>) -> Option<String> {
     match op {
         Op::Put(key, value, seen) => match entries.get_mut(&key) {
             None => {
-                entries.insert(
-                    key,
-                    Entry {
-                        epoch: seen,
-                        value: Some(value),
-                    },
-                );
-                true
+                let value = Some(value);
+                entries.insert(key.clone(), Entry { epoch: seen, value });
+                Some(key)
             }
-            Some(e) if e.epoch > seen => false,
+            Some(e) if e.epoch > seen => None,
             Some(e) => match &e.value {
-                Some(current) if !value.supersedes(current) => false,
+                Some(current) if !value.supersedes(current) => None,
                 _ => {
                     e.value = Some(value);
-                    true
+                    Some(key)
                 }
             },
         },
@@ -446,19 +727,20 @@ fn apply<V: Merge>(entries: &mut BTreeMap<String, Entry<V>>, op: Op<V>) -> bool 
             Some(e) if e.value.is_some() => {
                 e.epoch += 1;
                 e.value = None;
-                true
+                Some(key)
             }
-            _ => false,
+            _ => None,
         },
         Op::Reset(key, value) => {
-            let e = entries.entry(key).or_insert(Entry {
+            let e = entries.entry(key.clone()).or_insert(Entry {
                 epoch: 0,
                 value: None,
             });
             e.epoch += 1;
             e.value = Some(value);
-            true
+            Some(key)
         }
+        Op::Refresh | Op::Compact => None,
     }
 }
 
@@ -468,29 +750,28 @@ where
     S: Storage,
 {
     fn get(&self, key: &str) -> Option<V> {
-        self.inner
-            .cache
-            .read()
-            .get(key)
-            .and_then(|e| e.value.clone())
-    }
-
-    fn put(&self, key: &str, value: V) -> Result<PutOutcome, StoreError> {
-        let seen = self.seen_epoch(key);
-        self.commit(Op::Put(key.to_owned(), value, seen))
-    }
-
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.commit(Op::Delete(key.to_owned())).map(|_| ())
+        let cache = self.handle.inner.cache.read();
+        cache.get(key).and_then(|e| e.value.clone())
     }
 
     fn keys(&self) -> Vec<String> {
-        self.inner
+        let cache = self.handle.inner.cache.read();
+        let live = cache.iter().filter(|(_, e)| e.value.is_some());
+        live.map(|(k, _)| k.clone()).collect()
+    }
+
+    fn put(&self, key: &str, value: V) -> Pending<PutOutcome> {
+        let seen = self
+            .handle
+            .inner
             .cache
             .read()
-            .iter()
-            .filter(|(_, e)| e.value.is_some())
-            .map(|(k, _)| k.clone())
-            .collect()
+            .get(key)
+            .map_or(0, |e| e.epoch);
+        self.submit(Op::Put(key.to_owned(), value, seen), |o| o)
+    }
+
+    fn delete(&self, key: &str) -> Pending<()> {
+        self.submit(Op::Delete(key.to_owned()), |_| ())
     }
 }
