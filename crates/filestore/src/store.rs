@@ -151,6 +151,8 @@ enum Delta {
     Keys(Vec<String>),
 }
 
+type Queued<V> = (Op<V>, Arc<Slot>);
+
 struct Inner<V, S> {
     storage: S,
     path: PathBuf,
@@ -162,7 +164,8 @@ struct Inner<V, S> {
     cache: RwLock<Entries<V>>,
     poisoned: AtomicBool,
     temps: AtomicU64,
-    queue: Mutex<(Vec<(Op<V>, Arc<Slot>)>, bool)>,
+    /// Queued operations, and whether the handles are all gone.
+    queue: Mutex<(Vec<Queued<V>>, bool)>,
     wake: Condvar,
 }
 
