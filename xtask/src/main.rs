@@ -22,12 +22,38 @@ enum Cmd {
     Ci,
     /// Run every crate's benchmarks and print the figures against their baselines.
     Bench(bench::Args),
+    /// A long kill-during-write campaign on multinode-filestore: each cycle
+    /// starts 4 writer processes on one store, SIGKILLs each at a seeded
+    /// random instant, and checks the store. MULTINODE_SEED replays one.
+    KillFuzz {
+        /// Cycles (waves) to run; each kills 4 writers.
+        #[arg(long, default_value_t = 250)]
+        cycles: usize,
+    },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Ci => ci(),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::KillFuzz { cycles } => {
+            let cycles = cycles.to_string();
+            cargo(
+                "kill-fuzz",
+                &[
+                    "test",
+                    "--locked",
+                    "-p",
+                    "multinode-filestore",
+                    "--test",
+                    "processes",
+                    "--",
+                    "--cycles",
+                    &cycles,
+                ],
+                &[],
+            )
+        }
     }
 }
 

@@ -12,6 +12,9 @@
 //!   power cut keeps and a test can crash the protocol at every step;
 //!   [`DiskStorage`] is the real disk.
 //!
+//! - [`killfuzz`]: the kill-during-write fuzz harness, for this store or
+//!   yours: writer processes, seeded `SIGKILL` waves, journals, a checker.
+//!
 //! Invariants: an acknowledged write survives a crash of the process or of
 //! the machine; nothing is acknowledged that was not made durable; a value
 //! never moves backwards by its merge rule; no handle resurrects a delete
@@ -19,6 +22,7 @@
 //! never a silent reset; `get` takes no lock and does no I/O.
 
 mod error;
+pub mod killfuzz;
 mod log;
 mod pending;
 mod storage;
