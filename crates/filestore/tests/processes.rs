@@ -16,6 +16,8 @@ use rand_chacha::ChaCha8Rng;
 
 type Cp = Checkpoint<String>;
 
+type Check = dyn Fn() -> Result<(), String>;
+
 const MODEL_FLAG: &str = "--model-handle";
 const MODEL_GATE: &str = "MULTINODE_FILESTORE_MODEL_HANDLE";
 
@@ -33,7 +35,7 @@ fn main() {
         .map(|n| n.parse().expect("--waves takes a number"))
         .unwrap_or(25);
     let started = Instant::now();
-    let tests: [(&str, &dyn Fn() -> Result<(), String>); 3] = [
+    let tests: [(&str, &Check); 3] = [
         ("the_writer_flag_without_its_gate_is_refused", &gate_refused),
         ("handles_in_several_processes_match_a_model", &model),
         ("a_kill_fuzz_campaign_finds_no_violation", &|| {
@@ -230,7 +232,7 @@ fn model() -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let path = dir.path().join("state.json");
     let open = || FileStore::<Cp>::open(&path).map_err(|e| e.to_string());
-    let mut handles = vec![
+    let mut handles = [
         H::Local(open()?),
         H::Local(open()?),
         H::spawn(&path)?,
