@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 
 type Cp = Checkpoint<String>;
 
-type Check = dyn Fn() -> Result<(), String>;
+type Check<'a> = dyn Fn() -> Result<(), String> + 'a;
 
 const MODEL_FLAG: &str = "--model-handle";
 const MODEL_GATE: &str = "MULTINODE_FILESTORE_MODEL_HANDLE";
@@ -35,7 +35,7 @@ fn main() {
         .map(|n| n.parse().expect("--waves takes a number"))
         .unwrap_or(25);
     let started = Instant::now();
-    let tests: [(&str, &Check); 3] = [
+    let tests: [(&str, &Check<'_>); 3] = [
         ("the_writer_flag_without_its_gate_is_refused", &gate_refused),
         ("handles_in_several_processes_match_a_model", &model),
         ("a_kill_fuzz_campaign_finds_no_violation", &|| {
