@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use multinode_filestore::{
-    Checkpoint, FileStore, PutOutcome, SimStorage, StateStore, Storage, StoreError,
+    Checkpoint, DiskStorage, FileStore, PutOutcome, SimStorage, StateStore, Storage, StoreError,
 };
 use multinode_testkit::proptest_config;
 use proptest::prelude::*;
@@ -333,6 +333,138 @@ fn concurrent_puts_from_threads_all_land() {
         }
     });
     assert_eq!(Disk::open(&path).unwrap().keys().len(), 40);
+}
+
+/// A `Storage` on the real disk that counts its calls and its fsyncs.
+#[derive(Clone, Default)]
+struct CountingDisk(
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+);
+
+impl CountingDisk {
+    fn call(&self) {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Storage for CountingDisk {
+    fn read_from(&self, p: &Path, offset: u64) -> std::io::Result<Option<Vec<u8>>> {
+        self.call();
+        DiskStorage.read_from(p, offset)
+    }
+    fn version(&self, p: &Path) -> std::io::Result<Option<multinode_filestore::FileVersion>> {
+        self.call();
+        DiskStorage.version(p)
+    }
+    fn write(&self, p: &Path, data: &[u8]) -> std::io::Result<()> {
+        self.call();
+        DiskStorage.write(p, data)
+    }
+    fn append(&self, p: &Path, data: &[u8]) -> std::io::Result<()> {
+        self.call();
+        DiskStorage.append(p, data)
+    }
+    fn truncate(&self, p: &Path, len: u64) -> std::io::Result<()> {
+        self.call();
+        DiskStorage.truncate(p, len)
+    }
+    fn sync_file(&self, p: &Path) -> std::io::Result<()> {
+        self.call();
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        DiskStorage.sync_file(p)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.call();
+        DiskStorage.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.call();
+        DiskStorage.sync_dir(dir)
+    }
+    fn remove(&self, p: &Path) -> std::io::Result<()> {
+        self.call();
+        DiskStorage.remove(p)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        self.call();
+        DiskStorage.list(dir)
+    }
+    fn with_lock(&self, lock: &Path, f: &mut dyn FnMut()) -> std::io::Result<()> {
+        self.call();
+        DiskStorage.with_lock(lock, f)
+    }
+}
+
+#[test]
+fn concurrent_puts_share_write_cycles() {
+    let (_d, path) = dir();
+    let disk = CountingDisk::default();
+    let store = FileStore::<Cp, _>::open_with(&path, disk.clone()).unwrap();
+    store.put("warm", cp(1)).wait().unwrap();
+    let before = disk.0.load(std::sync::atomic::Ordering::Relaxed);
+    let (threads, each) = (16, 10u64);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let store = store.clone();
+            s.spawn(move || {
+                for i in 0..each {
+                    store.put(&format!("t{t}"), cp(i + 1)).wait().unwrap();
+                }
+            });
+        }
+    });
+    let fsyncs = disk.0.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let puts = threads * each;
+    assert!(
+        fsyncs < puts,
+        "{puts} concurrent puts took {fsyncs} fsyncs: no group commit"
+    );
+    let fresh = Disk::open(&path).unwrap();
+    for t in 0..threads {
+        assert_eq!(seq(fresh.get(&format!("t{t}"))), Some(each));
+    }
+}
+
+#[test]
+fn get_and_keys_take_no_lock_and_do_no_io() {
+    let (_d, path) = dir();
+    let disk = CountingDisk::default();
+    let store = FileStore::<Cp, _>::open_with(&path, disk.clone()).unwrap();
+    store.put("a", cp(1)).wait().unwrap();
+    let calls = disk.1.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..100 {
+        assert_eq!(seq(store.get("a")), Some(1));
+        assert_eq!(store.get("b"), None);
+        assert_eq!(store.keys(), ["a"]);
+    }
+    assert_eq!(disk.1.load(std::sync::atomic::Ordering::Relaxed), calls);
+}
+
+#[test]
+fn writes_can_be_awaited_from_async_tasks() {
+    let (_d, path) = dir();
+    let store = Disk::open(&path).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let outcomes = rt.block_on(async {
+        // On one thread, every put is in flight at once: they share cycles
+        // and none blocks the runtime.
+        let tasks: Vec<_> = (0..32u64)
+            .map(|i| tokio::spawn(store.put(&format!("k{i}"), cp(i + 1))))
+            .collect();
+        let mut outcomes = Vec::new();
+        for t in tasks {
+            outcomes.push(t.await.unwrap().unwrap());
+        }
+        store.delete("k0").await.unwrap();
+        outcomes
+    });
+    assert!(outcomes.iter().all(|o| *o == PutOutcome::Applied));
+    let fresh = Disk::open(&path).unwrap();
+    assert_eq!(fresh.keys().len(), 31);
+    assert_eq!(seq(fresh.get("k31")), Some(32));
 }
 
 // ---- The model test. ----
