@@ -1,17 +1,20 @@
 //! A crash-safe key-value state store shared by processes.
 //!
-//! - [`FileStore`]: one human-readable JSON file per store. Every write
-//!   takes a cross-process lock on a sidecar file that is never deleted,
-//!   re-reads, merges key by key with the value's [`Merge`] rule, and
-//!   replaces the file durably (temp file, fsync, rename, fsync of the
-//!   directory) before it acknowledges. Puts from several threads share one
-//!   write cycle.
-//! - [`StateStore`]: the interface (`get`, `put`, `delete`, `keys`);
-//!   [`Checkpoint`] is the stock value, a sequence that never moves back.
+//! - [`FileStore`]: a human-readable JSON snapshot (`<file>`) and a
+//!   checksummed append-only log (`<file>.log`). Every write cycle takes a
+//!   cross-process lock on a sidecar file that is never deleted, catches up
+//!   with other processes' writes, merges key by key with the value's
+//!   [`Merge`] rule, appends one line and fsyncs it before it
+//!   acknowledges. The log is folded into a new snapshot by the durable
+//!   replace (temp file, fsync, rename, fsync of the directory) once it
+//!   outgrows it. Writes queued together share one cycle.
+//! - [`StateStore`]: the interface. `get` and `keys` answer from memory;
+//!   `put` and `delete` return a [`Pending`] to `.await` or to
+//!   [`Pending::wait`] for. [`Checkpoint`] is the stock value, a sequence
+//!   that never moves back.
 //! - [`Storage`]: every disk operation, so [`SimStorage`] can model what a
 //!   power cut keeps and a test can crash the protocol at every step;
 //!   [`DiskStorage`] is the real disk.
-//!
 //! - [`killfuzz`]: the kill-during-write fuzz harness, for this store or
 //!   yours: writer processes, seeded `SIGKILL` waves, journals, a checker.
 //!
@@ -19,7 +22,8 @@
 //! the machine; nothing is acknowledged that was not made durable; a value
 //! never moves backwards by its merge rule; no handle resurrects a delete
 //! or undoes a reset it had not seen; a corrupt file is an error naming it,
-//! never a silent reset; `get` takes no lock and does no I/O.
+//! never a silent reset; `get` takes no lock and does no I/O. The protocol
+//! and what the tests prove: `docs/crash-safety.md`.
 
 mod error;
 pub mod killfuzz;
