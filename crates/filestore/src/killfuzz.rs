@@ -50,6 +50,9 @@ pub const CHILD_FLAG: &str = "--multinode-killfuzz-writer";
 /// flag alone is refused, so no stray invocation writes anywhere.
 pub const CHILD_GATE: &str = "MULTINODE_KILLFUZZ_WRITER";
 
+/// How long a writer runs if nobody kills it.
+const WRITER_LIFE_CAP: Duration = Duration::from_secs(30);
+
 /// What the writers put: the data names the writer process.
 pub type Value = Checkpoint<String>;
 
@@ -161,7 +164,7 @@ pub fn child_main<T: Target>(target: &T) {
     std::process::exit(code);
 }
 
-/// A writer: `dir id seed keys`. Puts until killed (or a generous cap).
+/// A writer: `dir id seed keys`. Puts until killed (or for 30 s at most).
 fn writer<T: Target>(target: &T, args: &[String]) -> Result<(), String> {
     let [dir, id, seed, keys] = args else {
         return Err(format!("expected: DIR ID SEED KEYS, got {args:?}"));
@@ -183,7 +186,9 @@ fn writer<T: Target>(target: &T, args: &[String]) -> Result<(), String> {
     note("O\n".into())?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut mine: BTreeMap<u64, u64> = BTreeMap::new();
-    for _ in 0..1_000_000 {
+    // A writer whose campaign died stops by itself.
+    let started = Instant::now();
+    while started.elapsed() < WRITER_LIFE_CAP {
         if rng.random_range(0..16) == 0 {
             target.upkeep(&store).map_err(|e| e.to_string())?;
         }
@@ -271,8 +276,8 @@ impl Journals {
 }
 
 impl Campaign {
-    /// Runs the campaign on the store in `dir` (an empty directory, which
-    /// keeps the journals), calling `progress` after every wave. Stops at
+    /// Runs the campaign on the store in `dir` (an empty directory; it
+    /// keeps the journals and each writer's stderr), calling `progress` after every wave. Stops at
     /// the first wave with a violation; the report lists them.
     pub fn run<T: Target>(
         &self,
