@@ -434,7 +434,12 @@ where
         match (t.log, log) {
             (LogState::Missing, None) => Ok(Delta::Keys(Vec::new())),
             (LogState::Stale(was), Some(_)) if Some(was) == id => Ok(Delta::Keys(Vec::new())),
-            (LogState::Live(was, end), Some(v)) if Some(was) == id && v.len >= end => {
+            // Torn bytes are only ever cut past an intact line, so a log of
+            // the same file and length has no line this handle has not read.
+            (LogState::Live(was, end), Some(v)) if Some(was) == id && v.len == end => {
+                Ok(Delta::Keys(Vec::new()))
+            }
+            (LogState::Live(was, end), Some(v)) if Some(was) == id && v.len > end => {
                 let tail = s
                     .read_from(&self.log_path, end)
                     .map_err(at(&self.log_path))?
