@@ -426,10 +426,15 @@ impl Campaign {
         drop(store);
         match std::fs::read_dir(dir) {
             Ok(entries) => {
-                for e in entries.flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if target.is_litter(&name) {
-                        v.push(format!("wave {wave}: litter left after open: {name}"));
+                for e in entries {
+                    match e {
+                        Ok(e) => {
+                            let name = e.file_name().to_string_lossy().into_owned();
+                            if target.is_litter(&name) {
+                                v.push(format!("wave {wave}: litter left after open: {name}"));
+                            }
+                        }
+                        Err(e) => v.push(format!("wave {wave}: listing {}: {e}", dir.display())),
                     }
                 }
             }
