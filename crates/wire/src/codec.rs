@@ -112,6 +112,44 @@ pub trait Message: Serialize + DeserializeOwned {}
 impl Message for crate::Hello {}
 impl Message for crate::ClusterFrame {}
 impl Message for crate::Timestamp {}
+impl Message for crate::Session {}
+
+/// Bytes a bincode-standard varint of `v` takes.
+fn varint_len(v: u64) -> usize {
+    match v {
+        0..=250 => 1,
+        251..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+/// Bytes a length-prefixed string or byte field of `len` bytes takes.
+fn field_len(len: usize) -> usize {
+    varint_len(len as u64) + len
+}
+
+impl crate::ClusterFrame {
+    /// The length of this frame's payload once encoded (the frame adds a
+    /// 4-byte header), computed without encoding it: what a transport that
+    /// never serializes (an in-process one) checks against the frame cap
+    /// and counts as bytes.
+    pub fn payload_len(&self) -> usize {
+        use crate::{ClusterFrame, GossipPdu};
+        match self {
+            ClusterFrame::Gossip(GossipPdu::Opaque { schema, body }) => {
+                1 + 1 + varint_len(u64::from(*schema)) + field_len(body.len())
+            }
+            ClusterFrame::Tell(t) => {
+                1 + field_len(t.target_path.len())
+                    + field_len(t.manifest.len())
+                    + field_len(t.payload.len())
+                    + 1
+                    + t.sender_path.as_ref().map_or(0, |p| field_len(p.len()))
+            }
+        }
+    }
+}
 
 /// A typed frame codec: each frame's payload is one `T`.
 ///

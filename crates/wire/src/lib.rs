@@ -7,7 +7,8 @@
 //! - **Handshake** ([`Hello`]): the first frame on every connection; a peer of
 //!   another cluster, protocol version or species is refused with a
 //!   [`WireError::Handshake`] that names the field.
-//! - **Cluster frames** ([`ClusterFrame`]): gossip PDUs beside remote tells.
+//! - **Cluster frames** ([`ClusterFrame`]): gossip PDUs beside remote tells,
+//!   after a [`Session`] frame that names the sender's incarnation.
 //! - **Channel frames** ([`ChannelCodec`]): a point-to-point channel's
 //!   messages and its orderly goodbye, so a close is told from a crash.
 //! - **Lines** ([`LineCodec`], [`Request`], [`Reply`]): the barrier protocol,
@@ -69,4 +70,4 @@ pub use hello::{ClusterId, HandshakeField, Hello, MAGIC, NodeId, PROTOCOL_VERSIO
 pub use line::{
     DEFAULT_MAX_LINE, Label, LineCodec, MAX_LABEL_LEN, MAX_VALUE_LEN, Reply, Request, Value,
 };
-pub use message::{ClusterFrame, GossipPdu, RemoteTell};
+pub use message::{ClusterFrame, GossipPdu, RemoteTell, Session};

@@ -50,3 +50,15 @@ pub struct RemoteTell {
     #[serde(deserialize_with = "crate::bounded::opt_string")]
     pub sender_path: Option<String>,
 }
+
+/// The frame each side of a cluster connection sends right after its
+/// [`Hello`](crate::Hello): who this process is in time.
+///
+/// `incarnation` is chosen when the process starts and differs across its
+/// restarts, so a peer that sees a new incarnation for a node id knows the
+/// node restarted (and lost whatever it held only in memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The sender's incarnation.
+    pub incarnation: u64,
+}

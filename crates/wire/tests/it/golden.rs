@@ -3,7 +3,7 @@
 use bytes::{Bytes, BytesMut};
 use multinode_wire::{
     ChannelCodec, ChannelFrame, ClusterFrame, ClusterId, GossipPdu, Hello, MAGIC, MessageCodec,
-    NodeId, RemoteTell, Reply, Request, Timestamp, WireError,
+    NodeId, RemoteTell, Reply, Request, Session, Timestamp, WireError,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -73,6 +73,8 @@ fn every_golden_marker_is_checked() {
         "gossip-opaque",
         "tell",
         "tell-sender",
+        "session",
+        "session-wide",
         "timestamp",
         "channel-data",
         "channel-bye",
@@ -95,6 +97,17 @@ fn hello_frames() {
             protocol_version: 1,
             cluster_id: ClusterId(0xc0ffee),
             node_id: NodeId(300),
+        },
+    );
+}
+
+#[test]
+fn session_frames() {
+    check_frame("session", Session { incarnation: 9 });
+    check_frame(
+        "session-wide",
+        Session {
+            incarnation: 0x0123_4567_89ab_cdef,
         },
     );
 }

@@ -91,6 +91,38 @@ fn frames_round_trip_in_any_chunking() {
 }
 
 #[test]
+fn payload_len_matches_the_encoder() {
+    let check = |f: &ClusterFrame| -> Result<(), TestCaseError> {
+        let mut wire = BytesMut::new();
+        MessageCodec::<ClusterFrame>::new()
+            .encode(f, &mut wire)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(f.payload_len(), wire.len() - 4);
+        Ok(())
+    };
+    run("payload_len_matches_the_encoder", 256, frame(), |f| check(&f));
+    // Every varint width, in every length field.
+    for len in [0, 250, 251, 65_535, 65_536, 70_000] {
+        let body = Bytes::from(vec![7u8; len]);
+        let text = "x".repeat(len);
+        for schema in [0, 250, 251, u16::MAX] {
+            check(&ClusterFrame::Gossip(GossipPdu::Opaque {
+                schema,
+                body: body.clone(),
+            }))
+            .unwrap();
+        }
+        check(&ClusterFrame::Tell(RemoteTell {
+            target_path: text.clone(),
+            manifest: text.clone(),
+            payload: body.clone(),
+            sender_path: Some(text),
+        }))
+        .unwrap();
+    }
+}
+
+#[test]
 fn hello_round_trips_and_checks() {
     let s = (any::<u16>(), any::<u64>(), node(), node());
     run(
