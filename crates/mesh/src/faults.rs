@@ -210,6 +210,13 @@ impl FaultModel {
     /// Decides the fate of `msg` sent on `from → to`; the caller delivers
     /// (or keeps) `msg` as the fate says.
     pub fn decide(&mut self, from: usize, to: usize, msg: &[u8]) -> Fate {
+        self.decide_len(from, to, msg.len())
+    }
+
+    /// [`FaultModel::decide`] for a message of `len` bytes that the caller
+    /// holds in another form (the in-process gossip network never encodes
+    /// its frames). The same calls give the same fates and trace.
+    pub fn decide_len(&mut self, from: usize, to: usize, len: usize) -> Fate {
         let fate = self.draw(from, to);
         let code = match fate {
             Fate::Dropped => 1,
@@ -224,7 +231,7 @@ impl FaultModel {
                     ^ ((after.as_nanos() as u64) << 20)
             }
         };
-        let word = (from as u64) << 48 ^ (to as u64) << 32 ^ msg.len() as u64;
+        let word = (from as u64) << 48 ^ (to as u64) << 32 ^ len as u64;
         self.trace = fold(fold(self.trace, word), code);
         fate
     }

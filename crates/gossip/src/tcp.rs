@@ -1,0 +1,721 @@
+//! The TCP transport: a listener, one outbound connection task per peer
+//! (so a peer's frames keep their order and a wedged peer holds up only
+//! its own), and one reader task per inbound connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use multinode_wire::{
+    ClusterFrame, ClusterId, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, Hello, MessageCodec, NodeId,
+    Session, WireError,
+};
+use parking_lot::{Mutex, RwLock};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::{Encoder, Framed};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backoff::Backoff;
+use crate::stats::{PeerCounters, add};
+use crate::transport::dispatch;
+use crate::{GossipError, GossipTransport, RemoteMessageSink, SendError, TransportStats};
+
+/// Settings of a [`TcpTransport`]. Start from [`TcpTransportConfig::new`]
+/// and change the fields you need.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TcpTransportConfig {
+    /// The cluster: peers of another cluster are refused at the handshake.
+    pub cluster_id: ClusterId,
+    /// This node.
+    pub node_id: NodeId,
+    /// Where to listen. Default `127.0.0.1:0` (loopback, any free port).
+    pub bind: SocketAddr,
+    /// This process's incarnation; default: chosen at bind from the clock
+    /// and the process id, so it differs across restarts.
+    pub incarnation: Option<u64>,
+    /// The frame cap, on send and on receive. Default 16 MiB.
+    pub max_frame: usize,
+    /// Frames each peer's queue holds. Default 4,096.
+    pub queue_frames: usize,
+    /// Bytes each peer's queue holds. Default 64 MiB.
+    pub queue_bytes: usize,
+    /// How long a connection attempt may take. Default 2 s.
+    pub connect_timeout: Duration,
+    /// How long the handshake may take, either side. Default 2 s.
+    pub handshake_timeout: Duration,
+    /// How long one write may block before the connection is given up.
+    /// Default 5 s.
+    pub write_timeout: Duration,
+    /// The first reconnect delay. Default 20 ms.
+    pub backoff_min: Duration,
+    /// The largest reconnect delay. Default 2 s.
+    pub backoff_max: Duration,
+    /// Inbound connections served at once; more are closed at once.
+    /// Default 256.
+    pub max_inbound: usize,
+    /// Seeds the reconnect jitter; default: the node id and incarnation.
+    pub seed: Option<u64>,
+}
+
+impl TcpTransportConfig {
+    /// Defaults for `node_id` in `cluster_id`, listening on loopback.
+    pub fn new(cluster_id: ClusterId, node_id: NodeId) -> Self {
+        Self {
+            cluster_id,
+            node_id,
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            incarnation: None,
+            max_frame: DEFAULT_MAX_FRAME,
+            queue_frames: 4096,
+            queue_bytes: 64 << 20,
+            connect_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(2),
+            write_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(2),
+            max_inbound: 256,
+            seed: None,
+        }
+    }
+}
+
+/// Gossip over TCP. See the crate docs for the connection model.
+///
+/// [`Self::shutdown`] stops every task and waits for them; dropping the
+/// transport cancels them without waiting. Frames still queued then are
+/// counted as [`Drops::shutdown`](crate::Drops::shutdown).
+pub struct TcpTransport {
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    runtime: tokio::runtime::Handle,
+    local_addr: SocketAddr,
+}
+
+struct Shared {
+    config: TcpTransportConfig,
+    incarnation: u64,
+    sink: Arc<dyn RemoteMessageSink>,
+    peers: RwLock<HashMap<NodeId, Arc<Peer>>>,
+    counters: RwLock<HashMap<NodeId, Arc<PeerCounters>>>,
+    closed: AtomicBool,
+    unknown_peer: AtomicU64,
+    refused_handshakes: AtomicU64,
+    bad_connections: AtomicU64,
+    over_limit: AtomicU64,
+}
+
+/// One peer we send to.
+struct Peer {
+    id: NodeId,
+    addr: SocketAddr,
+    tx: mpsc::UnboundedSender<Bytes>,
+    /// Frames and bytes queued; the bound is enforced here, not by the
+    /// channel, so that it counts bytes too.
+    queued: Mutex<(usize, usize)>,
+    encoder: Mutex<(MessageCodec<ClusterFrame>, BytesMut)>,
+    counters: Arc<PeerCounters>,
+    cancel: CancellationToken,
+}
+
+impl fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("node", &self.shared.config.node_id)
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcpTransport {
+    /// Listens on `config.bind` and starts accepting peers, delivering what
+    /// arrives to `sink`. Must be called inside a tokio runtime, whose
+    /// tasks the transport then uses.
+    pub async fn bind(
+        config: TcpTransportConfig,
+        sink: Arc<dyn RemoteMessageSink>,
+    ) -> Result<Self, GossipError> {
+        if config.queue_frames == 0 || config.max_inbound == 0 {
+            return Err(GossipError::Config(
+                "queue_frames and max_inbound must be at least 1".into(),
+            ));
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| GossipError::NoRuntime)?;
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .map_err(|source| GossipError::Bind {
+                addr: config.bind,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| GossipError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+        let incarnation = config.incarnation.unwrap_or_else(default_incarnation);
+        let shared = Arc::new(Shared {
+            incarnation,
+            sink,
+            peers: RwLock::default(),
+            counters: RwLock::default(),
+            closed: AtomicBool::new(false),
+            unknown_peer: AtomicU64::new(0),
+            refused_handshakes: AtomicU64::new(0),
+            bad_connections: AtomicU64::new(0),
+            over_limit: AtomicU64::new(0),
+            config,
+        });
+        let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+        tracker.spawn_on(
+            accept_loop(
+                Arc::clone(&shared),
+                listener,
+                tracker.clone(),
+                cancel.clone(),
+            ),
+            &runtime,
+        );
+        Ok(Self {
+            shared,
+            tracker,
+            cancel,
+            runtime,
+            local_addr,
+        })
+    }
+
+    /// The address the transport listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// This process's incarnation, as peers see it.
+    pub fn incarnation(&self) -> u64 {
+        self.shared.incarnation
+    }
+
+    /// Adds `node` at `addr` (or moves it there) and starts its connection
+    /// task, which dials at once and keeps redialling with backoff.
+    /// Moving a peer drops what was queued for its old address (counted).
+    pub fn add_peer(&self, node: NodeId, addr: SocketAddr) -> Result<(), GossipError> {
+        if self.shared.closed.load(Relaxed) {
+            return Err(GossipError::Config("the transport is shut down".into()));
+        }
+        if node == self.shared.config.node_id {
+            return Err(GossipError::Config(format!(
+                "node {node} is this transport's own id"
+            )));
+        }
+        let mut peers = self.shared.peers.write();
+        if peers.get(&node).is_some_and(|p| p.addr == addr) {
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let peer = Arc::new(Peer {
+            id: node,
+            addr,
+            tx,
+            queued: Mutex::new((0, 0)),
+            encoder: Mutex::new((
+                MessageCodec::with_max(self.shared.config.max_frame),
+                BytesMut::new(),
+            )),
+            counters: self.shared.counters(node),
+            cancel: self.cancel.child_token(),
+        });
+        if let Some(old) = peers.insert(node, Arc::clone(&peer)) {
+            old.cancel.cancel();
+        }
+        drop(peers);
+        self.tracker.spawn_on(
+            run_peer(Arc::clone(&self.shared), peer, rx),
+            &self.runtime,
+        );
+        Ok(())
+    }
+
+    /// Removes `node`: its connection closes and what was queued for it is
+    /// dropped (counted). Returns whether it was a peer.
+    pub fn remove_peer(&self, node: NodeId) -> bool {
+        let removed = self.shared.peers.write().remove(&node);
+        removed.inspect(|p| p.cancel.cancel()).is_some()
+    }
+
+    /// The peers added, with their addresses.
+    pub fn peers(&self) -> Vec<(NodeId, SocketAddr)> {
+        let mut v: Vec<_> = self
+            .shared
+            .peers
+            .read()
+            .values()
+            .map(|p| (p.id, p.addr))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Stops accepting, closes every connection, and waits until every
+    /// task of the transport has ended. Sends fail with
+    /// [`SendError::Closed`] from the moment it is called.
+    pub async fn shutdown(&self) {
+        self.shared.closed.store(true, Relaxed);
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Relaxed);
+        self.cancel.cancel();
+        self.tracker.close();
+    }
+}
+
+fn default_incarnation() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 40)
+}
+
+impl Shared {
+    fn counters(&self, node: NodeId) -> Arc<PeerCounters> {
+        if let Some(c) = self.counters.read().get(&node) {
+            return Arc::clone(c);
+        }
+        Arc::clone(self.counters.write().entry(node).or_default())
+    }
+
+    /// Records `peer`'s incarnation and tells the sink if it restarted.
+    fn observe(&self, peer: NodeId, counters: &PeerCounters, incarnation: u64) {
+        if counters.observe(incarnation) {
+            tracing::info!(%peer, incarnation, "peer restarted");
+            self.sink.on_peer_restarted(peer, incarnation);
+        }
+    }
+
+    fn hello(&self) -> Hello {
+        Hello::new(self.config.cluster_id, self.config.node_id)
+    }
+}
+
+impl GossipTransport for TcpTransport {
+    fn local_node(&self) -> NodeId {
+        self.shared.config.node_id
+    }
+
+    fn send(&self, to: NodeId, frame: ClusterFrame) -> Result<(), SendError> {
+        let shared = &*self.shared;
+        if shared.closed.load(Relaxed) {
+            return Err(SendError::Closed);
+        }
+        let Some(peer) = shared.peers.read().get(&to).cloned() else {
+            add(&shared.unknown_peer, 1);
+            return Err(SendError::UnknownPeer(to));
+        };
+        let bytes = {
+            let mut enc = peer.encoder.lock();
+            let (codec, buf) = &mut *enc;
+            if buf.capacity() < 4096 {
+                buf.reserve(64 << 10);
+            }
+            if let Err(e) = codec.encode(&frame, buf) {
+                add(&peer.counters.too_large, 1);
+                return Err(e.into());
+            }
+            buf.split().freeze()
+        };
+        let len = bytes.len();
+        {
+            let mut q = peer.queued.lock();
+            let (frames, queued_bytes) = *q;
+            if frames >= shared.config.queue_frames
+                || (frames > 0 && queued_bytes + len > shared.config.queue_bytes)
+            {
+                drop(q);
+                add(&peer.counters.queue_full, 1);
+                return Err(SendError::QueueFull {
+                    peer: to,
+                    frames,
+                    bytes: queued_bytes,
+                });
+            }
+            *q = (frames + 1, queued_bytes + len);
+        }
+        add(&peer.counters.queued, 1);
+        if peer.tx.send(bytes).is_err() {
+            // The connection task has ended: removed, or shutting down.
+            peer.dequeue(1, len);
+            add(&peer.counters.shutdown, 1);
+            return Err(SendError::Closed);
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> TransportStats {
+        let s = &*self.shared;
+        TransportStats {
+            node: s.config.node_id,
+            incarnation: s.incarnation,
+            peers: s
+                .counters
+                .read()
+                .iter()
+                .map(|(id, c)| (*id, c.snapshot()))
+                .collect(),
+            unknown_peer: s.unknown_peer.load(Relaxed),
+            refused_handshakes: s.refused_handshakes.load(Relaxed),
+            bad_connections: s.bad_connections.load(Relaxed),
+            over_limit: s.over_limit.load(Relaxed),
+        }
+    }
+}
+
+impl Peer {
+    fn dequeue(&self, frames: usize, bytes: usize) {
+        let mut q = self.queued.lock();
+        q.0 -= frames;
+        q.1 -= bytes;
+        self.counters.queued.fetch_sub(frames as u64, Relaxed);
+    }
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("handshake timed out after {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("connection closed during the handshake")]
+    Closed,
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl DialError {
+    fn is_refusal(&self) -> bool {
+        matches!(self, DialError::Wire(WireError::Handshake { .. }))
+    }
+}
+
+/// Both sides send `Hello` and `Session` at once, then read and check the
+/// peer's. Returns the peer's `Hello` and `Session` and the framed stream,
+/// which may already hold frames the peer sent after its `Session`.
+async fn handshake(
+    shared: &Shared,
+    stream: TcpStream,
+    expected: Option<NodeId>,
+) -> Result<(Hello, Session, Framed<TcpStream, MessageCodec<ClusterFrame>>), DialError> {
+    let _ = stream.set_nodelay(true);
+    let ours = shared.hello();
+    // Hello and Session are a few bytes each: a small cap for both.
+    let mut conn = Framed::new(stream, MessageCodec::<Hello>::with_max(64));
+    conn.feed(ours).await?;
+    let mut conn = conn.map_codec(|_| MessageCodec::<Session>::with_max(64));
+    conn.send(Session {
+        incarnation: shared.incarnation,
+    })
+    .await?;
+    let mut conn = conn.map_codec(|_| MessageCodec::<Hello>::with_max(64));
+    let theirs = conn.next().await.ok_or(DialError::Closed)??;
+    ours.check(&theirs, expected)?;
+    let mut conn = conn.map_codec(|_| MessageCodec::<Session>::with_max(64));
+    let session = conn.next().await.ok_or(DialError::Closed)??;
+    let max = shared.config.max_frame;
+    Ok((
+        theirs,
+        session,
+        conn.map_codec(|_| MessageCodec::with_max(max)),
+    ))
+}
+
+/// Dials a peer and shakes hands, within the configured timeouts.
+async fn dial(
+    shared: &Shared,
+    peer: &Peer,
+) -> Result<(Session, TcpStream), DialError> {
+    let cfg = &shared.config;
+    let stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(peer.addr))
+        .await
+        .map_err(|_| DialError::ConnectTimeout(cfg.connect_timeout))??;
+    let (_, session, conn) = tokio::time::timeout(
+        cfg.handshake_timeout,
+        handshake(shared, stream, Some(peer.id)),
+    )
+    .await
+    .map_err(|_| DialError::HandshakeTimeout(cfg.handshake_timeout))??;
+    let parts = conn.into_parts();
+    if !parts.read_buf.is_empty() {
+        return Err(DialError::Wire(WireError::Decode {
+            reason: "the peer sent frames on a connection it accepted".into(),
+        }));
+    }
+    Ok((session, parts.io))
+}
+
+/// How a connection's pump ended.
+enum Ended {
+    /// The transport or the peer entry was cancelled.
+    Cancelled,
+    /// The connection failed; reconnect.
+    Failed(String),
+}
+
+/// The connection task of one peer: dial, handshake, then write what its
+/// queue holds, in order; on any failure, back off and dial again.
+async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+    let cfg = &shared.config;
+    let seed = cfg
+        .seed
+        .unwrap_or(shared.incarnation ^ cfg.node_id.0.rotate_left(32))
+        ^ peer.id.0;
+    let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max, seed);
+    let c = &*peer.counters;
+    let mut backlog = VecDeque::new();
+    loop {
+        let dialled = tokio::select! {
+            biased;
+            () = peer.cancel.cancelled() => break,
+            r = dial(&shared, &peer) => r,
+        };
+        let ended = match dialled {
+            Ok((session, stream)) => {
+                add(&c.connects, 1);
+                backoff.reset();
+                shared.observe(peer.id, c, session.incarnation);
+                tracing::debug!(peer = %peer.id, addr = %peer.addr, "connected");
+                pump(&shared, &peer, &mut rx, &mut backlog, stream).await
+            }
+            Err(e) => {
+                if e.is_refusal() {
+                    add(&c.refused, 1);
+                    tracing::warn!(peer = %peer.id, addr = %peer.addr, "peer refused: {e}");
+                } else {
+                    add(&c.connect_failures, 1);
+                    tracing::debug!(peer = %peer.id, addr = %peer.addr, "cannot connect: {e}");
+                }
+                Ended::Failed(e.to_string())
+            }
+        };
+        match ended {
+            Ended::Cancelled => break,
+            Ended::Failed(why) => {
+                let delay = backoff.next_delay();
+                tracing::debug!(peer = %peer.id, ?delay, "reconnecting after: {why}");
+                tokio::select! {
+                    biased;
+                    () = peer.cancel.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    // Shut down or removed: what is still queued is dropped, and counted.
+    rx.close();
+    let (mut frames, mut bytes) = (0, 0);
+    while let Some(b) = backlog.pop_front().or_else(|| rx.try_recv().ok()) {
+        frames += 1;
+        bytes += b.len();
+    }
+    if frames > 0 {
+        peer.dequeue(frames, bytes);
+        add(&c.shutdown, frames as u64);
+    }
+}
+
+/// Largest batch of small frames gathered into one write.
+const BATCH: usize = 64 << 10;
+
+/// Writes the peer's queue to `stream`, in order, until the connection
+/// fails or the task is cancelled. `backlog` holds frames taken from the
+/// queue and not yet written; it outlives the connection. The read side is
+/// watched too: the peer never sends after the handshake, so a read that
+/// returns means it closed (or broke the protocol).
+async fn pump(
+    shared: &Shared,
+    peer: &Peer,
+    rx: &mut mpsc::UnboundedReceiver<Bytes>,
+    backlog: &mut VecDeque<Bytes>,
+    stream: TcpStream,
+) -> Ended {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut probe = [0u8; 64];
+    let mut buf = BytesMut::with_capacity(BATCH);
+    let mut taken = Vec::with_capacity(256);
+    let c = &*peer.counters;
+    loop {
+        if backlog.is_empty() {
+            tokio::select! {
+                biased;
+                () = peer.cancel.cancelled() => return Ended::Cancelled,
+                n = rx.recv_many(&mut taken, 256) => {
+                    if n == 0 {
+                        return Ended::Cancelled;
+                    }
+                    backlog.extend(taken.drain(..));
+                }
+                r = rd.read(&mut probe) => {
+                    return Ended::Failed(match r {
+                        Ok(0) => "peer closed the connection".into(),
+                        Ok(_) => "peer sent bytes on a connection it accepted".into(),
+                        Err(e) => format!("read failed: {e}"),
+                    });
+                }
+            }
+        }
+        // One big frame goes out as it is; small ones are gathered.
+        let (mut frames, mut bytes) = (0usize, 0usize);
+        let mut lone = None;
+        while let Some(b) = backlog.pop_front() {
+            frames += 1;
+            bytes += b.len();
+            if buf.is_empty() && b.len() >= BATCH {
+                lone = Some(b);
+                break;
+            }
+            buf.extend_from_slice(&b);
+            if buf.len() >= BATCH {
+                break;
+            }
+        }
+        peer.dequeue(frames, bytes);
+        let out: &[u8] = lone.as_deref().unwrap_or(&buf);
+        let written = tokio::select! {
+            biased;
+            () = peer.cancel.cancelled() => None,
+            r = tokio::time::timeout(shared.config.write_timeout, wr.write_all(out)) => Some(r),
+        };
+        buf.clear();
+        match written {
+            None => {
+                add(&c.shutdown, frames as u64);
+                return Ended::Cancelled;
+            }
+            Some(Ok(Ok(()))) => {
+                add(&c.frames_sent, frames as u64);
+                add(&c.bytes_sent, bytes as u64);
+            }
+            Some(Ok(Err(e))) => {
+                add(&c.write_failed, frames as u64);
+                return Ended::Failed(format!("write failed: {e}"));
+            }
+            Some(Err(_)) => {
+                add(&c.write_failed, frames as u64);
+                tracing::warn!(
+                    peer = %peer.id,
+                    timeout = ?shared.config.write_timeout,
+                    "write timed out: the peer is not reading"
+                );
+                return Ended::Failed("write timed out".into());
+            }
+        }
+    }
+}
+
+/// Accepts connections until cancelled; each gets a reader task, up to
+/// `max_inbound` at once.
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(shared.config.max_inbound));
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, from) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors and the like: pause instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                }
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            add(&shared.over_limit, 1);
+            tracing::warn!(%from, "inbound connection limit reached: closing");
+            continue;
+        };
+        let (shared, cancel) = (Arc::clone(&shared), cancel.clone());
+        tracker.spawn(async move {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => {}
+                () = serve(&shared, stream, from) => {}
+            }
+            drop(permit);
+        });
+    }
+    // The listener drops here: the port is closed once this task ends.
+}
+
+/// One inbound connection: handshake, then frames to the sink until the
+/// peer closes or sends something invalid.
+async fn serve(shared: &Shared, stream: TcpStream, from: SocketAddr) {
+    let timeout = shared.config.handshake_timeout;
+    let (hello, session, mut conn) =
+        match tokio::time::timeout(timeout, handshake(shared, stream, None)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) if e.is_refusal() => {
+                add(&shared.refused_handshakes, 1);
+                tracing::warn!(%from, "refused a connection: {e}");
+                return;
+            }
+            Ok(Err(e)) => {
+                add(&shared.bad_connections, 1);
+                tracing::warn!(%from, "bad connection: {e}");
+                return;
+            }
+            Err(_) => {
+                add(&shared.bad_connections, 1);
+                tracing::warn!(%from, ?timeout, "no handshake in time: closing");
+                return;
+            }
+        };
+    let node = hello.node_id;
+    let c = shared.counters(node);
+    shared.observe(node, &c, session.incarnation);
+    while let Some(next) = conn.next().await {
+        match next {
+            Ok(frame) => {
+                add(&c.frames_received, 1);
+                add(
+                    &c.bytes_received,
+                    (frame.payload_len() + FRAME_HEADER_LEN) as u64,
+                );
+                dispatch(&*shared.sink, node, frame);
+            }
+            Err(WireError::Io(e)) if conn.read_buffer().is_empty() => {
+                tracing::debug!(peer = %node, "connection lost: {e}");
+                return;
+            }
+            Err(e) => {
+                // Over the cap, undecodable, or cut short mid-frame.
+                add(&c.bad_frames, 1);
+                tracing::warn!(peer = %node, %from, "closing the connection: {e}");
+                return;
+            }
+        }
+    }
+}
