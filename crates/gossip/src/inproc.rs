@@ -546,7 +546,12 @@ async fn deliver(
     counters: Arc<[OnceLock<PeerCounters>]>,
     cancel: CancellationToken,
 ) {
+    let lost = |from: usize| add(&net.lost[from * net.size + me], 1);
     let hand = |p: Parcel| {
+        if cancel.is_cancelled() {
+            // Crashed while this batch was being handed over.
+            return lost(p.from);
+        }
         let peer = counters[p.from].get_or_init(PeerCounters::default);
         let from = NodeId(p.from as u64);
         if peer.observe(p.incarnation) {
@@ -595,7 +600,6 @@ async fn deliver(
     }
     // Crashed or unregistered: what is left is lost, and counted.
     rx.close();
-    let lost = |from: usize| add(&net.lost[from * net.size + me], 1);
     for Reverse(w) in waiting {
         lost(w.parcel.from);
     }

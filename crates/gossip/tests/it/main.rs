@@ -1,1 +1,7 @@
-//! Integration tests.
+//! The gossip transports' tests: one conformance suite run against both
+//! transports, then what is particular to each.
+
+mod conformance;
+mod inproc;
+mod support;
+mod tcp;
