@@ -233,7 +233,10 @@ impl InProcessNetwork {
 
     /// Cuts every link between `a` and `b`, both ways.
     pub fn partition(&self, a: &[NodeId], b: &[NodeId]) {
-        let (a, b): (Vec<_>, Vec<_>) = (a.iter().map(|&n| ix(n)).collect(), b.iter().map(|&n| ix(n)).collect());
+        let (a, b): (Vec<_>, Vec<_>) = (
+            a.iter().map(|&n| ix(n)).collect(),
+            b.iter().map(|&n| ix(n)).collect(),
+        );
         self.control(|c| c.model.partition(&a, &b));
     }
 
@@ -284,7 +287,9 @@ impl InProcessNetwork {
         let r = f(&mut ctl);
         let n = self.net.size;
         let faulty = (0..n).any(|a| (0..n).any(|b| ctl.model.is_faulty(a, b)));
-        self.net.faulty.store(faulty || !ctl.held.is_empty(), Relaxed);
+        self.net
+            .faulty
+            .store(faulty || !ctl.held.is_empty(), Relaxed);
         r
     }
 }
@@ -300,13 +305,32 @@ impl Net {
     /// no live receiver or no room.
     fn push(&self, slot: Option<&Slot>, to: usize, parcel: Parcel) -> bool {
         let link = parcel.from * self.size + to;
-        match slot.map(|s| s.tx.try_send(parcel)) {
-            Some(Ok(())) => true,
-            _ => {
+        match offer(slot, parcel) {
+            Offer::Queued => true,
+            Offer::Full | Offer::Gone => {
                 add(&self.lost[link], 1);
                 false
             }
         }
+    }
+}
+
+/// What became of a parcel offered to an inbox.
+enum Offer {
+    Queued,
+    Full,
+    /// No live receiver.
+    Gone,
+}
+
+fn offer(slot: Option<&Slot>, parcel: Parcel) -> Offer {
+    let Some(slot) = slot else {
+        return Offer::Gone;
+    };
+    match slot.tx.try_send(parcel) {
+        Ok(()) => Offer::Queued,
+        Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
+        Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
     }
 }
 
@@ -352,7 +376,10 @@ impl InProcessTransport {
     fn unregister(&self) {
         self.cancel.cancel();
         let mut slot = self.net.slots[self.index].write();
-        if slot.as_ref().is_some_and(|s| s.incarnation == self.incarnation) {
+        if slot
+            .as_ref()
+            .is_some_and(|s| s.incarnation == self.incarnation)
+        {
             *slot = None;
         }
     }
@@ -373,7 +400,7 @@ impl GossipTransport for InProcessTransport {
         NodeId(self.index as u64)
     }
 
-    fn send(&self, to: NodeId, frame: ClusterFrame) -> Result<(), SendError> {
+    fn send(&self, to: NodeId, frame: &ClusterFrame) -> Result<(), SendError> {
         if self.cancel.is_cancelled() {
             return Err(SendError::Closed);
         }
@@ -395,7 +422,7 @@ impl GossipTransport for InProcessTransport {
         let parcel = Parcel {
             from: self.index,
             incarnation: self.incarnation,
-            frame,
+            frame: frame.clone(),
             len,
             due: None,
             overtake: false,
@@ -404,11 +431,11 @@ impl GossipTransport for InProcessTransport {
         let result = if net.faulty.load(Relaxed) {
             self.send_faulty(slot.as_ref(), t, parcel)
         } else {
-            match slot.as_ref().map(|s| s.tx.try_send(parcel)) {
-                Some(Ok(())) => Ok(()),
-                Some(Err(mpsc::error::TrySendError::Full(_))) => Err(()),
+            match offer(slot.as_ref(), parcel) {
+                Offer::Queued => Ok(()),
+                Offer::Full => Err(()),
                 // No live receiver: handed to the network, which loses it.
-                Some(Err(mpsc::error::TrySendError::Closed(_))) | None => {
+                Offer::Gone => {
                     add(&net.lost[link], 1);
                     Ok(())
                 }
@@ -494,16 +521,16 @@ impl InProcessTransport {
                         frame: parcel.frame.clone(),
                         ..parcel
                     };
-                    match slot.map(|s| s.tx.try_send(copy)) {
-                        Some(Ok(())) => {}
-                        Some(Err(mpsc::error::TrySendError::Full(_))) => return Err(()),
-                        _ => add(&net.lost[me * net.size + t], 1),
+                    match offer(slot, copy) {
+                        Offer::Queued => {}
+                        Offer::Full => return Err(()),
+                        Offer::Gone => add(&net.lost[me * net.size + t], 1),
                     }
                 }
-                match slot.map(|s| s.tx.try_send(parcel)) {
-                    Some(Ok(())) => Ok(()),
-                    Some(Err(mpsc::error::TrySendError::Full(_))) => Err(()),
-                    _ => {
+                match offer(slot, parcel) {
+                    Offer::Queued => Ok(()),
+                    Offer::Full => Err(()),
+                    Offer::Gone => {
                         add(&net.lost[me * net.size + t], 1);
                         Ok(())
                     }

@@ -38,6 +38,7 @@
 mod backoff;
 mod error;
 mod inproc;
+mod outbox;
 mod stats;
 mod tcp;
 mod transport;

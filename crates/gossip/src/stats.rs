@@ -42,7 +42,7 @@ pub struct PeerStats {
     pub bytes_received: u64,
     /// Frames refused or lost, by reason.
     pub drops: Drops,
-    /// Frames queued for the peer right now.
+    /// Frames queued for the peer right now (TCP).
     pub queued: u64,
     /// Outbound connections established (TCP).
     pub connects: u64,
@@ -103,7 +103,6 @@ pub(crate) struct PeerCounters {
     pub(crate) too_large: AtomicU64,
     pub(crate) write_failed: AtomicU64,
     pub(crate) shutdown: AtomicU64,
-    pub(crate) queued: AtomicU64,
     pub(crate) connects: AtomicU64,
     pub(crate) connect_failures: AtomicU64,
     pub(crate) refused: AtomicU64,
@@ -150,7 +149,7 @@ impl PeerCounters {
                 write_failed: get(&self.write_failed),
                 shutdown: get(&self.shutdown),
             },
-            queued: get(&self.queued),
+            queued: 0,
             connects,
             reconnects: connects.saturating_sub(1),
             connect_failures: get(&self.connect_failures),

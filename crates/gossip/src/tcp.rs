@@ -2,14 +2,13 @@
 //! (so a peer's frames keep their order and a wedged peer holds up only
 //! its own), and one reader task per inbound connection.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use multinode_wire::{
     ClusterFrame, ClusterId, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, Hello, MessageCodec, NodeId,
@@ -18,12 +17,13 @@ use multinode_wire::{
 use parking_lot::{Mutex, RwLock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_util::codec::{Encoder, Framed};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
+use crate::outbox::{Outbox, Refused};
 use crate::stats::{PeerCounters, add};
 use crate::transport::dispatch;
 use crate::{GossipError, GossipTransport, RemoteMessageSink, SendError, TransportStats};
@@ -105,7 +105,7 @@ struct Shared {
     config: TcpTransportConfig,
     incarnation: u64,
     sink: Arc<dyn RemoteMessageSink>,
-    peers: RwLock<HashMap<NodeId, Arc<Peer>>>,
+    peers: RwLock<BTreeMap<NodeId, Arc<Peer>>>,
     counters: RwLock<HashMap<NodeId, Arc<PeerCounters>>>,
     closed: AtomicBool,
     unknown_peer: AtomicU64,
@@ -118,11 +118,10 @@ struct Shared {
 struct Peer {
     id: NodeId,
     addr: SocketAddr,
-    tx: mpsc::UnboundedSender<Bytes>,
-    /// Frames and bytes queued; the bound is enforced here, not by the
-    /// channel, so that it counts bytes too.
-    queued: Mutex<(usize, usize)>,
-    encoder: Mutex<(MessageCodec<ClusterFrame>, BytesMut)>,
+    /// The queue: frames already encoded, back to back, in send order.
+    outbox: Mutex<Outbox>,
+    /// Tells the connection task the outbox has frames.
+    wake: Notify,
     counters: Arc<PeerCounters>,
     cancel: CancellationToken,
 }
@@ -150,12 +149,13 @@ impl TcpTransport {
             ));
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| GossipError::NoRuntime)?;
-        let listener = TcpListener::bind(config.bind)
-            .await
-            .map_err(|source| GossipError::Bind {
-                addr: config.bind,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.bind)
+                .await
+                .map_err(|source| GossipError::Bind {
+                    addr: config.bind,
+                    source,
+                })?;
         let local_addr = listener.local_addr().map_err(|source| GossipError::Bind {
             addr: config.bind,
             source,
@@ -218,16 +218,15 @@ impl TcpTransport {
         if peers.get(&node).is_some_and(|p| p.addr == addr) {
             return Ok(());
         }
-        let (tx, rx) = mpsc::unbounded_channel();
         let peer = Arc::new(Peer {
             id: node,
             addr,
-            tx,
-            queued: Mutex::new((0, 0)),
-            encoder: Mutex::new((
-                MessageCodec::with_max(self.shared.config.max_frame),
-                BytesMut::new(),
+            outbox: Mutex::new(Outbox::new(
+                self.shared.config.max_frame,
+                self.shared.config.queue_frames,
+                self.shared.config.queue_bytes,
             )),
+            wake: Notify::new(),
             counters: self.shared.counters(node),
             cancel: self.cancel.child_token(),
         });
@@ -235,10 +234,8 @@ impl TcpTransport {
             old.cancel.cancel();
         }
         drop(peers);
-        self.tracker.spawn_on(
-            run_peer(Arc::clone(&self.shared), peer, rx),
-            &self.runtime,
-        );
+        self.tracker
+            .spawn_on(run_peer(Arc::clone(&self.shared), peer), &self.runtime);
         Ok(())
     }
 
@@ -314,50 +311,41 @@ impl GossipTransport for TcpTransport {
         self.shared.config.node_id
     }
 
-    fn send(&self, to: NodeId, frame: ClusterFrame) -> Result<(), SendError> {
+    fn send(&self, to: NodeId, frame: &ClusterFrame) -> Result<(), SendError> {
         let shared = &*self.shared;
         if shared.closed.load(Relaxed) {
             return Err(SendError::Closed);
         }
-        let Some(peer) = shared.peers.read().get(&to).cloned() else {
+        let peers = shared.peers.read();
+        let Some(peer) = peers.get(&to) else {
             add(&shared.unknown_peer, 1);
             return Err(SendError::UnknownPeer(to));
         };
-        let bytes = {
-            let mut enc = peer.encoder.lock();
-            let (codec, buf) = &mut *enc;
-            if buf.capacity() < 4096 {
-                buf.reserve(64 << 10);
-            }
-            if let Err(e) = codec.encode(&frame, buf) {
-                add(&peer.counters.too_large, 1);
-                return Err(e.into());
-            }
-            buf.split().freeze()
-        };
-        let len = bytes.len();
-        {
-            let mut q = peer.queued.lock();
-            let (frames, queued_bytes) = *q;
-            if frames >= shared.config.queue_frames
-                || (frames > 0 && queued_bytes + len > shared.config.queue_bytes)
-            {
-                drop(q);
+        let mut ob = peer.outbox.lock();
+        if ob.closed {
+            return Err(SendError::Closed);
+        }
+        match ob.push(frame) {
+            Ok(()) => {}
+            Err(Refused::Full { frames, bytes }) => {
+                drop(ob);
                 add(&peer.counters.queue_full, 1);
                 return Err(SendError::QueueFull {
                     peer: to,
                     frames,
-                    bytes: queued_bytes,
+                    bytes,
                 });
             }
-            *q = (frames + 1, queued_bytes + len);
+            Err(Refused::Encode(e)) => {
+                drop(ob);
+                add(&peer.counters.too_large, 1);
+                return Err(e.into());
+            }
         }
-        add(&peer.counters.queued, 1);
-        if peer.tx.send(bytes).is_err() {
-            // The connection task has ended: removed, or shutting down.
-            peer.dequeue(1, len);
-            add(&peer.counters.shutdown, 1);
-            return Err(SendError::Closed);
+        let wake = std::mem::take(&mut ob.idle);
+        drop(ob);
+        if wake {
+            peer.wake.notify_one();
         }
         Ok(())
     }
@@ -367,26 +355,25 @@ impl GossipTransport for TcpTransport {
         TransportStats {
             node: s.config.node_id,
             incarnation: s.incarnation,
-            peers: s
-                .counters
-                .read()
-                .iter()
-                .map(|(id, c)| (*id, c.snapshot()))
-                .collect(),
+            peers: {
+                let mut peers: BTreeMap<_, _> = s
+                    .counters
+                    .read()
+                    .iter()
+                    .map(|(id, c)| (*id, c.snapshot()))
+                    .collect();
+                for (id, p) in s.peers.read().iter() {
+                    if let Some(stats) = peers.get_mut(id) {
+                        stats.queued = p.outbox.lock().frames() as u64;
+                    }
+                }
+                peers
+            },
             unknown_peer: s.unknown_peer.load(Relaxed),
             refused_handshakes: s.refused_handshakes.load(Relaxed),
             bad_connections: s.bad_connections.load(Relaxed),
             over_limit: s.over_limit.load(Relaxed),
         }
-    }
-}
-
-impl Peer {
-    fn dequeue(&self, frames: usize, bytes: usize) {
-        let mut q = self.queued.lock();
-        q.0 -= frames;
-        q.1 -= bytes;
-        self.counters.queued.fetch_sub(frames as u64, Relaxed);
     }
 }
 
@@ -418,11 +405,19 @@ async fn handshake(
     shared: &Shared,
     stream: TcpStream,
     expected: Option<NodeId>,
-) -> Result<(Hello, Session, Framed<TcpStream, MessageCodec<ClusterFrame>>), DialError> {
+) -> Result<
+    (
+        Hello,
+        Session,
+        Framed<TcpStream, MessageCodec<ClusterFrame>>,
+    ),
+    DialError,
+> {
     let _ = stream.set_nodelay(true);
     let ours = shared.hello();
     // Hello and Session are a few bytes each: a small cap for both.
-    let mut conn = Framed::new(stream, MessageCodec::<Hello>::with_max(64));
+    // Reads of up to 64 KiB: the default 8 KiB costs a syscall per 8 KiB.
+    let mut conn = Framed::with_capacity(stream, MessageCodec::<Hello>::with_max(64), READ_BUF);
     conn.feed(ours).await?;
     let mut conn = conn.map_codec(|_| MessageCodec::<Session>::with_max(64));
     conn.send(Session {
@@ -442,11 +437,11 @@ async fn handshake(
     ))
 }
 
+/// The read buffer of a connection.
+const READ_BUF: usize = 64 << 10;
+
 /// Dials a peer and shakes hands, within the configured timeouts.
-async fn dial(
-    shared: &Shared,
-    peer: &Peer,
-) -> Result<(Session, TcpStream), DialError> {
+async fn dial(shared: &Shared, peer: &Peer) -> Result<(Session, TcpStream), DialError> {
     let cfg = &shared.config;
     let stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(peer.addr))
         .await
@@ -476,7 +471,7 @@ enum Ended {
 
 /// The connection task of one peer: dial, handshake, then write what its
 /// queue holds, in order; on any failure, back off and dial again.
-async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>) {
     let cfg = &shared.config;
     let seed = cfg
         .seed
@@ -484,7 +479,6 @@ async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>, mut rx: mpsc::UnboundedR
         ^ peer.id.0;
     let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max, seed);
     let c = &*peer.counters;
-    let mut backlog = VecDeque::new();
     loop {
         let dialled = tokio::select! {
             biased;
@@ -497,7 +491,7 @@ async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>, mut rx: mpsc::UnboundedR
                 backoff.reset();
                 shared.observe(peer.id, c, session.incarnation);
                 tracing::debug!(peer = %peer.id, addr = %peer.addr, "connected");
-                pump(&shared, &peer, &mut rx, &mut backlog, stream).await
+                pump(&shared, &peer, stream).await
             }
             Err(e) => {
                 if e.is_refusal() {
@@ -524,49 +518,30 @@ async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>, mut rx: mpsc::UnboundedR
         }
     }
     // Shut down or removed: what is still queued is dropped, and counted.
-    rx.close();
-    let (mut frames, mut bytes) = (0, 0);
-    while let Some(b) = backlog.pop_front().or_else(|| rx.try_recv().ok()) {
-        frames += 1;
-        bytes += b.len();
-    }
-    if frames > 0 {
-        peer.dequeue(frames, bytes);
-        add(&c.shutdown, frames as u64);
-    }
+    let dropped = peer.outbox.lock().close();
+    add(&c.shutdown, dropped as u64);
 }
 
-/// Largest batch of small frames gathered into one write.
-const BATCH: usize = 64 << 10;
-
-/// Writes the peer's queue to `stream`, in order, until the connection
-/// fails or the task is cancelled. `backlog` holds frames taken from the
-/// queue and not yet written; it outlives the connection. The read side is
-/// watched too: the peer never sends after the handshake, so a read that
-/// returns means it closed (or broke the protocol).
-async fn pump(
-    shared: &Shared,
-    peer: &Peer,
-    rx: &mut mpsc::UnboundedReceiver<Bytes>,
-    backlog: &mut VecDeque<Bytes>,
-    stream: TcpStream,
-) -> Ended {
+/// Writes the peer's outbox to `stream`, in order, until the connection
+/// fails or the task is cancelled. The read side is watched too: the peer
+/// never sends after the handshake, so a read that returns means it closed
+/// (or broke the protocol).
+async fn pump(shared: &Shared, peer: &Peer, stream: TcpStream) -> Ended {
     let (mut rd, mut wr) = stream.into_split();
     let mut probe = [0u8; 64];
-    let mut buf = BytesMut::with_capacity(BATCH);
-    let mut taken = Vec::with_capacity(256);
     let c = &*peer.counters;
     loop {
-        if backlog.is_empty() {
+        let taken = {
+            let mut ob = peer.outbox.lock();
+            let taken = ob.take();
+            ob.idle = taken.is_none();
+            taken
+        };
+        let Some((chunk, frames)) = taken else {
             tokio::select! {
                 biased;
                 () = peer.cancel.cancelled() => return Ended::Cancelled,
-                n = rx.recv_many(&mut taken, 256) => {
-                    if n == 0 {
-                        return Ended::Cancelled;
-                    }
-                    backlog.extend(taken.drain(..));
-                }
+                () = peer.wake.notified() => continue,
                 r = rd.read(&mut probe) => {
                     return Ended::Failed(match r {
                         Ok(0) => "peer closed the connection".into(),
@@ -575,30 +550,12 @@ async fn pump(
                     });
                 }
             }
-        }
-        // One big frame goes out as it is; small ones are gathered.
-        let (mut frames, mut bytes) = (0usize, 0usize);
-        let mut lone = None;
-        while let Some(b) = backlog.pop_front() {
-            frames += 1;
-            bytes += b.len();
-            if buf.is_empty() && b.len() >= BATCH {
-                lone = Some(b);
-                break;
-            }
-            buf.extend_from_slice(&b);
-            if buf.len() >= BATCH {
-                break;
-            }
-        }
-        peer.dequeue(frames, bytes);
-        let out: &[u8] = lone.as_deref().unwrap_or(&buf);
+        };
         let written = tokio::select! {
             biased;
             () = peer.cancel.cancelled() => None,
-            r = tokio::time::timeout(shared.config.write_timeout, wr.write_all(out)) => Some(r),
+            r = tokio::time::timeout(shared.config.write_timeout, wr.write_all(&chunk)) => Some(r),
         };
-        buf.clear();
         match written {
             None => {
                 add(&c.shutdown, frames as u64);
@@ -606,7 +563,8 @@ async fn pump(
             }
             Some(Ok(Ok(()))) => {
                 add(&c.frames_sent, frames as u64);
-                add(&c.bytes_sent, bytes as u64);
+                add(&c.bytes_sent, chunk.len() as u64);
+                peer.outbox.lock().recycle(chunk);
             }
             Some(Ok(Err(e))) => {
                 add(&c.write_failed, frames as u64);

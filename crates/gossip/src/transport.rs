@@ -24,20 +24,22 @@ pub trait GossipTransport: Send + Sync {
 
     /// Queues `frame` for `to`. An error means the frame was not queued:
     /// [`SendError::UnknownPeer`], [`SendError::QueueFull`],
-    /// [`SendError::FrameTooLarge`] or [`SendError::Closed`].
-    fn send(&self, to: NodeId, frame: ClusterFrame) -> Result<(), SendError>;
+    /// [`SendError::FrameTooLarge`] or [`SendError::Closed`]. Taken by
+    /// reference, so one PDU fans out to many peers without a copy per
+    /// peer (TCP encodes it into each peer's queue; in-process shares it).
+    fn send(&self, to: NodeId, frame: &ClusterFrame) -> Result<(), SendError>;
 
     /// A snapshot of this transport's counters.
     fn stats(&self) -> TransportStats;
 
     /// Queues a gossip PDU for `to`.
     fn gossip(&self, to: NodeId, pdu: GossipPdu) -> Result<(), SendError> {
-        self.send(to, ClusterFrame::Gossip(pdu))
+        self.send(to, &ClusterFrame::Gossip(pdu))
     }
 
     /// Queues a remote tell for `to`.
     fn tell(&self, to: NodeId, tell: RemoteTell) -> Result<(), SendError> {
-        self.send(to, ClusterFrame::Tell(tell))
+        self.send(to, &ClusterFrame::Tell(tell))
     }
 }
 
@@ -168,6 +170,8 @@ pub(crate) fn dispatch(sink: &dyn RemoteMessageSink, from: NodeId, frame: Cluste
     match frame {
         ClusterFrame::Gossip(pdu) => sink.on_gossip(from, pdu),
         ClusterFrame::Tell(tell) => sink.on_tell(from, tell),
-        other => tracing::debug!(%from, ?other, "cluster frame of a kind this build does not handle"),
+        other => {
+            tracing::debug!(%from, ?other, "cluster frame of a kind this build does not handle")
+        }
     }
 }

@@ -33,7 +33,12 @@ async fn ten_thousand_frames_to_one_peer_arrive_in_order() {
         assert_eq!(got.len(), 10_000, "{kind:?}: extra frames");
         let mut out_of_order = 0;
         for (i, e) in got.iter().enumerate() {
-            assert_eq!(e.from(), A, "{kind:?}: frame {i} attributed to {}", e.from());
+            assert_eq!(
+                e.from(),
+                A,
+                "{kind:?}: frame {i} attributed to {}",
+                e.from()
+            );
             if seq_of(e) != Some(i as u64) {
                 out_of_order += 1;
             }
@@ -45,7 +50,10 @@ async fn ten_thousand_frames_to_one_peer_arrive_in_order() {
         assert_eq!(sent.frames_sent, 10_000, "{kind:?}: {sent:?}");
         assert_eq!(recv.frames_received, 10_000, "{kind:?}: {recv:?}");
         assert_eq!(sent.bytes_sent, recv.bytes_received, "{kind:?}");
-        assert_eq!(sent.drops.queue_full, refused, "{kind:?}: refusals not counted");
+        assert_eq!(
+            sent.drops.queue_full, refused,
+            "{kind:?}: refusals not counted"
+        );
         c.shutdown().await;
     }
 }
@@ -64,7 +72,7 @@ async fn an_oversized_frame_is_refused_and_the_next_ten_arrive() {
             schema: 1,
             body: Bytes::from(vec![0u8; 2000]),
         });
-        let err = a.t().send(B, big).expect_err("over the cap");
+        let err = a.t().send(B, &big).expect_err("over the cap");
         assert!(
             matches!(err, SendError::FrameTooLarge { max: 1024, .. }),
             "{kind:?}: {err}"
@@ -100,7 +108,7 @@ async fn an_unknown_peer_is_an_error_and_counted() {
     for kind in KINDS {
         let c = Cluster::start(kind, 2, Settings::default()).await;
         let a = &c.nodes[0];
-        let err = a.t().send(NodeId(77), pdu(1)).expect_err("unknown");
+        let err = a.t().send(NodeId(77), &pdu(1)).expect_err("unknown");
         assert_eq!(err, SendError::UnknownPeer(NodeId(77)), "{kind:?}");
         assert_eq!(a.t().stats().unknown_peer, 1, "{kind:?}");
         c.shutdown().await;
@@ -150,7 +158,12 @@ async fn a_restarted_peer_is_detected() {
         send_retrying(c.nodes[0].t(), B, pdu(2)).await;
         let a_sink = c.nodes[0].sink.clone();
         assert!(a_sink.wait_for(DEADLINE, |got| got.len() == 1).await);
-        assert!(c.nodes[1].sink.wait_for(DEADLINE, |got| got.len() == 1).await);
+        assert!(
+            c.nodes[1]
+                .sink
+                .wait_for(DEADLINE, |got| got.len() == 1)
+                .await
+        );
         let old = c.nodes[1].handle.incarnation();
         c.restart(1).await;
         let new = c.nodes[1].handle.incarnation();
@@ -178,9 +191,11 @@ async fn a_restarted_peer_is_detected() {
         // failures); keep sending until one reaches the new process.
         while b_sink.is_empty() {
             assert!(tokio::time::Instant::now() < deadline, "{kind:?}");
-            let _ = a.t().send(B, pdu(i));
+            let _ = a.t().send(B, &pdu(i));
             i += 1;
-            let _ = b_sink.wait_for(Duration::from_millis(20), |got| !got.is_empty()).await;
+            let _ = b_sink
+                .wait_for(Duration::from_millis(20), |got| !got.is_empty())
+                .await;
         }
         let s = a.t().stats().peer(B);
         assert_eq!(s.restarts, 1, "{kind:?}: {s:?}");
@@ -204,7 +219,7 @@ async fn shutdown_with_live_traffic_ends_and_closes_sends() {
             for j in 0..3 {
                 if n.t().local_node() != NodeId(j) {
                     for k in 0..200 {
-                        if n.t().send(NodeId(j), pdu(k)).is_ok() {
+                        if n.t().send(NodeId(j), &pdu(k)).is_ok() {
                             *accepted.entry((n.t().local_node(), NodeId(j))).or_insert(0) += 1;
                         }
                     }
@@ -215,7 +230,7 @@ async fn shutdown_with_live_traffic_ends_and_closes_sends() {
             .await
             .unwrap_or_else(|_| panic!("{kind:?}: shutdown hung"));
         for n in &c.nodes {
-            assert_eq!(n.t().send(B, pdu(0)), Err(SendError::Closed), "{kind:?}");
+            assert_eq!(n.t().send(B, &pdu(0)), Err(SendError::Closed), "{kind:?}");
         }
         // Nothing vanished: every accepted frame was sent or counted.
         for ((from, to), accepted) in accepted {
@@ -244,7 +259,11 @@ async fn stats_count_both_ends_alike() {
         assert_eq!(r.peer(A).bytes_received, want_bytes, "{kind:?}");
         assert_eq!(r.peer(A).frames_received, 100, "{kind:?}");
         assert_eq!(s.peer(B).drops.total(), 0, "{kind:?}");
-        assert_eq!(r.peer(A).incarnation, Some(a.handle.incarnation()), "{kind:?}");
+        assert_eq!(
+            r.peer(A).incarnation,
+            Some(a.handle.incarnation()),
+            "{kind:?}"
+        );
         c.shutdown().await;
     }
 }

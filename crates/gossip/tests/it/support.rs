@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use multinode_gossip::{
-    GossipTransport, InProcessConfig, InProcessNetwork, InProcessTransport, Inbound,
-    RecordingSink, SendError, TcpTransport, TcpTransportConfig,
+    GossipTransport, InProcessConfig, InProcessNetwork, InProcessTransport, Inbound, RecordingSink,
+    SendError, TcpTransport, TcpTransportConfig,
 };
 use multinode_wire::{ClusterFrame, ClusterId, GossipPdu, NodeId, RemoteTell};
 
@@ -225,7 +225,7 @@ pub(crate) async fn send_retrying(t: &dyn GossipTransport, to: NodeId, frame: Cl
     let mut refused = 0;
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        match t.send(to, frame.clone()) {
+        match t.send(to, &frame) {
             Ok(()) => return refused,
             Err(SendError::QueueFull { .. }) if tokio::time::Instant::now() < deadline => {
                 refused += 1;

@@ -37,7 +37,10 @@ async fn raw_peer(addr: SocketAddr, node: NodeId) -> TcpStream {
     let mut f = Framed::new(s, MessageCodec::<Hello>::new());
     f.next().await.expect("their hello").expect("valid hello");
     let mut f = f.map_codec(|_| MessageCodec::<Session>::new());
-    f.next().await.expect("their session").expect("valid session");
+    f.next()
+        .await
+        .expect("their session")
+        .expect("valid session");
     let parts = f.into_parts();
     assert!(parts.read_buf.is_empty());
     parts.io
@@ -81,8 +84,10 @@ async fn a_wedged_peer_never_delays_a_healthy_one() {
             held.push(s);
         }
     });
-    let mut settings = Settings::default();
-    settings.queue_frames = 512;
+    let settings = Settings {
+        queue_frames: 512,
+        ..Settings::default()
+    };
     let mut config = tcp_config(0, settings);
     config.write_timeout = Duration::from_millis(300);
     let sink = RecordingSink::new();
@@ -101,7 +106,7 @@ async fn a_wedged_peer_never_delays_a_healthy_one() {
     };
     let (mut accepted, mut refused) = (0u64, 0u64);
     for i in 0..20_000u64 {
-        match a.send(NodeId(9), frame(i)) {
+        match a.send(NodeId(9), &frame(i)) {
             Ok(()) => accepted += 1,
             Err(SendError::QueueFull { .. }) => refused += 1,
             Err(e) => panic!("send to the wedged peer: {e}"),
@@ -114,7 +119,10 @@ async fn a_wedged_peer_never_delays_a_healthy_one() {
         h_sink.len()
     );
     let seqs: Vec<_> = h_sink.events().iter().filter_map(seq_of).collect();
-    assert!(seqs.iter().copied().eq(0..20_000), "healthy peer: out of order");
+    assert!(
+        seqs.iter().copied().eq(0..20_000),
+        "healthy peer: out of order"
+    );
     // The wedged peer's frames are refused or counted, never silently lost.
     eventually("a write to the wedged peer times out", || {
         a.stats().peer(NodeId(9)).drops.write_failed > 0
@@ -145,7 +153,10 @@ async fn hostile_bytes_close_only_their_connection() {
         next += 1;
         assert!(
             b_sink
-                .wait_for(DEADLINE, |got| got.iter().filter_map(seq_of).any(|s| s == want))
+                .wait_for(DEADLINE, |got| got
+                    .iter()
+                    .filter_map(seq_of)
+                    .any(|s| s == want))
                 .await,
             "after {what}: a healthy peer's frame did not arrive"
         );
@@ -154,7 +165,9 @@ async fn hostile_bytes_close_only_their_connection() {
 
     // Not a multinode peer at all.
     let mut s = TcpStream::connect(b.local_addr()).await.expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
     assert!(closed_by_peer(&mut s).await, "garbage: connection kept");
     eventually("garbage counted", || b.stats().bad_connections == 1).await;
     healthy_frame_arrives("garbage").await;
@@ -162,8 +175,14 @@ async fn hostile_bytes_close_only_their_connection() {
     // A valid handshake, then a length prefix far over the cap.
     let mut s = raw_peer(b.local_addr(), NodeId(5)).await;
     s.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
-    assert!(closed_by_peer(&mut s).await, "oversized prefix: connection kept");
-    eventually("oversized counted", || b.stats().peer(NodeId(5)).bad_frames == 1).await;
+    assert!(
+        closed_by_peer(&mut s).await,
+        "oversized prefix: connection kept"
+    );
+    eventually("oversized counted", || {
+        b.stats().peer(NodeId(5)).bad_frames == 1
+    })
+    .await;
     healthy_frame_arrives("an oversized prefix").await;
 
     // A valid handshake, then a frame whose payload is not a cluster frame.
@@ -172,7 +191,10 @@ async fn hostile_bytes_close_only_their_connection() {
     junk.put_u32(3);
     junk.put_slice(&[0xff, 0xff, 0xff]);
     s.write_all(&junk).await.expect("write");
-    assert!(closed_by_peer(&mut s).await, "undecodable frame: connection kept");
+    assert!(
+        closed_by_peer(&mut s).await,
+        "undecodable frame: connection kept"
+    );
     eventually("junk counted", || b.stats().peer(NodeId(6)).bad_frames == 1).await;
     healthy_frame_arrives("an undecodable frame").await;
 
@@ -183,20 +205,32 @@ async fn hostile_bytes_close_only_their_connection() {
     half.put_slice(&[0u8; 40]);
     s.write_all(&half).await.expect("write");
     s.shutdown().await.expect("shutdown write half");
-    assert!(closed_by_peer(&mut s).await, "truncated frame: connection kept");
-    eventually("truncation counted", || b.stats().peer(NodeId(7)).bad_frames == 1).await;
+    assert!(
+        closed_by_peer(&mut s).await,
+        "truncated frame: connection kept"
+    );
+    eventually("truncation counted", || {
+        b.stats().peer(NodeId(7)).bad_frames == 1
+    })
+    .await;
     healthy_frame_arrives("a truncated frame").await;
 
     // A handshake cut short.
     let mut s = TcpStream::connect(b.local_addr()).await.expect("connect");
-    s.write_all(&handshake_bytes(CLUSTER, NodeId(8), 1)[..5]).await.expect("write");
+    s.write_all(&handshake_bytes(CLUSTER, NodeId(8), 1)[..5])
+        .await
+        .expect("write");
     s.shutdown().await.expect("shutdown write half");
     assert!(closed_by_peer(&mut s).await);
     eventually("cut handshake counted", || b.stats().bad_connections == 2).await;
     healthy_frame_arrives("a cut handshake").await;
 
     assert_eq!(b.stats().peer(NodeId(0)).bad_frames, 0);
-    assert_eq!(a.stats().peer(NodeId(1)).connects, 1, "the healthy connection dropped");
+    assert_eq!(
+        a.stats().peer(NodeId(1)).connects,
+        1,
+        "the healthy connection dropped"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -206,9 +240,11 @@ async fn another_cluster_or_version_is_refused_and_counted() {
     let (b, b_sink) = transport(1, Settings::default()).await;
     let mut other = tcp_config(0, Settings::default());
     other.cluster_id = ClusterId(0xbad);
-    let a = TcpTransport::bind(other, RecordingSink::new()).await.expect("bind");
+    let a = TcpTransport::bind(other, RecordingSink::new())
+        .await
+        .expect("bind");
     a.add_peer(NodeId(1), b.local_addr()).expect("add");
-    let _ = a.send(NodeId(1), pdu(1));
+    let _ = a.send(NodeId(1), &pdu(1));
     eventually("both sides refuse", || {
         a.stats().peer(NodeId(1)).refused >= 1 && b.stats().refused_handshakes >= 1
     })
@@ -218,7 +254,9 @@ async fn another_cluster_or_version_is_refused_and_counted() {
     let refused = b.stats().refused_handshakes;
 
     let mut s = TcpStream::connect(b.local_addr()).await.expect("connect");
-    s.write_all(&handshake_bytes(CLUSTER, NodeId(3), 2)).await.expect("write");
+    s.write_all(&handshake_bytes(CLUSTER, NodeId(3), 2))
+        .await
+        .expect("write");
     assert!(closed_by_peer(&mut s).await, "version 2: connection kept");
     eventually("version mismatch counted", || {
         b.stats().refused_handshakes == refused + 1
@@ -226,9 +264,14 @@ async fn another_cluster_or_version_is_refused_and_counted() {
     .await;
     // A peer claiming our own id is refused too.
     let mut s = TcpStream::connect(b.local_addr()).await.expect("connect");
-    s.write_all(&handshake_bytes(CLUSTER, NodeId(1), 1)).await.expect("write");
+    s.write_all(&handshake_bytes(CLUSTER, NodeId(1), 1))
+        .await
+        .expect("write");
     assert!(closed_by_peer(&mut s).await, "own id: connection kept");
-    eventually("own id counted", || b.stats().refused_handshakes == refused + 2).await;
+    eventually("own id counted", || {
+        b.stats().refused_handshakes == refused + 2
+    })
+    .await;
     assert!(b_sink.is_empty(), "a refused peer's frame was delivered");
     b.shutdown().await;
 }
@@ -240,19 +283,27 @@ async fn shutdown_closes_the_listener_and_drop_cancels() {
     a.add_peer(NodeId(1), b.local_addr()).expect("add");
     b.add_peer(NodeId(0), a.local_addr()).expect("add");
     send_retrying(&a, NodeId(1), pdu(1)).await;
-    eventually("connected", || b.stats().peer(NodeId(0)).frames_received == 1).await;
+    eventually("connected", || {
+        b.stats().peer(NodeId(0)).frames_received == 1
+    })
+    .await;
     let addr = b.local_addr();
-    tokio::time::timeout(DEADLINE, b.shutdown()).await.expect("shutdown hung");
+    tokio::time::timeout(DEADLINE, b.shutdown())
+        .await
+        .expect("shutdown hung");
     assert!(
         TcpStream::connect(addr).await.is_err(),
         "the accept loop outlived shutdown"
     );
-    assert_eq!(b.send(NodeId(0), pdu(2)), Err(SendError::Closed));
+    assert_eq!(b.send(NodeId(0), &pdu(2)), Err(SendError::Closed));
     let addr = a.local_addr();
     drop(a);
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while TcpStream::connect(addr).await.is_ok() {
-        assert!(tokio::time::Instant::now() < deadline, "drop did not stop the listener");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "drop did not stop the listener"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -270,20 +321,36 @@ async fn a_full_queue_refuses_the_newest_and_removal_counts_the_rest() {
     let (a, _) = transport(0, settings).await;
     a.add_peer(NodeId(1), dead_addr).expect("add");
     for i in 0..8 {
-        a.send(NodeId(1), pdu(i)).expect("room in the queue");
+        a.send(NodeId(1), &pdu(i)).expect("room in the queue");
     }
-    let err = a.send(NodeId(1), pdu(8)).expect_err("queue full");
+    let err = a.send(NodeId(1), &pdu(8)).expect_err("queue full");
     assert!(
-        matches!(err, SendError::QueueFull { peer: NodeId(1), frames: 8, .. }),
+        matches!(
+            err,
+            SendError::QueueFull {
+                peer: NodeId(1),
+                frames: 8,
+                ..
+            }
+        ),
         "{err}"
     );
-    eventually("redials counted", || a.stats().peer(NodeId(1)).connect_failures >= 2).await;
+    eventually("redials counted", || {
+        a.stats().peer(NodeId(1)).connect_failures >= 2
+    })
+    .await;
     let s = a.stats().peer(NodeId(1));
     assert_eq!((s.queued, s.drops.queue_full), (8, 1), "{s:?}");
     assert!(a.remove_peer(NodeId(1)));
-    eventually("removal drops the queue", || a.stats().peer(NodeId(1)).drops.shutdown == 8).await;
+    eventually("removal drops the queue", || {
+        a.stats().peer(NodeId(1)).drops.shutdown == 8
+    })
+    .await;
     assert_eq!(a.stats().peer(NodeId(1)).queued, 0);
-    assert_eq!(a.send(NodeId(1), pdu(9)), Err(SendError::UnknownPeer(NodeId(1))));
+    assert_eq!(
+        a.send(NodeId(1), &pdu(9)),
+        Err(SendError::UnknownPeer(NodeId(1)))
+    );
     a.shutdown().await;
 }
 
@@ -292,12 +359,17 @@ async fn inbound_connections_are_limited_and_slow_handshakes_time_out() {
     let mut config = tcp_config(1, Settings::default());
     config.max_inbound = 1;
     config.handshake_timeout = Duration::from_millis(300);
-    let b = TcpTransport::bind(config, RecordingSink::new()).await.expect("bind");
+    let b = TcpTransport::bind(config, RecordingSink::new())
+        .await
+        .expect("bind");
     // Silent: holds the only slot until its handshake times out.
     let mut silent = TcpStream::connect(b.local_addr()).await.expect("connect");
     let mut second = TcpStream::connect(b.local_addr()).await.expect("connect");
     assert!(closed_by_peer(&mut second).await, "over the limit: kept");
-    assert!(closed_by_peer(&mut silent).await, "silent: kept past the handshake timeout");
+    assert!(
+        closed_by_peer(&mut silent).await,
+        "silent: kept past the handshake timeout"
+    );
     let s = b.stats();
     assert_eq!((s.over_limit, s.bad_connections), (1, 1), "{s:?}");
     b.shutdown().await;

@@ -100,7 +100,9 @@ fn payload_len_matches_the_encoder() {
         prop_assert_eq!(f.payload_len(), wire.len() - 4);
         Ok(())
     };
-    run("payload_len_matches_the_encoder", 256, frame(), |f| check(&f));
+    run("payload_len_matches_the_encoder", 256, frame(), |f| {
+        check(&f)
+    });
     // Every varint width, in every length field.
     for len in [0, 250, 251, 65_535, 65_536, 70_000] {
         let body = Bytes::from(vec![7u8; len]);

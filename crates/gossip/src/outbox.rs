@@ -1,0 +1,214 @@
+//! A peer's send queue: frames encoded back to back into 64 KiB chunks,
+//! in send order. Sans-IO: the connection task takes a chunk, writes it,
+//! and gives the buffer back for reuse, so steady traffic allocates
+//! nothing and every buffer stays small enough to stay in cache.
+
+use std::collections::VecDeque;
+
+use bytes::BytesMut;
+use multinode_wire::{ClusterFrame, MessageCodec, WireError};
+use tokio_util::codec::Encoder;
+
+/// The size at which a chunk is closed and a new one started (a frame is
+/// never split: one larger than this makes a chunk of its own size).
+pub(crate) const CHUNK: usize = 64 << 10;
+
+/// Spare buffers kept for reuse.
+const POOL: usize = 4;
+
+/// Why a frame was not queued.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// At the frame or byte bound.
+    Full { frames: usize, bytes: usize },
+    /// Over the frame cap, or unencodable.
+    Encode(WireError),
+}
+
+pub(crate) struct Outbox {
+    codec: MessageCodec<ClusterFrame>,
+    open: BytesMut,
+    open_frames: usize,
+    sealed: VecDeque<(BytesMut, usize)>,
+    pool: Vec<BytesMut>,
+    frames: usize,
+    bytes: usize,
+    max_frames: usize,
+    max_bytes: usize,
+    /// The connection task waits for frames: the next push should wake it.
+    pub(crate) idle: bool,
+    /// The connection task has ended: pushes fail.
+    pub(crate) closed: bool,
+}
+
+impl Outbox {
+    pub(crate) fn new(max_frame: usize, max_frames: usize, max_bytes: usize) -> Self {
+        Self {
+            codec: MessageCodec::with_max(max_frame),
+            open: BytesMut::new(),
+            open_frames: 0,
+            sealed: VecDeque::new(),
+            pool: Vec::new(),
+            frames: 0,
+            bytes: 0,
+            max_frames,
+            max_bytes,
+            idle: false,
+            closed: false,
+        }
+    }
+
+    /// Frames queued.
+    pub(crate) fn frames(&self) -> usize {
+        self.frames
+    }
+
+    /// Encodes `frame` at the back of the queue. Over a bound, the frame
+    /// is refused and the queue left as it was (overflow refuses the
+    /// newest). A single frame may exceed the byte bound when the queue is
+    /// empty, so any frame under the cap can be sent.
+    pub(crate) fn push(&mut self, frame: &ClusterFrame) -> Result<(), Refused> {
+        let full = || Refused::Full {
+            frames: self.frames,
+            bytes: self.bytes,
+        };
+        if self.frames >= self.max_frames {
+            return Err(full());
+        }
+        if self.open.capacity() == 0 {
+            self.open = self
+                .pool
+                .pop()
+                .unwrap_or_else(|| BytesMut::with_capacity(CHUNK));
+        }
+        let before = self.open.len();
+        self.codec
+            .encode(frame, &mut self.open)
+            .map_err(Refused::Encode)?;
+        let len = self.open.len() - before;
+        if self.frames > 0 && self.bytes + len > self.max_bytes {
+            self.open.truncate(before);
+            return Err(full());
+        }
+        self.frames += 1;
+        self.bytes += len;
+        self.open_frames += 1;
+        if self.open.len() >= CHUNK {
+            let next = self.pool.pop().unwrap_or_default();
+            let chunk = std::mem::replace(&mut self.open, next);
+            self.sealed
+                .push_back((chunk, std::mem::take(&mut self.open_frames)));
+        }
+        Ok(())
+    }
+
+    /// The oldest chunk and how many frames it holds, if any are queued.
+    pub(crate) fn take(&mut self) -> Option<(BytesMut, usize)> {
+        let (chunk, frames) = match self.sealed.pop_front() {
+            Some(c) => c,
+            None if self.open_frames > 0 => {
+                let next = self.pool.pop().unwrap_or_default();
+                (
+                    std::mem::replace(&mut self.open, next),
+                    std::mem::take(&mut self.open_frames),
+                )
+            }
+            None => return None,
+        };
+        self.frames -= frames;
+        self.bytes -= chunk.len();
+        Some((chunk, frames))
+    }
+
+    /// Gives a written chunk's buffer back for reuse.
+    pub(crate) fn recycle(&mut self, mut buf: BytesMut) {
+        if self.pool.len() < POOL && buf.capacity() <= 2 * CHUNK {
+            buf.clear();
+            self.pool.push(buf);
+        }
+    }
+
+    /// Empties the queue for good; returns how many frames it held.
+    pub(crate) fn close(&mut self) -> usize {
+        self.closed = true;
+        let frames = self.frames;
+        *self = Self {
+            closed: true,
+            ..Self::new(0, 0, 0)
+        };
+        frames
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use multinode_wire::GossipPdu;
+
+    use super::*;
+
+    fn frame(n: usize) -> ClusterFrame {
+        ClusterFrame::Gossip(GossipPdu::Opaque {
+            schema: 1,
+            body: Bytes::from(vec![n as u8; n]),
+        })
+    }
+
+    /// Every frame comes out once, in order, chunk by chunk.
+    #[test]
+    fn frames_come_out_in_order_in_bounded_chunks() {
+        let mut ob = Outbox::new(1 << 20, 1 << 20, 1 << 30);
+        let sizes: Vec<usize> = (0..2000)
+            .map(|i| (i * 37) % 3000)
+            .chain([200_000, 5])
+            .collect();
+        let mut want = BytesMut::new();
+        let mut codec = MessageCodec::<ClusterFrame>::new();
+        for &n in &sizes {
+            ob.push(&frame(n)).expect("room");
+            codec.encode(&frame(n), &mut want).expect("encode");
+        }
+        assert_eq!(ob.frames(), sizes.len());
+        let (mut got, mut frames) = (BytesMut::new(), 0);
+        while let Some((chunk, n)) = ob.take() {
+            assert!(chunk.len() < CHUNK + 200_010, "chunk of {}", chunk.len());
+            got.extend_from_slice(&chunk);
+            frames += n;
+            ob.recycle(chunk);
+        }
+        assert_eq!(frames, sizes.len());
+        assert_eq!(got, want);
+        assert_eq!((ob.frames, ob.bytes), (0, 0));
+    }
+
+    #[test]
+    fn bounds_refuse_the_newest_and_leave_the_queue_intact() {
+        let mut ob = Outbox::new(1 << 20, 3, 1 << 30);
+        for _ in 0..3 {
+            ob.push(&frame(10)).expect("room");
+        }
+        assert!(matches!(
+            ob.push(&frame(10)),
+            Err(Refused::Full { frames: 3, .. })
+        ));
+        let mut ob = Outbox::new(1 << 20, 100, 1000);
+        ob.push(&frame(2000))
+            .expect("one frame may exceed the byte bound");
+        assert!(matches!(
+            ob.push(&frame(10)),
+            Err(Refused::Full { frames: 1, .. })
+        ));
+        let (chunk, n) = ob.take().expect("a chunk");
+        assert_eq!(n, 1);
+        assert!(chunk.len() > 2000);
+        assert!(ob.take().is_none());
+        let mut ob = Outbox::new(100, 100, 1000);
+        assert!(matches!(
+            ob.push(&frame(200)),
+            Err(Refused::Encode(WireError::FrameTooLarge { .. }))
+        ));
+        assert_eq!(ob.frames(), 0);
+        assert!(ob.take().is_none(), "a refused frame left bytes behind");
+        assert_eq!(ob.close(), 0);
+    }
+}
