@@ -60,6 +60,9 @@ pub enum GossipError {
         /// How many nodes the network has.
         size: usize,
     },
+    /// The transport was shut down.
+    #[error("the transport is shut down")]
+    Closed,
     /// A transport was started outside a tokio runtime.
     #[error("no tokio runtime: start the transport from inside one")]
     NoRuntime,

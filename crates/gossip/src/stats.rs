@@ -16,8 +16,9 @@ pub struct Drops {
     /// TCP: being written when the connection failed or timed out. They
     /// may or may not have reached the peer.
     pub write_failed: u64,
-    /// Still queued when the transport shut down, the peer was removed or
-    /// (in-process) the receiver crashed.
+    /// TCP: still queued when the transport shut down or the peer was
+    /// removed. (In-process, frames a crashed receiver never took are the
+    /// network's `lost`, per link.)
     pub shutdown: u64,
 }
 
@@ -80,8 +81,8 @@ pub struct TransportStats {
     /// Inbound connections closed before a valid handshake: not a
     /// multinode peer, or silent past the handshake timeout (TCP).
     pub bad_connections: u64,
-    /// Inbound connections closed at once because the inbound limit was
-    /// reached (TCP).
+    /// Inbound connections closed at once because the inbound limit or the
+    /// limit on tracked peers was reached (TCP).
     pub over_limit: u64,
 }
 

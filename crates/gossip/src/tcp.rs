@@ -62,6 +62,11 @@ pub struct TcpTransportConfig {
     /// Inbound connections served at once; more are closed at once.
     /// Default 256.
     pub max_inbound: usize,
+    /// Distinct node ids this transport keeps stats for. Peers added with
+    /// `add_peer` always count; an inbound connection claiming a new id
+    /// beyond this is closed (and counted as `over_limit`), so peers that
+    /// invent ids cannot grow memory without bound. Default 4,096.
+    pub max_tracked_peers: usize,
     /// Seeds the reconnect jitter; default: the node id and incarnation.
     pub seed: Option<u64>,
 }
@@ -83,6 +88,7 @@ impl TcpTransportConfig {
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_secs(2),
             max_inbound: 256,
+            max_tracked_peers: 4096,
             seed: None,
         }
     }
@@ -207,7 +213,7 @@ impl TcpTransport {
     /// Moving a peer drops what was queued for its old address (counted).
     pub fn add_peer(&self, node: NodeId, addr: SocketAddr) -> Result<(), GossipError> {
         if self.shared.closed.load(Relaxed) {
-            return Err(GossipError::Config("the transport is shut down".into()));
+            return Err(GossipError::Closed);
         }
         if node == self.shared.config.node_id {
             return Err(GossipError::Config(format!(
@@ -291,6 +297,19 @@ impl Shared {
             return Arc::clone(c);
         }
         Arc::clone(self.counters.write().entry(node).or_default())
+    }
+
+    /// The counters of an inbound peer: existing ones, or new ones while
+    /// fewer than `max_tracked_peers` node ids are tracked.
+    fn tracked_counters(&self, node: NodeId) -> Option<Arc<PeerCounters>> {
+        if let Some(c) = self.counters.read().get(&node) {
+            return Some(Arc::clone(c));
+        }
+        let mut all = self.counters.write();
+        if !all.contains_key(&node) && all.len() >= self.config.max_tracked_peers {
+            return None;
+        }
+        Some(Arc::clone(all.entry(node).or_default()))
     }
 
     /// Records `peer`'s incarnation and tells the sink if it restarted.
@@ -652,7 +671,11 @@ async fn serve(shared: &Shared, stream: TcpStream, from: SocketAddr) {
             }
         };
     let node = hello.node_id;
-    let c = shared.counters(node);
+    let Some(c) = shared.tracked_counters(node) else {
+        add(&shared.over_limit, 1);
+        tracing::warn!(%from, peer = %node, "too many distinct peers: closing");
+        return;
+    };
     shared.observe(node, &c, session.incarnation);
     while let Some(next) = conn.next().await {
         match next {

@@ -374,3 +374,51 @@ async fn inbound_connections_are_limited_and_slow_handshakes_time_out() {
     assert_eq!((s.over_limit, s.bad_connections), (1, 1), "{s:?}");
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_inventing_node_ids_cannot_grow_memory() {
+    let mut config = tcp_config(1, Settings::default());
+    config.max_tracked_peers = 3;
+    let b = TcpTransport::bind(config, RecordingSink::new())
+        .await
+        .expect("bind");
+    b.add_peer(NodeId(0), "127.0.0.1:9".parse().expect("addr"))
+        .expect("add");
+    // One id is taken by the added peer: two invented ids fit, then no more.
+    for id in 100..110 {
+        let mut s = TcpStream::connect(b.local_addr()).await.expect("connect");
+        s.write_all(&handshake_bytes(CLUSTER, NodeId(id), 1))
+            .await
+            .expect("write");
+        if id >= 102 {
+            assert!(closed_by_peer(&mut s).await, "id {id}: kept over the limit");
+        } else {
+            let mut f = Framed::new(s, MessageCodec::<Hello>::new());
+            f.next().await.expect("their hello").expect("valid hello");
+        }
+    }
+    eventually("refusals counted", || b.stats().over_limit == 8).await;
+    let tracked = b.stats().peers.len();
+    assert_eq!(
+        tracked,
+        3,
+        "{:?}",
+        b.stats().peers.keys().collect::<Vec<_>>()
+    );
+    // A known id still gets in.
+    let mut s = raw_peer(b.local_addr(), NodeId(100)).await;
+    s.write_all(&{
+        let mut buf = BytesMut::new();
+        MessageCodec::<multinode_wire::ClusterFrame>::new()
+            .encode(pdu(5), &mut buf)
+            .expect("encode");
+        buf
+    })
+    .await
+    .expect("write");
+    eventually("a known id is served", || {
+        b.stats().peer(NodeId(100)).frames_received == 1
+    })
+    .await;
+    b.shutdown().await;
+}
