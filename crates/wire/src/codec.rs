@@ -101,10 +101,10 @@ pub(crate) fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Wir
 ///
 /// The contract: decoding a `Message` never allocates more than the payload
 /// holds, whatever length prefixes a hostile peer writes inside it. Fixed-size
-/// fields need nothing; every `String`, `Bytes` or `Option<String>` field
-/// must read through the [`bounded`](crate::bounded) deserializers; sequences
-/// (`Vec<T>` of structs) are preallocated by serde at most 1 MiB ahead of
-/// what actually decodes. This crate's messages keep the contract and its
+/// fields need nothing; every `String`, `Bytes`, `Option<String>`,
+/// `Option<Bytes>` or `Vec<T>` field must read through the
+/// [`bounded`](crate::bounded) deserializers, which never reserve room for
+/// more than the input can hold (1 KiB ahead, for a sequence). This crate's messages keep the contract and its
 /// hostile-input tests check them; a type outside it that implements
 /// `Message` takes the contract on.
 pub trait Message: Serialize + DeserializeOwned {}
@@ -140,12 +140,54 @@ impl crate::ClusterFrame {
             ClusterFrame::Gossip(GossipPdu::Opaque { schema, body }) => {
                 1 + 1 + varint_len(u64::from(*schema)) + field_len(body.len())
             }
+            ClusterFrame::Gossip(GossipPdu::Lww(m)) => 1 + 1 + m.encoded_len(),
             ClusterFrame::Tell(t) => {
                 1 + field_len(t.target_path.len())
                     + field_len(t.manifest.len())
                     + field_len(t.payload.len())
                     + 1
                     + t.sender_path.as_ref().map_or(0, |p| field_len(p.len()))
+            }
+        }
+    }
+}
+
+impl crate::Timestamp {
+    /// Bytes this timestamp takes inside a message.
+    pub fn encoded_len(&self) -> usize {
+        varint_len(self.physical_ms) + varint_len(u64::from(self.logical)) + varint_len(self.node.0)
+    }
+}
+
+impl crate::LwwEntry {
+    /// Bytes this entry takes inside a message: what a byte budget counts.
+    pub fn encoded_len(&self) -> usize {
+        field_len(self.key.len())
+            + 1
+            + self.value.as_ref().map_or(0, |v| field_len(v.len()))
+            + self.version.encoded_len()
+    }
+}
+
+impl crate::LwwMessage {
+    /// Bytes this message takes inside a frame, computed without encoding.
+    pub fn encoded_len(&self) -> usize {
+        fn stamps(v: &[crate::Timestamp]) -> usize {
+            varint_len(v.len() as u64) + v.iter().map(|t| t.encoded_len()).sum::<usize>()
+        }
+        match self {
+            crate::LwwMessage::Digest { watermarks } => 1 + stamps(watermarks),
+            crate::LwwMessage::Sync {
+                watermarks,
+                entries,
+                partial,
+                ..
+            } => {
+                1 + 1
+                    + stamps(watermarks)
+                    + varint_len(entries.len() as u64)
+                    + entries.iter().map(|e| e.encoded_len()).sum::<usize>()
+                    + stamps(partial)
             }
         }
     }

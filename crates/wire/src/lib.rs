@@ -13,6 +13,9 @@
 //!   messages and its orderly goodbye, so a close is told from a crash.
 //! - **Lines** ([`LineCodec`], [`Request`], [`Reply`]): the barrier protocol,
 //!   capped at 4 KiB a line, parsed into typed commands.
+//! - **LWW anti-entropy** ([`LwwMessage`], [`LwwEntry`]): digests of
+//!   per-origin watermarks and the syncs that answer them, as a typed
+//!   gossip PDU.
 //! - **Versions** ([`Timestamp`], [`HybridClock`]): a hybrid logical clock
 //!   whose timestamps are totally ordered and never tie across nodes.
 //! - **Blocking helpers** ([`BlockingReader`], [`BlockingWriter`]) run the
@@ -70,4 +73,4 @@ pub use hello::{ClusterId, HandshakeField, Hello, MAGIC, NodeId, PROTOCOL_VERSIO
 pub use line::{
     DEFAULT_MAX_LINE, Label, LineCodec, MAX_LABEL_LEN, MAX_VALUE_LEN, Reply, Request, Value,
 };
-pub use message::{ClusterFrame, GossipPdu, RemoteTell, Session};
+pub use message::{ClusterFrame, GossipPdu, LwwEntry, LwwMessage, RemoteTell, Session};

@@ -1,6 +1,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::Timestamp;
+
 /// Every frame that follows the handshake on a cluster connection: gossip
 /// protocol units beside application messages.
 ///
@@ -30,6 +32,56 @@ pub enum GossipPdu {
         /// The encoded unit.
         #[serde(deserialize_with = "crate::bounded::bytes")]
         body: Bytes,
+    },
+    /// A last-write-wins replica's anti-entropy message.
+    Lww(LwwMessage),
+}
+
+/// One key's latest write as last-write-wins replicas exchange it: a value,
+/// or a tombstone (`value: None`) that records a delete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LwwEntry {
+    /// The key.
+    #[serde(deserialize_with = "crate::bounded::string")]
+    pub key: String,
+    /// The value, or `None` for a delete.
+    #[serde(deserialize_with = "crate::bounded::opt_bytes")]
+    pub value: Option<Bytes>,
+    /// The write's version; its `node` is the write's origin.
+    pub version: Timestamp,
+}
+
+/// The anti-entropy exchange of last-write-wins replicas: a digest, answered
+/// by a sync that carries the entries the digest's sender lacks.
+///
+/// A *watermark* `w` for origin `o` says: the sender holds every write `o`
+/// made with a version up to `w`, or a write that superseded it. Watermarks
+/// travel as timestamps whose `node` is the origin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LwwMessage {
+    /// Opens a round: the sender's watermarks.
+    Digest {
+        /// One per origin the sender knows.
+        #[serde(deserialize_with = "crate::bounded::seq")]
+        watermarks: Vec<Timestamp>,
+    },
+    /// Entries the receiver lacks by its last digest, with the sender's
+    /// watermarks; the receiver's watermark for an origin moves up to the
+    /// sender's, or to the one in `partial` where the entries were cut short
+    /// by the byte budget.
+    Sync {
+        /// Whether the receiver should answer with a sync of its own.
+        reply: bool,
+        /// The sender's watermarks, one per origin it knows.
+        #[serde(deserialize_with = "crate::bounded::seq")]
+        watermarks: Vec<Timestamp>,
+        /// The entries, each origin's in ascending version order.
+        #[serde(deserialize_with = "crate::bounded::seq")]
+        entries: Vec<LwwEntry>,
+        /// Origins whose entries stop short of the sender's watermark: how
+        /// far they reach.
+        #[serde(deserialize_with = "crate::bounded::seq")]
+        partial: Vec<Timestamp>,
     },
 }
 

@@ -2,8 +2,8 @@
 
 use bytes::{Bytes, BytesMut};
 use multinode_wire::{
-    ChannelCodec, ChannelFrame, ClusterFrame, ClusterId, GossipPdu, Hello, MAGIC, MessageCodec,
-    NodeId, RemoteTell, Reply, Request, Session, Timestamp, WireError,
+    ChannelCodec, ChannelFrame, ClusterFrame, ClusterId, GossipPdu, Hello, LwwEntry, LwwMessage,
+    MAGIC, MessageCodec, NodeId, RemoteTell, Reply, Request, Session, Timestamp, WireError,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -78,6 +78,8 @@ fn every_golden_marker_is_checked() {
         "timestamp",
         "channel-data",
         "channel-bye",
+        "lww-digest",
+        "lww-sync",
     ];
     let in_doc = DOC.matches("<!-- golden: ").count();
     assert_eq!(
@@ -282,4 +284,39 @@ fn documented_lines_mean_what_the_doc_says() {
             nodes: 4
         }
     );
+}
+
+#[test]
+fn lww_frames() {
+    let at = |physical_ms, logical, node| Timestamp {
+        physical_ms,
+        logical,
+        node: NodeId(node),
+    };
+    let lww = |m| ClusterFrame::Gossip(GossipPdu::Lww(m));
+    check_frame(
+        "lww-digest",
+        lww(LwwMessage::Digest {
+            watermarks: vec![at(1_767_225_600_000, 0, 1), at(1_767_225_600_000, 3, 2)],
+        }),
+    );
+    let sync = lww(LwwMessage::Sync {
+        reply: true,
+        watermarks: vec![at(1_767_225_600_000, 0, 1)],
+        entries: vec![
+            LwwEntry {
+                key: "k".into(),
+                value: Some(Bytes::from_static(b"hi")),
+                version: at(1_767_225_599_000, 1, 1),
+            },
+            LwwEntry {
+                key: "j".into(),
+                value: None,
+                version: at(1_767_225_599_500, 0, 1),
+            },
+        ],
+        partial: vec![],
+    });
+    assert_eq!(sync.payload_len() + 4, golden("lww-sync").len());
+    check_frame("lww-sync", sync);
 }

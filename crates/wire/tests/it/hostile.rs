@@ -4,8 +4,8 @@
 
 use bytes::{Bytes, BytesMut};
 use multinode_wire::{
-    ClusterFrame, ClusterId, FrameCodec, GossipPdu, Hello, LineCodec, MessageCodec, NodeId,
-    RemoteTell, Reply, Request, WireError,
+    ClusterFrame, ClusterId, FrameCodec, GossipPdu, Hello, LineCodec, LwwEntry, LwwMessage,
+    MessageCodec, NodeId, RemoteTell, Reply, Request, Timestamp, WireError,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -26,6 +26,16 @@ fn samples() -> Vec<BytesMut> {
             payload: Bytes::from_static(b"hello"),
             sender_path: Some("/user/x".into()),
         }),
+        ClusterFrame::Gossip(GossipPdu::Lww(LwwMessage::Sync {
+            reply: true,
+            watermarks: vec![stamp(1), stamp(2)],
+            entries: vec![LwwEntry {
+                key: "k".into(),
+                value: Some(Bytes::from_static(b"v")),
+                version: stamp(1),
+            }],
+            partial: vec![stamp(2)],
+        })),
     ];
     frames
         .iter()
@@ -35,6 +45,14 @@ fn samples() -> Vec<BytesMut> {
             b
         })
         .collect()
+}
+
+fn stamp(node: u64) -> Timestamp {
+    Timestamp {
+        physical_ms: 1_767_225_600_000,
+        logical: 0,
+        node: NodeId(node),
+    }
 }
 
 /// Decodes `input` to the end, asserting only typed outcomes.
@@ -104,7 +122,10 @@ fn random_and_mutated_frames() {
             // A valid frame whose length prefix is right but whose payload
             // claims huge containers (bincode's 0xfd u64 varint).
             _ => {
-                let mut payload = vec![1u8, 0xfd];
+                // A tell's path, or an LWW digest's or sync's count.
+                let heads: [&[u8]; 3] = [&[1], &[0, 1, 0], &[0, 1, 1, 1, 0]];
+                let mut payload = heads[rng.below(3)].to_vec();
+                payload.push(0xfd);
                 payload.extend_from_slice(&(u64::MAX >> rng.below(40)).to_le_bytes());
                 payload.extend((0..rng.below(16)).map(|_| rng.next_u64() as u8));
                 let mut v = (payload.len() as u32).to_be_bytes().to_vec();

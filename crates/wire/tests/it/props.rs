@@ -2,8 +2,8 @@
 
 use bytes::{Bytes, BytesMut};
 use multinode_wire::{
-    ClusterFrame, ClusterId, GossipPdu, Hello, HybridClock, Label, MessageCodec, NodeId,
-    RemoteTell, Reply, Request, Timestamp, Value, WireError,
+    ClusterFrame, ClusterId, GossipPdu, Hello, HybridClock, Label, LwwEntry, LwwMessage,
+    MessageCodec, NodeId, RemoteTell, Reply, Request, Timestamp, Value, WireError,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -24,7 +24,7 @@ fn value() -> impl Strategy<Value = Value> {
     token().prop_map(|s| Value::new(s).expect("strategy makes valid values"))
 }
 
-fn node() -> impl Strategy<Value = NodeId> {
+fn node() -> impl Strategy<Value = NodeId> + Clone {
     prop_oneof![0u64..300, any::<u64>()].prop_map(NodeId)
 }
 
@@ -33,7 +33,7 @@ fn frame() -> impl Strategy<Value = ClusterFrame> {
     prop_oneof![
         (any::<u16>(), bytes.clone())
             .prop_map(|(schema, body)| ClusterFrame::Gossip(GossipPdu::Opaque { schema, body })),
-        (".{0,40}", ".{0,20}", bytes, proptest::option::of(".{0,40}")).prop_map(
+        (".{0,40}", ".{0,20}", bytes.clone(), proptest::option::of(".{0,40}")).prop_map(
             |(target_path, manifest, payload, sender_path)| ClusterFrame::Tell(RemoteTell {
                 target_path,
                 manifest,
@@ -41,6 +41,43 @@ fn frame() -> impl Strategy<Value = ClusterFrame> {
                 sender_path,
             })
         ),
+        lww(bytes).prop_map(|m| ClusterFrame::Gossip(GossipPdu::Lww(m))),
+    ]
+}
+
+fn stamp() -> impl Strategy<Value = Timestamp> + Clone {
+    (any::<u64>(), any::<u32>(), node()).prop_map(|(physical_ms, logical, node)| Timestamp {
+        physical_ms,
+        logical,
+        node,
+    })
+}
+
+fn lww(bytes: impl Strategy<Value = Bytes> + Clone) -> impl Strategy<Value = LwwMessage> {
+    let stamps = proptest::collection::vec(stamp(), 0..6);
+    let entry = (".{0,30}", proptest::option::of(bytes), stamp()).prop_map(
+        |(key, value, version)| LwwEntry {
+            key,
+            value,
+            version,
+        },
+    );
+    prop_oneof![
+        stamps
+            .clone()
+            .prop_map(|watermarks| LwwMessage::Digest { watermarks }),
+        (
+            any::<bool>(),
+            stamps.clone(),
+            proptest::collection::vec(entry, 0..6),
+            stamps
+        )
+            .prop_map(|(reply, watermarks, entries, partial)| LwwMessage::Sync {
+                reply,
+                watermarks,
+                entries,
+                partial,
+            }),
     ]
 }
 
