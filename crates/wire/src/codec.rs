@@ -176,14 +176,20 @@ impl crate::LwwMessage {
             varint_len(v.len() as u64) + v.iter().map(|t| t.encoded_len()).sum::<usize>()
         }
         match self {
-            crate::LwwMessage::Digest { watermarks } => 1 + stamps(watermarks),
+            crate::LwwMessage::Digest { epoch, watermarks } => {
+                1 + varint_len(u64::from(*epoch)) + stamps(watermarks)
+            }
             crate::LwwMessage::Sync {
+                epoch,
+                answers,
                 watermarks,
                 entries,
                 partial,
                 ..
             } => {
                 1 + 1
+                    + varint_len(u64::from(*epoch))
+                    + varint_len(u64::from(*answers))
                     + stamps(watermarks)
                     + varint_len(entries.len() as u64)
                     + entries.iter().map(|e| e.encoded_len()).sum::<usize>()

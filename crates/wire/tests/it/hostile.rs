@@ -28,6 +28,8 @@ fn samples() -> Vec<BytesMut> {
         }),
         ClusterFrame::Gossip(GossipPdu::Lww(LwwMessage::Sync {
             reply: true,
+            epoch: 2,
+            answers: 0,
             watermarks: vec![stamp(1), stamp(2)],
             entries: vec![LwwEntry {
                 key: "k".into(),
@@ -123,7 +125,7 @@ fn random_and_mutated_frames() {
             // claims huge containers (bincode's 0xfd u64 varint).
             _ => {
                 // A tell's path, or an LWW digest's or sync's count.
-                let heads: [&[u8]; 3] = [&[1], &[0, 1, 0], &[0, 1, 1, 1, 0]];
+                let heads: [&[u8]; 3] = [&[1], &[0, 1, 0, 0], &[0, 1, 1, 1, 0, 0, 0]];
                 let mut payload = heads[rng.below(3)].to_vec();
                 payload.push(0xfd);
                 payload.extend_from_slice(&(u64::MAX >> rng.below(40)).to_le_bytes());

@@ -33,14 +33,20 @@ fn frame() -> impl Strategy<Value = ClusterFrame> {
     prop_oneof![
         (any::<u16>(), bytes.clone())
             .prop_map(|(schema, body)| ClusterFrame::Gossip(GossipPdu::Opaque { schema, body })),
-        (".{0,40}", ".{0,20}", bytes.clone(), proptest::option::of(".{0,40}")).prop_map(
-            |(target_path, manifest, payload, sender_path)| ClusterFrame::Tell(RemoteTell {
-                target_path,
-                manifest,
-                payload,
-                sender_path,
-            })
-        ),
+        (
+            ".{0,40}",
+            ".{0,20}",
+            bytes.clone(),
+            proptest::option::of(".{0,40}")
+        )
+            .prop_map(
+                |(target_path, manifest, payload, sender_path)| ClusterFrame::Tell(RemoteTell {
+                    target_path,
+                    manifest,
+                    payload,
+                    sender_path,
+                })
+            ),
         lww(bytes).prop_map(|m| ClusterFrame::Gossip(GossipPdu::Lww(m))),
     ]
 }
@@ -55,28 +61,32 @@ fn stamp() -> impl Strategy<Value = Timestamp> + Clone {
 
 fn lww(bytes: impl Strategy<Value = Bytes> + Clone) -> impl Strategy<Value = LwwMessage> {
     let stamps = proptest::collection::vec(stamp(), 0..6);
-    let entry = (".{0,30}", proptest::option::of(bytes), stamp()).prop_map(
-        |(key, value, version)| LwwEntry {
-            key,
-            value,
-            version,
-        },
-    );
+    let entry =
+        (".{0,30}", proptest::option::of(bytes), stamp()).prop_map(|(key, value, version)| {
+            LwwEntry {
+                key,
+                value,
+                version,
+            }
+        });
     prop_oneof![
-        stamps
-            .clone()
-            .prop_map(|watermarks| LwwMessage::Digest { watermarks }),
+        (any::<u32>(), stamps.clone())
+            .prop_map(|(epoch, watermarks)| LwwMessage::Digest { epoch, watermarks }),
         (
-            any::<bool>(),
+            (any::<bool>(), any::<u32>(), any::<u32>()),
             stamps.clone(),
             proptest::collection::vec(entry, 0..6),
             stamps
         )
-            .prop_map(|(reply, watermarks, entries, partial)| LwwMessage::Sync {
-                reply,
-                watermarks,
-                entries,
-                partial,
+            .prop_map(|((reply, epoch, answers), watermarks, entries, partial)| {
+                LwwMessage::Sync {
+                    reply,
+                    epoch,
+                    answers,
+                    watermarks,
+                    entries,
+                    partial,
+                }
             }),
     ]
 }
