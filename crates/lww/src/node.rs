@@ -1,0 +1,349 @@
+//! The async node: a [`Replica`] driven over any [`GossipTransport`], with
+//! an optional persistent store. The loop is thin: a timer opens rounds,
+//! inbound PDUs are handed to the replica, its answers are sent.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use multinode_filestore::{FileStore, Merge, StateStore};
+use multinode_gossip::{GossipTransport, RemoteMessageSink};
+use multinode_wire::{GossipPdu, LwwEntry, LwwMessage, NodeId, RemoteTell, Timestamp};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{LwwError, PeerStatus, Replica, ReplicaConfig, ReplicaStats};
+
+/// An [`LwwNode`]'s configuration.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The replica's settings; `round_interval_ms` paces the rounds.
+    pub replica: ReplicaConfig,
+    /// Where to keep acknowledged writes (`<dir>/lww.json` and its log);
+    /// `None` keeps state in memory only.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The node's counters: the replica's and the transport side's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// The replica's counters (rounds, bytes and entries both ways).
+    pub replica: ReplicaStats,
+    /// Messages the transport refused (full queue, unknown peer, closed).
+    pub send_failed: u64,
+    /// Inbound messages dropped because the node's inbox was full.
+    pub inbox_full: u64,
+    /// Inbound PDUs that were not LWW messages.
+    pub foreign: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    send_failed: AtomicU64,
+    inbox_full: AtomicU64,
+    foreign: AtomicU64,
+}
+
+/// Where a transport delivers inbound PDUs for an [`LwwNode`]: make one,
+/// hand [`Inbox::sink`] to the transport, then the inbox to
+/// [`LwwNode::start`].
+pub struct Inbox {
+    rx: mpsc::Receiver<(NodeId, LwwMessage)>,
+    sink: Arc<InboxSink>,
+}
+
+impl Inbox {
+    /// An inbox holding up to `capacity` messages; past that, new ones are
+    /// dropped and counted (gossip repairs the loss next round).
+    pub fn new(capacity: usize) -> Self {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        Self {
+            rx,
+            sink: Arc::new(InboxSink {
+                tx,
+                counters: Arc::default(),
+            }),
+        }
+    }
+
+    /// The sink to give the transport.
+    pub fn sink(&self) -> Arc<dyn RemoteMessageSink> {
+        self.sink.clone()
+    }
+}
+
+struct InboxSink {
+    tx: mpsc::Sender<(NodeId, LwwMessage)>,
+    counters: Arc<Counters>,
+}
+
+impl RemoteMessageSink for InboxSink {
+    fn on_gossip(&self, from: NodeId, pdu: GossipPdu) {
+        match pdu {
+            GossipPdu::Lww(m) => {
+                if self.tx.try_send((from, m)).is_err() {
+                    self.counters.inbox_full.fetch_add(1, Relaxed);
+                }
+            }
+            _ => {
+                self.counters.foreign.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn on_tell(&self, _from: NodeId, _tell: RemoteTell) {
+        self.counters.foreign.fetch_add(1, Relaxed);
+    }
+}
+
+/// What the store keeps per key: the winning write.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Stored {
+    version: Timestamp,
+    value: Option<Bytes>,
+}
+
+impl Merge for Stored {
+    fn supersedes(&self, current: &Self) -> bool {
+        self.version > current.version
+    }
+}
+
+struct Shared<T> {
+    replica: Mutex<Replica>,
+    transport: T,
+    store: Option<FileStore<Stored>>,
+    changes: broadcast::Sender<LwwEntry>,
+    counters: Arc<Counters>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// A last-write-wins node: a replica, a transport, a round timer.
+pub struct LwwNode<T: GossipTransport + 'static> {
+    shared: Arc<Shared<T>>,
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl<T: GossipTransport + 'static> LwwNode<T> {
+    /// Starts a node on `transport`, whose sink must be `inbox`'s. With a
+    /// data directory, the state kept there is loaded first and the node
+    /// resynchronises with its first peer. Needs a tokio runtime.
+    pub async fn start(config: NodeConfig, transport: T, inbox: Inbox) -> Result<Self, LwwError> {
+        let mut replica = Replica::new(config.replica.clone())?;
+        let store = match &config.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| LwwError::Config {
+                    field: "data_dir",
+                    reason: format!("{}: {e}", dir.display()),
+                })?;
+                let path = dir.join("lww.json");
+                let store = tokio::task::spawn_blocking(move || FileStore::<Stored>::open(path))
+                    .await
+                    .map_err(|_| LwwError::Closed)??;
+                let entries: Vec<LwwEntry> = store
+                    .keys()
+                    .into_iter()
+                    .filter_map(|key| {
+                        let s = store.get(&key)?;
+                        Some(LwwEntry {
+                            key,
+                            value: s.value,
+                            version: s.version,
+                        })
+                    })
+                    .collect();
+                replica.restore(entries, wall_ms());
+                Some(store)
+            }
+            None => None,
+        };
+        let interval = Duration::from_millis(config.replica.round_interval_ms);
+        let shared = Arc::new(Shared {
+            replica: Mutex::new(replica),
+            transport,
+            store,
+            changes: broadcast::channel(1024).0,
+            counters: inbox.sink.counters.clone(),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let s = shared.clone();
+        shared.tasks.spawn(run(s, inbox, interval));
+        shared.tasks.close();
+        Ok(Self { shared })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.shared.transport.local_node()
+    }
+
+    /// The transport (to add peers' addresses to a TCP one, say).
+    pub fn transport(&self) -> &T {
+        &self.shared.transport
+    }
+
+    /// Gossips with `peer` from the next round on.
+    pub fn add_peer(&self, peer: NodeId) {
+        self.shared.replica.lock().add_peer(peer);
+    }
+
+    /// Stops gossiping with `peer`.
+    pub fn remove_peer(&self, peer: NodeId) {
+        self.shared.replica.lock().remove_peer(peer);
+    }
+
+    /// Writes `value` under `key`. Returns once the write is applied, and,
+    /// with a data directory, durable: then it survives a crash.
+    pub async fn set(&self, key: &str, value: impl Into<Bytes>) -> Result<Timestamp, LwwError> {
+        self.write(key, Some(value.into())).await
+    }
+
+    /// Deletes `key` (a tombstone, durable like a set).
+    pub async fn delete(&self, key: &str) -> Result<Timestamp, LwwError> {
+        self.write(key, None).await
+    }
+
+    async fn write(&self, key: &str, value: Option<Bytes>) -> Result<Timestamp, LwwError> {
+        let s = &self.shared;
+        if s.cancel.is_cancelled() {
+            return Err(LwwError::Closed);
+        }
+        let e = s.replica.lock().prepare(key, value, wall_ms())?;
+        if let Some(store) = &s.store {
+            let stored = Stored {
+                version: e.version,
+                value: e.value.clone(),
+            };
+            if let Err(err) = store.put(key, stored).await {
+                s.replica.lock().abandon(&e);
+                return Err(err.into());
+            }
+        }
+        if s.replica.lock().commit(&e) {
+            let _ = s.changes.send(e.clone());
+        }
+        Ok(e.version)
+    }
+
+    /// The live value of `key`.
+    pub fn get(&self, key: &str) -> Option<Bytes> {
+        self.shared.replica.lock().get(key).cloned()
+    }
+
+    /// Live keys.
+    pub fn len(&self) -> usize {
+        self.shared.replica.lock().len()
+    }
+
+    /// Whether no key is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every change applied from now on, local or remote (a `None` value
+    /// is a delete). A subscriber that falls 1,024 behind skips ahead.
+    pub fn subscribe(&self) -> broadcast::Receiver<LwwEntry> {
+        self.shared.changes.subscribe()
+    }
+
+    /// The live state's fingerprint: equal on nodes that agree.
+    pub fn fingerprint(&self) -> u64 {
+        self.shared.replica.lock().fingerprint()
+    }
+
+    /// Each peer's liveness now.
+    pub fn liveness(&self) -> BTreeMap<NodeId, PeerStatus> {
+        self.shared.replica.lock().liveness(wall_ms())
+    }
+
+    /// Whether the node is pulling state back after a restart or a long
+    /// absence.
+    pub fn is_resyncing(&self) -> bool {
+        self.shared.replica.lock().is_resyncing()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> NodeStats {
+        let c = &self.shared.counters;
+        NodeStats {
+            replica: self.shared.replica.lock().stats().clone(),
+            send_failed: c.send_failed.load(Relaxed),
+            inbox_full: c.inbox_full.load(Relaxed),
+            foreign: c.foreign.load(Relaxed),
+        }
+    }
+
+    /// Runs `f` on the replica (for checks and snapshots).
+    pub fn with_replica<R>(&self, f: impl FnOnce(&Replica) -> R) -> R {
+        f(&self.shared.replica.lock())
+    }
+
+    /// Stops the round timer and waits for the node's task to end. The
+    /// transport is left to its owner.
+    pub async fn shutdown(self) {
+        self.shared.cancel.cancel();
+        self.shared.tasks.wait().await;
+    }
+}
+
+impl<T: GossipTransport + 'static> Drop for LwwNode<T> {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+    }
+}
+
+async fn run<T: GossipTransport + 'static>(s: Arc<Shared<T>>, mut inbox: Inbox, every: Duration) {
+    let mut timer = tokio::time::interval(every);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = s.cancel.cancelled() => return,
+            _ = timer.tick() => {
+                let round = s.replica.lock().tick(wall_ms());
+                if let Some(store) = &s.store {
+                    for key in &round.collected {
+                        // Queued, not awaited: the tombstone is gone from
+                        // memory either way.
+                        drop(store.delete(key));
+                    }
+                }
+                send(&s, round.messages);
+            }
+            Some((from, m)) = inbox.rx.recv() => {
+                let got = s.replica.lock().receive(from, m, wall_ms());
+                for e in got.changes {
+                    if let Some(store) = &s.store {
+                        let stored = Stored { version: e.version, value: e.value.clone() };
+                        // Remote writes are durable at their origin; this
+                        // copy is queued, not awaited.
+                        drop(store.put(&e.key, stored));
+                    }
+                    let _ = s.changes.send(e);
+                }
+                send(&s, got.replies);
+            }
+        }
+    }
+}
+
+fn send<T: GossipTransport>(s: &Shared<T>, messages: Vec<(NodeId, LwwMessage)>) {
+    for (to, m) in messages {
+        if s.transport.gossip(to, GossipPdu::Lww(m)).is_err() {
+            s.counters.send_failed.fetch_add(1, Relaxed);
+        }
+    }
+}

@@ -1,0 +1,688 @@
+//! The sans-IO replica: state, merge, anti-entropy, tombstones, liveness.
+//! No clock reads, no sockets, no OS randomness: every call takes the wall
+//! time, and the only randomness is a generator seeded by the config.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::ops::Bound;
+
+use bytes::Bytes;
+use multinode_wire::{HybridClock, LwwEntry, LwwMessage, NodeId, Timestamp};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::liveness::{Detector, PeerStatus};
+use crate::{LwwError, ReplicaConfig};
+
+/// Messages to send: `(to, message)`.
+pub type Outgoing = Vec<(NodeId, LwwMessage)>;
+
+/// What a [`Replica::tick`] asks the caller to do.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// Digests that open this round, one per chosen peer.
+    pub messages: Outgoing,
+    /// Keys whose tombstones were collected (a persistent store drops them).
+    pub collected: Vec<String>,
+}
+
+/// What a [`Replica::receive`] produced.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Answers to send.
+    pub replies: Outgoing,
+    /// Entries that won their merge and changed this replica's state.
+    pub changes: Vec<LwwEntry>,
+}
+
+/// A replica's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Rounds opened.
+    pub rounds: u64,
+    /// Messages produced (digests and syncs).
+    pub messages_sent: u64,
+    /// Their encoded size (without the frame and PDU headers).
+    pub bytes_sent: u64,
+    /// Entries carried by the syncs sent.
+    pub entries_sent: u64,
+    /// Messages taken in.
+    pub messages_received: u64,
+    /// Their encoded size.
+    pub bytes_received: u64,
+    /// Entries received.
+    pub entries_received: u64,
+    /// Received entries that won their merge.
+    pub entries_applied: u64,
+    /// Received entries or watermarks refused for a version too far ahead.
+    pub rejected: u64,
+    /// Resynchronisations started.
+    pub resyncs: u64,
+    /// Tombstones collected.
+    pub collected: u64,
+}
+
+/// A resynchronisation in progress: watermarks were dropped and are being
+/// pulled back up to what the peer that triggered it knew.
+#[derive(Debug)]
+struct Resync {
+    target: BTreeMap<NodeId, Timestamp>,
+    /// Until our watermark for ourselves is back here, it is not taken from
+    /// the clock: the peer holds writes of ours we dropped.
+    own_floor: Option<Timestamp>,
+    since_round: u64,
+}
+
+/// One last-write-wins replica. See the crate docs for the protocol.
+#[derive(Debug)]
+pub struct Replica {
+    cfg: ReplicaConfig,
+    clock: HybridClock,
+    now_ms: u64,
+    round: u64,
+    rng: ChaCha8Rng,
+    entries: HashMap<String, LwwEntry>,
+    by_origin: HashMap<NodeId, BTreeMap<Timestamp, String>>,
+    tombstones: BTreeMap<Timestamp, String>,
+    watermarks: BTreeMap<NodeId, Timestamp>,
+    epoch: u32,
+    peers: BTreeMap<NodeId, Detector>,
+    inflight: BTreeSet<Timestamp>,
+    resync: Option<Resync>,
+    restored: bool,
+    live: usize,
+    fingerprint: u64,
+    stats: ReplicaStats,
+}
+
+impl Replica {
+    /// A replica with no state; the config is checked first.
+    pub fn new(cfg: ReplicaConfig) -> Result<Self, LwwError> {
+        cfg.validate()?;
+        Ok(Self {
+            clock: HybridClock::new(cfg.node, cfg.max_drift_ms),
+            now_ms: 0,
+            round: 0,
+            rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+            entries: HashMap::new(),
+            by_origin: HashMap::new(),
+            tombstones: BTreeMap::new(),
+            watermarks: BTreeMap::new(),
+            epoch: 0,
+            peers: BTreeMap::new(),
+            inflight: BTreeSet::new(),
+            resync: None,
+            restored: false,
+            live: 0,
+            fingerprint: 0,
+            stats: ReplicaStats::default(),
+            cfg,
+        })
+    }
+
+    /// This replica's node id.
+    pub fn node(&self) -> NodeId {
+        self.cfg.node
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ReplicaConfig {
+        &self.cfg
+    }
+
+    /// Adds a peer to gossip with (its liveness is tracked from now on).
+    pub fn add_peer(&mut self, peer: NodeId) {
+        if peer != self.cfg.node {
+            let (now, prior) = (self.now_ms, self.cfg.round_interval_ms);
+            self.peers
+                .entry(peer)
+                .or_insert_with(|| Detector::new(now, prior));
+        }
+    }
+
+    /// Stops gossiping with a peer. Its writes stay.
+    pub fn remove_peer(&mut self, peer: NodeId) {
+        self.peers.remove(&peer);
+    }
+
+    /// The peers, in id order.
+    pub fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// Each peer's liveness at `now_ms`.
+    pub fn liveness(&self, now_ms: u64) -> BTreeMap<NodeId, PeerStatus> {
+        self.peers
+            .iter()
+            .map(|(id, d)| {
+                let phi = d.phi(now_ms);
+                let status = if phi >= self.cfg.phi_dead {
+                    PeerStatus::Dead
+                } else if phi >= self.cfg.phi_suspect {
+                    PeerStatus::Suspect
+                } else {
+                    PeerStatus::Alive
+                };
+                (*id, status)
+            })
+            .collect()
+    }
+
+    /// The live value of `key`.
+    pub fn get(&self, key: &str) -> Option<&Bytes> {
+        self.entries.get(key).and_then(|e| e.value.as_ref())
+    }
+
+    /// The latest entry of `key`, tombstone included.
+    pub fn entry(&self, key: &str) -> Option<&LwwEntry> {
+        self.entries.get(key)
+    }
+
+    /// Live keys.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Whether no key is live.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Every entry held, tombstones included, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = &LwwEntry> + '_ {
+        self.entries.values()
+    }
+
+    /// An order-independent hash of the live state (keys, versions and
+    /// values): equal on two replicas that agree.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// Whether a resynchronisation is pulling state back.
+    pub fn is_resyncing(&self) -> bool {
+        self.resync.is_some() || self.restored
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ReplicaStats {
+        &self.stats
+    }
+
+    /// This replica's watermark for `origin`.
+    pub fn watermark(&self, origin: NodeId) -> Option<Timestamp> {
+        if origin == self.cfg.node {
+            return self.own_watermark();
+        }
+        self.watermarks.get(&origin).copied()
+    }
+
+    /// Writes `value` under `key` at wall time `now_ms`; returns the entry.
+    pub fn set(&mut self, key: &str, value: Bytes, now_ms: u64) -> Result<LwwEntry, LwwError> {
+        let e = self.prepare(key, Some(value), now_ms)?;
+        self.commit(&e);
+        Ok(e)
+    }
+
+    /// Deletes `key` at wall time `now_ms` by writing a tombstone.
+    pub fn delete(&mut self, key: &str, now_ms: u64) -> Result<LwwEntry, LwwError> {
+        let e = self.prepare(key, None, now_ms)?;
+        self.commit(&e);
+        Ok(e)
+    }
+
+    /// Stamps a write (`None` deletes) without applying it, so a caller can
+    /// make it durable first; then [`commit`](Self::commit) or
+    /// [`abandon`](Self::abandon) it. Until then the replica's watermark
+    /// for itself stays below it, so no peer is told it has been sent.
+    pub fn prepare(
+        &mut self,
+        key: &str,
+        value: Option<Bytes>,
+        now_ms: u64,
+    ) -> Result<LwwEntry, LwwError> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let e = LwwEntry {
+            key: key.to_owned(),
+            value,
+            version: self.clock.now(now_ms),
+        };
+        let len = e.encoded_len();
+        if len > self.cfg.max_entry() {
+            return Err(LwwError::TooLarge {
+                len,
+                max: self.cfg.max_entry(),
+            });
+        }
+        self.inflight.insert(e.version);
+        Ok(e)
+    }
+
+    /// Applies a prepared write; `false` if a newer write already won.
+    pub fn commit(&mut self, e: &LwwEntry) -> bool {
+        self.inflight.remove(&e.version);
+        self.merge(e.clone())
+    }
+
+    /// Forgets a prepared write that could not be made durable.
+    pub fn abandon(&mut self, e: &LwwEntry) {
+        self.inflight.remove(&e.version);
+    }
+
+    /// Loads entries a persistent store kept. The replica then
+    /// resynchronises with the first peer it hears from, since it cannot
+    /// know which deletes it missed while it was down.
+    pub fn restore(&mut self, entries: impl IntoIterator<Item = LwwEntry>, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        for e in entries {
+            let at = now_ms.max(e.version.physical_ms);
+            // Within the drift bound by construction: never refused.
+            let _ = self.clock.observe(e.version, at);
+            self.merge(e);
+            self.restored = true;
+        }
+    }
+
+    /// Opens a round at wall time `now_ms`: collects old tombstones and
+    /// sends a digest to the peers the fanout picks.
+    pub fn tick(&mut self, now_ms: u64) -> Round {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.round += 1;
+        self.stats.rounds += 1;
+        self.clock.now(now_ms);
+        let mut round = Round::default();
+        self.collect(&mut round.collected);
+        if let Some(r) = &self.resync {
+            if self.round - r.since_round > self.cfg.resync_rounds {
+                tracing::warn!(node = %self.cfg.node, "resynchronisation incomplete: giving up on it");
+                self.resync = None;
+            }
+        }
+        let ids: Vec<NodeId> = self.peers.keys().copied().collect();
+        let k = self.cfg.fanout.of(ids.len());
+        let chosen = sample(&mut self.rng, ids, k);
+        let watermarks = self.digest();
+        for to in chosen {
+            let m = LwwMessage::Digest {
+                epoch: self.epoch,
+                watermarks: watermarks.clone(),
+            };
+            self.count_sent(&m);
+            round.messages.push((to, m));
+        }
+        round
+    }
+
+    /// Takes in a message from `from` at wall time `now_ms`.
+    pub fn receive(&mut self, from: NodeId, msg: LwwMessage, now_ms: u64) -> Received {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.stats.messages_received += 1;
+        self.stats.bytes_received += msg.encoded_len() as u64;
+        if let Some(d) = self.peers.get_mut(&from) {
+            d.heartbeat(now_ms);
+        }
+        let mut out = Received::default();
+        match msg {
+            LwwMessage::Digest { epoch, watermarks } => {
+                self.maybe_resync(&watermarks);
+                let reply = self.sync(true, epoch, &watermarks);
+                out.replies.push((from, reply));
+            }
+            LwwMessage::Sync {
+                reply,
+                epoch,
+                answers,
+                watermarks,
+                entries,
+                partial,
+            } => {
+                let reset = self.maybe_resync(&watermarks);
+                let rejected = self.apply(entries, &mut out.changes);
+                if !reset && answers == self.epoch {
+                    self.advance(&watermarks, &partial, &rejected);
+                }
+                if reply {
+                    let m = self.sync(false, epoch, &watermarks);
+                    out.replies.push((from, m));
+                }
+            }
+        }
+        out
+    }
+
+    /// Our watermark for ourselves: the clock, held below any write still
+    /// being made durable, or (while resynchronising) what was pulled back.
+    fn own_watermark(&self) -> Option<Timestamp> {
+        let me = self.cfg.node;
+        if self.resync.as_ref().is_some_and(|r| r.own_floor.is_some()) {
+            return self.watermarks.get(&me).copied();
+        }
+        Some(match self.inflight.first() {
+            Some(t) => before(*t),
+            None => self.clock.last(),
+        })
+    }
+
+    fn digest(&mut self) -> Vec<Timestamp> {
+        let me = self.cfg.node;
+        match self.own_watermark() {
+            Some(w) => {
+                self.watermarks.insert(me, w);
+            }
+            None => {
+                self.watermarks.remove(&me);
+            }
+        }
+        self.watermarks.values().copied().collect()
+    }
+
+    /// A sync for a peer whose watermarks (of epoch `answers`) are `theirs`.
+    fn sync(&mut self, reply: bool, answers: u32, theirs: &[Timestamp]) -> LwwMessage {
+        let watermarks = self.digest();
+        let fixed = 2 + 5 + 5 + stamps_len(&watermarks) * 2 + 9 + 9;
+        let room = self.cfg.delta_budget.saturating_sub(fixed);
+        let (entries, partial) = self.delta(theirs, room);
+        let m = LwwMessage::Sync {
+            reply,
+            epoch: self.epoch,
+            answers,
+            watermarks,
+            entries,
+            partial,
+        };
+        self.count_sent(&m);
+        m
+    }
+
+    /// The entries a peer with watermarks `theirs` lacks, within `room`
+    /// bytes: origins take turns, one entry each, from a seeded starting
+    /// origin, so a large backlog of one origin never starves the others.
+    fn delta(&mut self, theirs: &[Timestamp], room: usize) -> (Vec<LwwEntry>, Vec<Timestamp>) {
+        let theirs: HashMap<NodeId, Timestamp> = theirs.iter().map(|t| (t.node, *t)).collect();
+        let mut cursors = Vec::new();
+        for (origin, mine) in &self.watermarks {
+            let from = theirs.get(origin).copied();
+            if from.is_some_and(|t| t >= *mine) {
+                continue;
+            }
+            let Some(index) = self.by_origin.get(origin) else {
+                continue;
+            };
+            let lo = from.map_or(Bound::Unbounded, Bound::Excluded);
+            let mut range = index.range((lo, Bound::Included(*mine))).peekable();
+            if range.peek().is_some() {
+                cursors.push((*origin, from, range, None::<Timestamp>));
+            }
+        }
+        let mut entries = Vec::new();
+        let mut partial = Vec::new();
+        if cursors.is_empty() {
+            return (entries, partial);
+        }
+        let mut left = room;
+        let mut turn = self.rng.random_range(0..cursors.len());
+        let mut open = cursors.len();
+        let mut done = vec![false; cursors.len()];
+        while open > 0 {
+            let i = turn % cursors.len();
+            turn += 1;
+            if done[i] {
+                continue;
+            }
+            let (_, _, range, last) = &mut cursors[i];
+            let Some((version, key)) = range.next() else {
+                done[i] = true;
+                open -= 1;
+                continue;
+            };
+            let e = &self.entries[key];
+            let len = e.encoded_len();
+            if len > left {
+                // Cut short: this origin stops at the last entry that fit.
+                done[i] = true;
+                open -= 1;
+                let (origin, from, _, last) = &cursors[i];
+                partial.push(last.or(*from).unwrap_or(Timestamp {
+                    physical_ms: 0,
+                    logical: 0,
+                    node: *origin,
+                }));
+                continue;
+            }
+            left -= len;
+            *last = Some(*version);
+            entries.push(e.clone());
+        }
+        (entries, partial)
+    }
+
+    fn count_sent(&mut self, m: &LwwMessage) {
+        self.stats.messages_sent += 1;
+        self.stats.bytes_sent += m.encoded_len() as u64;
+        if let LwwMessage::Sync { entries, .. } = m {
+            self.stats.entries_sent += entries.len() as u64;
+        }
+    }
+
+    /// Merges received entries; returns the origins some of whose entries
+    /// were refused, whose watermarks must then not move.
+    fn apply(&mut self, entries: Vec<LwwEntry>, changes: &mut Vec<LwwEntry>) -> Vec<NodeId> {
+        let limit = self.now_ms.saturating_add(self.cfg.max_drift_ms);
+        let mut rejected = Vec::new();
+        let mut newest: Option<Timestamp> = None;
+        for e in entries {
+            self.stats.entries_received += 1;
+            if e.version.physical_ms > limit {
+                self.stats.rejected += 1;
+                rejected.push(e.version.node);
+                continue;
+            }
+            newest = newest.max(Some(e.version));
+            if self.merge(e.clone()) {
+                self.stats.entries_applied += 1;
+                changes.push(e);
+            }
+        }
+        if let Some(v) = newest {
+            // Checked against the drift bound above: never refused.
+            let _ = self.clock.observe(v, self.now_ms);
+        }
+        rejected
+    }
+
+    /// Moves watermarks up to a sync's (or its `partial` ones).
+    fn advance(&mut self, theirs: &[Timestamp], partial: &[Timestamp], rejected: &[NodeId]) {
+        let me = self.cfg.node;
+        let limit = self.now_ms.saturating_add(self.cfg.max_drift_ms);
+        let own_pull = self.resync.as_ref().is_some_and(|r| r.own_floor.is_some());
+        for w in theirs {
+            let o = w.node;
+            if rejected.contains(&o) || (o == me && !own_pull) {
+                continue;
+            }
+            if w.physical_ms > limit {
+                self.stats.rejected += 1;
+                continue;
+            }
+            let to = partial.iter().find(|p| p.node == o).copied().unwrap_or(*w);
+            let cur = self.watermarks.get(&o).copied();
+            if cur.is_none_or(|c| to > c) {
+                self.watermarks.insert(o, to);
+                if let Some(d) = self.peers.get_mut(&o) {
+                    d.heartbeat(self.now_ms);
+                }
+            }
+        }
+        self.resync_progress();
+    }
+
+    /// Starts a resynchronisation if this replica was restored from disk or
+    /// lags `theirs` on some origin by more than the tombstone grace: it may
+    /// have missed deletes whose tombstones are gone, so it drops what the
+    /// peer provably saw and pulls it back.
+    fn maybe_resync(&mut self, theirs: &[Timestamp]) -> bool {
+        if self.resync.is_some() {
+            return false;
+        }
+        let me = self.cfg.node;
+        let limit = self.now_ms.saturating_add(self.cfg.max_drift_ms);
+        let grace = self.cfg.tombstone_grace_ms;
+        let behind = theirs.iter().any(|w| {
+            w.node != me
+                && w.physical_ms <= limit
+                && self
+                    .watermarks
+                    .get(&w.node)
+                    .is_some_and(|m| w.physical_ms > m.physical_ms.saturating_add(grace))
+        });
+        if !(behind || self.restored) {
+            return false;
+        }
+        tracing::info!(node = %me, restored = self.restored, "resynchronising");
+        let target: BTreeMap<NodeId, Timestamp> = theirs
+            .iter()
+            .filter(|w| w.physical_ms <= limit)
+            .map(|w| (w.node, *w))
+            .collect();
+        for (origin, upto) in &target {
+            let Some(index) = self.by_origin.get(origin) else {
+                continue;
+            };
+            let seen: Vec<String> = index.range(..=*upto).map(|(_, k)| k.clone()).collect();
+            for key in seen {
+                if let Some(e) = self.entries.remove(&key) {
+                    self.unindex(&e);
+                }
+            }
+        }
+        self.watermarks.clear();
+        self.epoch = self.epoch.wrapping_add(1);
+        self.restored = false;
+        self.stats.resyncs += 1;
+        let own_floor = target.get(&me).copied();
+        let mut target = target;
+        target.remove(&me);
+        self.resync = Some(Resync {
+            target,
+            own_floor,
+            since_round: self.round,
+        });
+        self.resync_progress();
+        true
+    }
+
+    fn resync_progress(&mut self) {
+        let me = self.cfg.node;
+        let Some(r) = &mut self.resync else { return };
+        if let Some(floor) = r.own_floor {
+            if self.watermarks.get(&me).is_some_and(|w| *w >= floor) {
+                r.own_floor = None;
+            }
+        }
+        let caught_up = r
+            .target
+            .iter()
+            .all(|(o, t)| self.watermarks.get(o).is_some_and(|w| w >= t));
+        if caught_up && r.own_floor.is_none() {
+            self.resync = None;
+        }
+    }
+
+    /// Drops tombstones older than 1.5× the grace period.
+    fn collect(&mut self, collected: &mut Vec<String>) {
+        let keep = self.cfg.tombstone_grace_ms.saturating_mul(3) / 2;
+        let cutoff = self.now_ms.saturating_sub(keep);
+        while let Some((v, _)) = self.tombstones.first_key_value() {
+            if v.physical_ms >= cutoff {
+                break;
+            }
+            let Some((_, key)) = self.tombstones.pop_first() else {
+                break;
+            };
+            if let Some(e) = self.entries.remove(&key) {
+                self.unindex(&e);
+            }
+            self.stats.collected += 1;
+            collected.push(key);
+        }
+    }
+
+    /// The merge rule: the higher version wins; equal versions are the same
+    /// write. Returns whether the state changed.
+    fn merge(&mut self, e: LwwEntry) -> bool {
+        if let Some(cur) = self.entries.get(&e.key) {
+            if cur.version >= e.version {
+                return false;
+            }
+            let cur = cur.clone();
+            self.unindex(&cur);
+        }
+        self.by_origin
+            .entry(e.version.node)
+            .or_default()
+            .insert(e.version, e.key.clone());
+        match &e.value {
+            Some(_) => {
+                self.live += 1;
+                self.fingerprint = self.fingerprint.wrapping_add(entry_hash(&e));
+            }
+            None => {
+                self.tombstones.insert(e.version, e.key.clone());
+            }
+        }
+        self.entries.insert(e.key.clone(), e);
+        true
+    }
+
+    /// Removes `e`'s index entries and its share of the fingerprint (the
+    /// caller removes or replaces the entry itself).
+    fn unindex(&mut self, e: &LwwEntry) {
+        if let Some(index) = self.by_origin.get_mut(&e.version.node) {
+            index.remove(&e.version);
+        }
+        match &e.value {
+            Some(_) => {
+                self.live -= 1;
+                self.fingerprint = self.fingerprint.wrapping_sub(entry_hash(e));
+            }
+            None => {
+                self.tombstones.remove(&e.version);
+            }
+        }
+    }
+}
+
+/// The greatest timestamp of the same node below `t`.
+fn before(t: Timestamp) -> Timestamp {
+    match t.logical.checked_sub(1) {
+        Some(logical) => Timestamp { logical, ..t },
+        None => Timestamp {
+            physical_ms: t.physical_ms.saturating_sub(1),
+            logical: u32::MAX,
+            node: t.node,
+        },
+    }
+}
+
+fn stamps_len(v: &[Timestamp]) -> usize {
+    9 + v.iter().map(|t| t.encoded_len()).sum::<usize>()
+}
+
+fn entry_hash(e: &LwwEntry) -> u64 {
+    let mut h = DefaultHasher::new();
+    e.key.hash(&mut h);
+    e.version.hash(&mut h);
+    e.value.as_deref().hash(&mut h);
+    h.finish()
+}
+
+/// `k` distinct items of `items`, uniformly, by a partial Fisher–Yates.
+fn sample(rng: &mut ChaCha8Rng, mut items: Vec<NodeId>, k: usize) -> Vec<NodeId> {
+    let k = k.min(items.len());
+    for i in 0..k {
+        let j = rng.random_range(i..items.len());
+        items.swap(i, j);
+    }
+    items.truncate(k);
+    items
+}

@@ -1,0 +1,268 @@
+//! A deterministic simulator: N replicas in virtual time, one seeded
+//! generator for loss, partitions that heal, crash and restart. It counts
+//! rounds and the bytes the messages would take on the wire.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use multinode_wire::{FRAME_HEADER_LEN, LwwEntry, LwwMessage, NodeId};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::{LwwError, Replica, ReplicaConfig};
+
+/// Totals of one round, or of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Rounds run.
+    pub rounds: u64,
+    /// Messages sent (delivered or not).
+    pub messages: u64,
+    /// Their size as TCP frames would take it (header and PDU tags included).
+    pub bytes: u64,
+    /// Messages lost to the loss rate, a partition or a crashed receiver.
+    pub lost: u64,
+}
+
+impl std::ops::AddAssign for SimStats {
+    fn add_assign(&mut self, o: Self) {
+        self.rounds += o.rounds;
+        self.messages += o.messages;
+        self.bytes += o.bytes;
+        self.lost += o.lost;
+    }
+}
+
+/// N replicas, all peers of each other, in virtual time. Each round every
+/// live replica ticks, then messages are delivered (answers included)
+/// until none is left: a round is one push-pull exchange per chosen peer.
+#[derive(Debug)]
+pub struct Simulator {
+    replicas: Vec<Option<Replica>>,
+    configs: Vec<ReplicaConfig>,
+    durable: Vec<Vec<LwwEntry>>,
+    rng: ChaCha8Rng,
+    now_ms: u64,
+    round_ms: u64,
+    loss: f64,
+    groups: Option<Vec<usize>>,
+    totals: SimStats,
+}
+
+impl Simulator {
+    /// `n` replicas with node ids `0..n`, configured by `configure` (called
+    /// on each default config), virtual time starting at 1,767,225,600,000
+    /// ms and a round every `round_ms`.
+    pub fn new(
+        n: usize,
+        seed: u64,
+        round_ms: u64,
+        configure: impl Fn(&mut ReplicaConfig),
+    ) -> Result<Self, LwwError> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut configs = Vec::with_capacity(n);
+        let mut replicas = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut cfg = ReplicaConfig::new(NodeId(i as u64));
+            cfg.round_interval_ms = round_ms;
+            cfg.seed = rng.random();
+            configure(&mut cfg);
+            let mut r = Replica::new(cfg.clone())?;
+            for j in 0..n {
+                r.add_peer(NodeId(j as u64));
+            }
+            configs.push(cfg);
+            replicas.push(Some(r));
+        }
+        Ok(Self {
+            durable: vec![Vec::new(); n],
+            replicas,
+            configs,
+            rng,
+            now_ms: 1_767_225_600_000,
+            round_ms: round_ms.max(1),
+            loss: 0.0,
+            groups: None,
+            totals: SimStats::default(),
+        })
+    }
+
+    /// Virtual wall time.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Replicas, crashed ones included.
+    pub fn len(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Whether there are no replicas.
+    pub fn is_empty(&self) -> bool {
+        self.replicas.is_empty()
+    }
+
+    /// Replica `i`, unless crashed.
+    pub fn replica(&self, i: usize) -> Option<&Replica> {
+        self.replicas.get(i).and_then(Option::as_ref)
+    }
+
+    /// Replica `i` to change, unless crashed.
+    pub fn replica_mut(&mut self, i: usize) -> Option<&mut Replica> {
+        self.replicas.get_mut(i).and_then(Option::as_mut)
+    }
+
+    /// The live replicas.
+    pub fn live(&self) -> impl Iterator<Item = &Replica> + '_ {
+        self.replicas.iter().flatten()
+    }
+
+    /// Totals since the start.
+    pub fn totals(&self) -> SimStats {
+        self.totals
+    }
+
+    /// Writes at replica `i` (`None` if it is crashed); the write is
+    /// durable there, as with a persistent store.
+    pub fn set(&mut self, i: usize, key: &str, value: &[u8]) -> Option<LwwEntry> {
+        let now = self.now_ms;
+        let e = self.replicas[i]
+            .as_mut()?
+            .set(key, Bytes::copy_from_slice(value), now)
+            .ok()?;
+        self.durable[i].push(e.clone());
+        Some(e)
+    }
+
+    /// Deletes at replica `i`.
+    pub fn delete(&mut self, i: usize, key: &str) -> Option<LwwEntry> {
+        let now = self.now_ms;
+        let e = self.replicas[i].as_mut()?.delete(key, now).ok()?;
+        self.durable[i].push(e.clone());
+        Some(e)
+    }
+
+    /// Loses each message with probability `p`.
+    pub fn set_loss(&mut self, p: f64) {
+        self.loss = p.clamp(0.0, 1.0);
+    }
+
+    /// Splits the replicas: messages cross no group boundary. Replicas in
+    /// no group form one more group.
+    pub fn partition(&mut self, groups: &[&[usize]]) {
+        let mut of = vec![groups.len(); self.replicas.len()];
+        for (g, members) in groups.iter().enumerate() {
+            for &i in *members {
+                of[i] = g;
+            }
+        }
+        self.groups = Some(of);
+    }
+
+    /// Ends a partition.
+    pub fn heal(&mut self) {
+        self.groups = None;
+    }
+
+    /// Crashes replica `i`: its memory is gone, its durable writes stay.
+    pub fn crash(&mut self, i: usize) {
+        self.replicas[i] = None;
+    }
+
+    /// Restarts replica `i` from its durable writes (its own acknowledged
+    /// ones), or empty if `wipe`.
+    pub fn restart(&mut self, i: usize, wipe: bool) -> Result<(), LwwError> {
+        let mut r = Replica::new(self.configs[i].clone())?;
+        for j in 0..self.replicas.len() {
+            r.add_peer(NodeId(j as u64));
+        }
+        if wipe {
+            self.durable[i].clear();
+        } else {
+            r.restore(self.durable[i].iter().cloned(), self.now_ms);
+        }
+        self.replicas[i] = Some(r);
+        Ok(())
+    }
+
+    /// Advances virtual time by `ms` without a round.
+    pub fn advance(&mut self, ms: u64) {
+        self.now_ms += ms;
+    }
+
+    /// Runs one round.
+    pub fn round(&mut self) -> SimStats {
+        self.now_ms += self.round_ms;
+        let now = self.now_ms;
+        let mut stats = SimStats {
+            rounds: 1,
+            ..SimStats::default()
+        };
+        let mut queue = VecDeque::new();
+        for i in 0..self.replicas.len() {
+            if let Some(r) = self.replicas[i].as_mut() {
+                let round = r.tick(now);
+                for (to, m) in round.messages {
+                    queue.push_back((i, to.0 as usize, m));
+                }
+            }
+        }
+        while let Some((from, to, m)) = queue.pop_front() {
+            stats.messages += 1;
+            stats.bytes += wire_len(&m);
+            let cut = self.groups.as_ref().is_some_and(|g| g[from] != g[to]);
+            let dropped = self.loss > 0.0 && self.rng.random_bool(self.loss);
+            let Some(r) = self.replicas.get_mut(to).and_then(Option::as_mut) else {
+                stats.lost += 1;
+                continue;
+            };
+            if cut || dropped {
+                stats.lost += 1;
+                continue;
+            }
+            let got = r.receive(NodeId(from as u64), m, now);
+            for (next, reply) in got.replies {
+                queue.push_back((to, next.0 as usize, reply));
+            }
+        }
+        self.totals += stats;
+        stats
+    }
+
+    /// Runs rounds until `done` holds (checked before each), at most
+    /// `max_rounds`; returns the rounds run, or `None` if it never held.
+    pub fn run_until(&mut self, max_rounds: u64, done: impl Fn(&Self) -> bool) -> Option<u64> {
+        for n in 0..=max_rounds {
+            if done(self) {
+                return Some(n);
+            }
+            if n < max_rounds {
+                self.round();
+            }
+        }
+        None
+    }
+
+    /// Whether every live replica has the same live state.
+    pub fn converged(&self) -> bool {
+        let mut live = self.live();
+        let Some(first) = live.next() else {
+            return true;
+        };
+        let f = first.fingerprint();
+        live.all(|r| r.fingerprint() == f)
+    }
+
+    /// How many live replicas hold `e` or something newer for its key.
+    pub fn holders(&self, e: &LwwEntry) -> usize {
+        self.live()
+            .filter(|r| r.entry(&e.key).is_some_and(|h| h.version >= e.version))
+            .count()
+    }
+}
+
+/// A message's size as a TCP frame: header, `ClusterFrame` and PDU tags.
+pub fn wire_len(m: &LwwMessage) -> u64 {
+    // One byte each for `ClusterFrame::Gossip` and `GossipPdu::Lww`.
+    (FRAME_HEADER_LEN + 2 + m.encoded_len()) as u64
+}
