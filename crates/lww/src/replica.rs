@@ -89,7 +89,7 @@ pub struct Replica {
     peers: BTreeMap<NodeId, Detector>,
     inflight: BTreeSet<Timestamp>,
     resync: Option<Resync>,
-    restored: bool,
+    unsynced: bool,
     live: usize,
     fingerprint: u64,
     stats: ReplicaStats,
@@ -112,7 +112,9 @@ impl Replica {
             peers: BTreeMap::new(),
             inflight: BTreeSet::new(),
             resync: None,
-            restored: false,
+            // A new replica cannot tell a fresh start from a restart that
+            // lost its state: it learns its own history from its first peer.
+            unsynced: true,
             live: 0,
             fingerprint: 0,
             stats: ReplicaStats::default(),
@@ -201,7 +203,7 @@ impl Replica {
 
     /// Whether a resynchronisation is pulling state back.
     pub fn is_resyncing(&self) -> bool {
-        self.resync.is_some() || self.restored
+        self.resync.is_some() || self.unsynced
     }
 
     /// The counters.
@@ -269,9 +271,10 @@ impl Replica {
         self.inflight.remove(&e.version);
     }
 
-    /// Loads entries a persistent store kept. The replica then
-    /// resynchronises with the first peer it hears from, since it cannot
-    /// know which deletes it missed while it was down.
+    /// Loads entries a persistent store kept. Like every new replica, it
+    /// resynchronises with the first peer it hears from: it cannot know
+    /// which deletes it missed while it was down, nor which of its own
+    /// writes it lost.
     pub fn restore(&mut self, entries: impl IntoIterator<Item = LwwEntry>, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
         for e in entries {
@@ -279,7 +282,6 @@ impl Replica {
             // Within the drift bound by construction: never refused.
             let _ = self.clock.observe(e.version, at);
             self.merge(e);
-            self.restored = true;
         }
     }
 
@@ -516,7 +518,7 @@ impl Replica {
         self.resync_progress();
     }
 
-    /// Starts a resynchronisation if this replica was restored from disk or
+    /// Starts a resynchronisation if this replica is new (or restored) or
     /// lags `theirs` on some origin by more than the tombstone grace: it may
     /// have missed deletes whose tombstones are gone, so it drops what the
     /// peer provably saw and pulls it back.
@@ -535,10 +537,10 @@ impl Replica {
                     .get(&w.node)
                     .is_some_and(|m| w.physical_ms > m.physical_ms.saturating_add(grace))
         });
-        if !(behind || self.restored) {
+        if !(behind || self.unsynced) {
             return false;
         }
-        tracing::info!(node = %me, restored = self.restored, "resynchronising");
+        tracing::info!(node = %me, unsynced = self.unsynced, "resynchronising");
         let target: BTreeMap<NodeId, Timestamp> = theirs
             .iter()
             .filter(|w| w.physical_ms <= limit)
@@ -557,7 +559,7 @@ impl Replica {
         }
         self.watermarks.clear();
         self.epoch = self.epoch.wrapping_add(1);
-        self.restored = false;
+        self.unsynced = false;
         self.stats.resyncs += 1;
         let own_floor = target.get(&me).copied();
         let mut target = target;

@@ -1,0 +1,160 @@
+//! Convergence in the simulator: loss, partitions, crash and restart,
+//! deletes, and a thousand replicas.
+
+use multinode_lww::{Fanout, Simulator};
+use multinode_testkit::seed;
+
+const ROUND_MS: u64 = 100;
+
+fn sim(n: usize, seed: u64) -> Simulator {
+    Simulator::new(n, seed, ROUND_MS, |c| c.fanout = Fanout::Fixed(3)).expect("config")
+}
+
+/// Writes `keys` keys spread over the replicas, some keys from two
+/// replicas at once.
+fn write_some(s: &mut Simulator, keys: usize, tag: &str) {
+    let n = s.len();
+    for k in 0..keys {
+        let key = format!("k{k}");
+        s.set(k % n, &key, format!("{tag}-{k}-a").as_bytes());
+        if k % 3 == 0 {
+            s.set((k + 1) % n, &key, format!("{tag}-{k}-b").as_bytes());
+        }
+    }
+}
+
+#[test]
+fn converges_without_faults_and_all_agree_on_the_winner() {
+    let mut s = sim(20, seed("converges_without_faults"));
+    write_some(&mut s, 200, "x");
+    assert!(!s.converged(), "replicas should differ before any round");
+    let rounds = s.run_until(50, Simulator::converged).expect("no convergence in 50 rounds");
+    // Concurrent writes to one key: every replica keeps the higher version.
+    let winner = s.replica(0).unwrap().entry("k0").unwrap().clone();
+    for r in s.live() {
+        assert_eq!(r.entry("k0"), Some(&winner));
+        assert_eq!(r.len(), 200);
+    }
+    println!("converged in {rounds} rounds");
+}
+
+#[test]
+fn converges_under_30_percent_loss() {
+    let mut s = sim(20, seed("converges_under_30_percent_loss"));
+    s.set_loss(0.3);
+    write_some(&mut s, 200, "x");
+    let rounds = s.run_until(200, Simulator::converged).expect("no convergence under 30% loss");
+    assert!(s.totals().lost > 0, "the loss rate lost nothing");
+    assert_eq!(s.replica(7).unwrap().len(), 200);
+    println!("converged in {rounds} rounds, {} messages lost", s.totals().lost);
+}
+
+#[test]
+fn converges_after_a_partition_heals() {
+    let mut s = sim(10, seed("converges_after_a_partition_heals"));
+    s.partition(&[&[0, 1, 2, 3, 4]]);
+    // Each side writes, including the same keys.
+    for k in 0..50 {
+        s.set(k % 5, &format!("k{k}"), b"left");
+        s.set(5 + k % 5, &format!("k{k}"), b"right");
+    }
+    for _ in 0..30 {
+        s.round();
+    }
+    assert!(!s.converged(), "the partition let state through");
+    let right = s.replica(5).unwrap().get("k0").cloned();
+    assert_eq!(s.replica(9).unwrap().get("k0").cloned(), right);
+    s.heal();
+    s.run_until(50, Simulator::converged).expect("no convergence after heal");
+    // The right side wrote later: its values win everywhere.
+    for r in s.live() {
+        assert_eq!(r.get("k7").map(|v| &v[..]), Some(&b"right"[..]));
+    }
+}
+
+#[test]
+fn converges_across_crash_and_restart() {
+    let mut s = sim(10, seed("converges_across_crash_and_restart"));
+    write_some(&mut s, 100, "x");
+    s.run_until(50, Simulator::converged).expect("first convergence");
+    s.crash(3);
+    s.crash(4);
+    write_some(&mut s, 100, "y");
+    s.run_until(50, Simulator::converged).expect("survivors converge");
+    s.restart(3, false).unwrap(); // from its durable writes
+    s.restart(4, true).unwrap(); // wiped
+    assert!(!s.converged());
+    s.run_until(100, Simulator::converged).expect("restarted replicas catch up");
+    assert_eq!(s.replica(4).unwrap().len(), 100);
+    assert_eq!(
+        s.replica(3).unwrap().get("k5").map(|v| &v[..]),
+        Some(&b"y-5-a"[..])
+    );
+}
+
+#[test]
+fn a_delete_never_resurrects_after_a_short_absence() {
+    let mut s = Simulator::new(6, seed("delete_short_absence"), ROUND_MS, |c| {
+        c.tombstone_grace_ms = 10_000;
+    })
+    .unwrap();
+    s.set(0, "doomed", b"v");
+    s.run_until(50, Simulator::converged).unwrap();
+    let resyncs = s.replica(5).unwrap().stats().resyncs;
+    s.partition(&[&[5]]);
+    s.delete(1, "doomed");
+    // Away for less than the grace period (30 rounds = 3 s).
+    for _ in 0..30 {
+        s.round();
+    }
+    assert!(s.replica(5).unwrap().get("doomed").is_some());
+    s.heal();
+    s.run_until(50, Simulator::converged).unwrap();
+    for r in s.live() {
+        assert_eq!(r.get("doomed"), None, "replica {} resurrected it", r.node());
+    }
+    // Caught up by deltas: no resynchronisation was needed.
+    assert_eq!(s.replica(5).unwrap().stats().resyncs, resyncs);
+}
+
+#[test]
+fn a_replica_away_longer_than_the_grace_resyncs_instead_of_resurrecting() {
+    let mut s = Simulator::new(6, seed("delete_long_absence"), ROUND_MS, |c| {
+        c.tombstone_grace_ms = 2_000;
+    })
+    .unwrap();
+    s.set(0, "doomed", b"v");
+    s.set(0, "kept", b"v");
+    s.run_until(50, Simulator::converged).unwrap();
+    let resyncs = s.replica(5).unwrap().stats().resyncs;
+    s.partition(&[&[5]]);
+    s.delete(1, "doomed");
+    // 100 rounds = 10 s: five times the grace; the tombstone is collected.
+    for _ in 0..100 {
+        s.round();
+    }
+    for i in 0..5 {
+        assert_eq!(s.replica(i).unwrap().entry("doomed"), None, "tombstone kept");
+    }
+    assert!(s.replica(5).unwrap().get("doomed").is_some());
+    // Replica 5 also wrote while away; that write must survive the resync.
+    s.set(5, "written-away", b"w");
+    s.heal();
+    s.run_until(100, Simulator::converged).expect("no convergence");
+    for r in s.live() {
+        assert_eq!(r.get("doomed"), None, "replica {} resurrected it", r.node());
+        assert!(r.get("kept").is_some());
+        assert!(r.get("written-away").is_some());
+    }
+    assert!(s.replica(5).unwrap().stats().resyncs > resyncs, "no resync");
+}
+
+#[test]
+fn a_thousand_replicas_converge() {
+    let mut s = sim(1000, seed("a_thousand_replicas_converge"));
+    let e = s.set(17, "hot", b"1").unwrap();
+    let rounds = s.run_until(30, |s| s.holders(&e) == 1000).expect("the write did not spread");
+    assert!(rounds <= 10, "took {rounds} rounds");
+    println!("1000 replicas hold the write after {rounds} rounds");
+}
+
