@@ -23,6 +23,7 @@ const WINDOW: usize = 64;
 #[derive(Clone, Debug)]
 pub(crate) struct Detector {
     last_ms: u64,
+    heard: bool,
     intervals: VecDeque<u64>,
     sum: u64,
     prior_ms: u64,
@@ -34,15 +35,27 @@ impl Detector {
     pub(crate) fn new(now_ms: u64, prior_ms: u64) -> Self {
         Self {
             last_ms: now_ms,
+            heard: false,
             intervals: VecDeque::with_capacity(WINDOW),
             sum: 0,
             prior_ms: prior_ms.max(1),
         }
     }
 
+    /// Starts the clock of a detector made before the time was known.
+    pub(crate) fn start(&mut self, now_ms: u64) {
+        if !self.heard && self.last_ms == 0 {
+            self.last_ms = now_ms;
+        }
+    }
+
     pub(crate) fn heartbeat(&mut self, now_ms: u64) {
         let gap = now_ms.saturating_sub(self.last_ms);
         self.last_ms = self.last_ms.max(now_ms);
+        if !std::mem::replace(&mut self.heard, true) {
+            // The wait for the first heartbeat is not an interval.
+            return;
+        }
         if self.intervals.len() == WINDOW {
             self.sum -= self.intervals.pop_front().unwrap_or(0);
         }

@@ -292,6 +292,9 @@ impl Replica {
         self.round += 1;
         self.stats.rounds += 1;
         self.clock.now(now_ms);
+        for d in self.peers.values_mut() {
+            d.start(now_ms);
+        }
         let mut round = Round::default();
         self.collect(&mut round.collected);
         if let Some(r) = &self.resync {

@@ -1,1 +1,290 @@
 //! The merge laws and the reference node's defects, on the sans-IO replica.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use multinode_lww::{Fanout, LwwEntry, LwwError, PeerStatus, Replica, ReplicaConfig};
+use multinode_testkit::proptest_config;
+use multinode_wire::{LwwMessage, NodeId, Timestamp};
+use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
+
+const T0: u64 = 1_767_225_600_000;
+
+fn replica(node: u64) -> Replica {
+    Replica::new(ReplicaConfig::new(NodeId(node))).expect("config")
+}
+
+/// Runs one full exchange `a` → `b` → `a` → `b` at `now`.
+fn exchange(a: &mut Replica, b: &mut Replica, now: u64) {
+    let (ia, ib) = (a.node(), b.node());
+    a.add_peer(ib);
+    b.add_peer(ia);
+    let mut queue: Vec<(bool, LwwMessage)> = Vec::new();
+    for (to, m) in a.tick(now).messages {
+        if to == ib {
+            queue.push((true, m));
+        }
+    }
+    while let Some((to_b, m)) = queue.pop() {
+        let got = if to_b {
+            b.receive(ia, m, now)
+        } else {
+            a.receive(ib, m, now)
+        };
+        for (_, r) in got.replies {
+            queue.push((!to_b, r));
+        }
+    }
+}
+
+fn state(r: &Replica) -> Vec<LwwEntry> {
+    let mut v: Vec<LwwEntry> = r.entries().cloned().collect();
+    v.sort_by(|x, y| x.key.cmp(&y.key));
+    v
+}
+
+#[test]
+fn concurrent_writes_to_one_key_never_tie_and_converge() {
+    // Reference defect: per-node counters gave both writes version 2 and
+    // the cluster stayed split.
+    let (mut a, mut b) = (replica(1), replica(2));
+    let va = a.set("k", Bytes::from_static(b"111"), T0).unwrap().version;
+    let vb = b.set("k", Bytes::from_static(b"222"), T0).unwrap().version;
+    assert_eq!(va.physical_ms, vb.physical_ms);
+    assert_ne!(va, vb, "two writes compared equal");
+    exchange(&mut a, &mut b, T0 + 100);
+    let want: &[u8] = if vb > va { b"222" } else { b"111" };
+    assert_eq!(a.get("k").map(|v| &v[..]), Some(want));
+    assert_eq!(b.get("k").map(|v| &v[..]), Some(want));
+}
+
+#[test]
+fn a_causally_later_write_wins_over_a_node_whose_clock_is_ahead() {
+    // Reference defect: a later write lost to an earlier one from a node
+    // whose counter happened to be ahead.
+    let (mut a, mut b) = (replica(1), replica(2));
+    for i in 0..50 {
+        a.set("k", Bytes::from(format!("a{i}")), T0 + 5_000)
+            .unwrap();
+    }
+    exchange(&mut a, &mut b, T0 + 5_000);
+    assert_eq!(b.get("k").map(|v| &v[..]), Some(&b"a49"[..]));
+    // b's wall clock is 5 s behind a's, but it has seen a's write.
+    b.set("k", Bytes::from_static(b"later"), T0).unwrap();
+    exchange(&mut b, &mut a, T0 + 5_100);
+    assert_eq!(a.get("k").map(|v| &v[..]), Some(&b"later"[..]));
+}
+
+#[test]
+fn a_refused_write_leaves_no_phantom() {
+    // Reference defect: a rejected write left an entry that was gossiped.
+    let mut a = replica(1);
+    let mut b = replica(2);
+    let huge = Bytes::from(vec![0u8; a.config().max_entry() + 1]);
+    assert!(matches!(
+        a.set("k", huge, T0),
+        Err(LwwError::TooLarge { .. })
+    ));
+    assert_eq!(a.entry("k"), None);
+    exchange(&mut a, &mut b, T0 + 100);
+    assert_eq!(b.entry("k"), None);
+    assert_eq!(b.stats().entries_received, 0);
+}
+
+#[test]
+fn a_fixed_fanout_of_zero_is_refused_at_build() {
+    // Reference defect: `Bounded(0)` never gossiped.
+    let mut c = ReplicaConfig::new(NodeId(1));
+    c.fanout = Fanout::Fixed(0);
+    match Replica::new(c) {
+        Err(LwwError::Config { field, .. }) => assert_eq!(field, "fanout"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+    assert_eq!(Fanout::Sqrt.of(100), 10);
+    assert_eq!(Fanout::Log.of(1000), 10);
+    assert_eq!(Fanout::Fixed(3).of(2), 2);
+    assert_eq!(Fanout::All.of(7), 7);
+}
+
+#[test]
+fn agreeing_replicas_exchange_only_digests() {
+    // Reference defect: every round pushed the whole state.
+    let (mut a, mut b) = (replica(1), replica(2));
+    for i in 0..1000 {
+        a.set(&format!("k{i}"), Bytes::from(vec![7u8; 100]), T0)
+            .unwrap();
+    }
+    exchange(&mut a, &mut b, T0 + 100);
+    exchange(&mut a, &mut b, T0 + 200);
+    assert_eq!(a.fingerprint(), b.fingerprint());
+    let before = (a.stats().clone(), b.stats().clone());
+    exchange(&mut a, &mut b, T0 + 300);
+    let sent = a.stats().entries_sent - before.0.entries_sent + b.stats().entries_sent
+        - before.1.entries_sent;
+    let bytes =
+        a.stats().bytes_sent - before.0.bytes_sent + b.stats().bytes_sent - before.1.bytes_sent;
+    assert_eq!(sent, 0, "agreeing replicas sent entries");
+    assert!(bytes < 200, "an idle exchange cost {bytes} bytes");
+}
+
+#[test]
+fn a_backlog_spreads_over_rounds_within_the_budget() {
+    let mut c = ReplicaConfig::new(NodeId(1));
+    c.delta_budget = 16 << 10;
+    let mut a = Replica::new(c.clone()).unwrap();
+    c.node = NodeId(2);
+    let mut b = Replica::new(c.clone()).unwrap();
+    c.node = NodeId(3);
+    let mut other = Replica::new(c).unwrap();
+    for i in 0..500 {
+        a.set(&format!("a{i}"), Bytes::from(vec![1u8; 200]), T0)
+            .unwrap();
+    }
+    // A second origin with a small backlog must not wait for the big one.
+    for i in 0..5 {
+        other
+            .set(&format!("o{i}"), Bytes::from(vec![2u8; 10]), T0)
+            .unwrap();
+    }
+    exchange(&mut other, &mut a, T0 + 10);
+    b.add_peer(NodeId(1));
+    a.add_peer(NodeId(2));
+    let mut rounds = 0;
+    while b.len() < 505 {
+        rounds += 1;
+        assert!(rounds < 100, "the backlog never drained");
+        let now = T0 + 100 * rounds;
+        let d = b
+            .tick(now)
+            .messages
+            .into_iter()
+            .find(|(to, _)| *to == NodeId(1));
+        let (_, d) = d.expect("b always gossips with its one peer");
+        for (_, m) in a.receive(NodeId(2), d, now).replies {
+            assert!(m.encoded_len() <= 16 << 10, "a sync over the budget");
+            b.receive(NodeId(1), m, now);
+        }
+        if rounds == 1 {
+            assert!((0..5).all(|i| b.get(&format!("o{i}")).is_some()));
+            assert!(b.len() < 505, "the budget did not cut the first delta");
+        }
+    }
+    assert!(
+        rounds >= 5,
+        "500×200 B in 16 KiB deltas took {rounds} rounds"
+    );
+}
+
+#[test]
+fn values_are_bytes_and_deletes_are_tombstones() {
+    let (mut a, mut b) = (replica(1), replica(2));
+    a.set("bin", Bytes::from_static(&[0, 255, 10, 13]), T0)
+        .unwrap();
+    a.set("gone", Bytes::from_static(b"x"), T0).unwrap();
+    exchange(&mut a, &mut b, T0 + 100);
+    let d = b.delete("gone", T0 + 200).unwrap();
+    assert_eq!(d.value, None);
+    exchange(&mut b, &mut a, T0 + 300);
+    assert_eq!(a.get("bin").map(|v| &v[..]), Some(&[0u8, 255, 10, 13][..]));
+    assert_eq!(a.get("gone"), None);
+    assert_eq!(a.entry("gone").map(|e| e.value.clone()), Some(None));
+    assert_eq!(a.len(), 1);
+}
+
+#[test]
+fn liveness_follows_heartbeats() {
+    let mut c = ReplicaConfig::new(NodeId(1));
+    c.round_interval_ms = 100;
+    let mut a = Replica::new(c.clone()).unwrap();
+    c.node = NodeId(2);
+    let mut b = Replica::new(c).unwrap();
+    let mut now = T0;
+    for _ in 0..20 {
+        now += 100;
+        exchange(&mut a, &mut b, now);
+    }
+    assert_eq!(a.liveness(now)[&NodeId(2)], PeerStatus::Alive);
+    // b stops: a hears nothing more.
+    assert_eq!(a.liveness(now + 1_500)[&NodeId(2)], PeerStatus::Suspect);
+    assert_eq!(a.liveness(now + 5_000)[&NodeId(2)], PeerStatus::Dead);
+}
+
+#[test]
+fn the_peer_choice_follows_the_seed() {
+    let chosen = |seed: u64| -> Vec<Vec<NodeId>> {
+        let mut c = ReplicaConfig::new(NodeId(0));
+        c.seed = seed;
+        let mut r = Replica::new(c).unwrap();
+        for p in 1..50 {
+            r.add_peer(NodeId(p));
+        }
+        (0..10)
+            .map(|i| {
+                r.tick(T0 + i)
+                    .messages
+                    .into_iter()
+                    .map(|(to, _)| to)
+                    .collect()
+            })
+            .collect()
+    };
+    assert_eq!(chosen(7), chosen(7));
+    assert_ne!(chosen(7), chosen(8));
+    let all: BTreeSet<NodeId> = chosen(7).into_iter().flatten().collect();
+    assert!(all.len() > 10, "the choice is not spread: {all:?}");
+}
+
+/// Entries whose versions collide on physical time and logical counter
+/// across nodes; a version names one write (its value derives from it).
+fn entries() -> impl Strategy<Value = Vec<LwwEntry>> {
+    let entry = (0..3u64, 0..3u32, 0..3u64).prop_map(|(ms, logical, node)| {
+        let version = Timestamp {
+            physical_ms: T0 + ms,
+            logical,
+            node: NodeId(node),
+        };
+        let key = (ms * 7 + u64::from(logical) * 3 + node) % 4;
+        let live = (ms + u64::from(logical) + node) % 3 != 0;
+        LwwEntry {
+            key: format!("k{key}"),
+            value: live.then(|| Bytes::from(format!("{version}"))),
+            version,
+        }
+    });
+    proptest::collection::vec(entry, 0..12)
+}
+
+/// A replica holding `xs` merged in order.
+fn of(xs: &[&[LwwEntry]]) -> Replica {
+    let mut r = replica(9);
+    for x in xs {
+        r.restore(x.iter().cloned(), T0);
+    }
+    r
+}
+
+#[test]
+fn merge_is_commutative_associative_and_idempotent() {
+    let mut runner = TestRunner::new(proptest_config("merge_laws", 512));
+    runner
+        .run(&(entries(), entries(), entries()), |(a, b, c)| {
+            // Commutative, with the same values and versions everywhere.
+            prop_assert_eq!(state(&of(&[&a, &b])), state(&of(&[&b, &a])));
+            // Associative: merge states, not only lists.
+            let ab: Vec<LwwEntry> = of(&[&a, &b]).entries().cloned().collect();
+            let bc: Vec<LwwEntry> = of(&[&b, &c]).entries().cloned().collect();
+            prop_assert_eq!(state(&of(&[&ab, &c])), state(&of(&[&a, &bc])));
+            // Idempotent.
+            let aa = of(&[&a, &a]);
+            prop_assert_eq!(state(&aa), state(&of(&[&a])));
+            prop_assert_eq!(aa.fingerprint(), of(&[&a]).fingerprint());
+            // The winner of each key is its greatest version.
+            let r = of(&[&a, &b, &c]);
+            for e in a.iter().chain(&b).chain(&c) {
+                prop_assert!(r.entry(&e.key).unwrap().version >= e.version);
+            }
+            Ok(())
+        })
+        .unwrap();
+}

@@ -28,7 +28,9 @@ fn converges_without_faults_and_all_agree_on_the_winner() {
     let mut s = sim(20, seed("converges_without_faults"));
     write_some(&mut s, 200, "x");
     assert!(!s.converged(), "replicas should differ before any round");
-    let rounds = s.run_until(50, Simulator::converged).expect("no convergence in 50 rounds");
+    let rounds = s
+        .run_until(50, Simulator::converged)
+        .expect("no convergence in 50 rounds");
     // Concurrent writes to one key: every replica keeps the higher version.
     let winner = s.replica(0).unwrap().entry("k0").unwrap().clone();
     for r in s.live() {
@@ -43,10 +45,15 @@ fn converges_under_30_percent_loss() {
     let mut s = sim(20, seed("converges_under_30_percent_loss"));
     s.set_loss(0.3);
     write_some(&mut s, 200, "x");
-    let rounds = s.run_until(200, Simulator::converged).expect("no convergence under 30% loss");
+    let rounds = s
+        .run_until(200, Simulator::converged)
+        .expect("no convergence under 30% loss");
     assert!(s.totals().lost > 0, "the loss rate lost nothing");
     assert_eq!(s.replica(7).unwrap().len(), 200);
-    println!("converged in {rounds} rounds, {} messages lost", s.totals().lost);
+    println!(
+        "converged in {rounds} rounds, {} messages lost",
+        s.totals().lost
+    );
 }
 
 #[test]
@@ -65,7 +72,8 @@ fn converges_after_a_partition_heals() {
     let right = s.replica(5).unwrap().get("k0").cloned();
     assert_eq!(s.replica(9).unwrap().get("k0").cloned(), right);
     s.heal();
-    s.run_until(50, Simulator::converged).expect("no convergence after heal");
+    s.run_until(50, Simulator::converged)
+        .expect("no convergence after heal");
     // The right side wrote later: its values win everywhere.
     for r in s.live() {
         assert_eq!(r.get("k7").map(|v| &v[..]), Some(&b"right"[..]));
@@ -76,15 +84,18 @@ fn converges_after_a_partition_heals() {
 fn converges_across_crash_and_restart() {
     let mut s = sim(10, seed("converges_across_crash_and_restart"));
     write_some(&mut s, 100, "x");
-    s.run_until(50, Simulator::converged).expect("first convergence");
+    s.run_until(50, Simulator::converged)
+        .expect("first convergence");
     s.crash(3);
     s.crash(4);
     write_some(&mut s, 100, "y");
-    s.run_until(50, Simulator::converged).expect("survivors converge");
+    s.run_until(50, Simulator::converged)
+        .expect("survivors converge");
     s.restart(3, false).unwrap(); // from its durable writes
     s.restart(4, true).unwrap(); // wiped
     assert!(!s.converged());
-    s.run_until(100, Simulator::converged).expect("restarted replicas catch up");
+    s.run_until(100, Simulator::converged)
+        .expect("restarted replicas catch up");
     assert_eq!(s.replica(4).unwrap().len(), 100);
     assert_eq!(
         s.replica(3).unwrap().get("k5").map(|v| &v[..]),
@@ -134,13 +145,18 @@ fn a_replica_away_longer_than_the_grace_resyncs_instead_of_resurrecting() {
         s.round();
     }
     for i in 0..5 {
-        assert_eq!(s.replica(i).unwrap().entry("doomed"), None, "tombstone kept");
+        assert_eq!(
+            s.replica(i).unwrap().entry("doomed"),
+            None,
+            "tombstone kept"
+        );
     }
     assert!(s.replica(5).unwrap().get("doomed").is_some());
     // Replica 5 also wrote while away; that write must survive the resync.
     s.set(5, "written-away", b"w");
     s.heal();
-    s.run_until(100, Simulator::converged).expect("no convergence");
+    s.run_until(100, Simulator::converged)
+        .expect("no convergence");
     for r in s.live() {
         assert_eq!(r.get("doomed"), None, "replica {} resurrected it", r.node());
         assert!(r.get("kept").is_some());
@@ -153,8 +169,9 @@ fn a_replica_away_longer_than_the_grace_resyncs_instead_of_resurrecting() {
 fn a_thousand_replicas_converge() {
     let mut s = sim(1000, seed("a_thousand_replicas_converge"));
     let e = s.set(17, "hot", b"1").unwrap();
-    let rounds = s.run_until(30, |s| s.holders(&e) == 1000).expect("the write did not spread");
+    let rounds = s
+        .run_until(30, |s| s.holders(&e) == 1000)
+        .expect("the write did not spread");
     assert!(rounds <= 10, "took {rounds} rounds");
     println!("1000 replicas hold the write after {rounds} rounds");
 }
-
