@@ -36,5 +36,5 @@ pub use error::LwwError;
 pub use liveness::PeerStatus;
 pub use multinode_wire::{LwwEntry, Timestamp};
 pub use node::{Inbox, LwwNode, NodeConfig, NodeStats};
-pub use replica::{Outgoing, Received, Replica, ReplicaStats, Round};
+pub use replica::{NO_DIGEST, Outgoing, Received, Replica, ReplicaStats, Round};
 pub use sim::{SimStats, Simulator, wire_len};

@@ -2,7 +2,7 @@
 //! No clock reads, no sockets, no OS randomness: every call takes the wall
 //! time, and the only randomness is a generator seeded by the config.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::ops::Bound;
 
@@ -13,6 +13,16 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::liveness::{Detector, PeerStatus};
 use crate::{LwwError, ReplicaConfig};
+
+/// The `answers` of a sync that answers no digest: a round opener that
+/// pushes recent writes. No epoch takes this value.
+pub const NO_DIGEST: u32 = u32::MAX;
+
+/// Rounds a changed key is pushed to the peers a round opens with.
+const HOT_ROUNDS: u64 = 3;
+
+/// Changed keys remembered for pushing.
+const HOT_MAX: usize = 4096;
 
 /// Messages to send: `(to, message)`.
 pub type Outgoing = Vec<(NodeId, LwwMessage)>;
@@ -82,12 +92,13 @@ pub struct Replica {
     round: u64,
     rng: ChaCha8Rng,
     entries: HashMap<String, LwwEntry>,
-    by_origin: HashMap<NodeId, BTreeMap<Timestamp, String>>,
+    by_origin: BTreeMap<NodeId, BTreeMap<Timestamp, String>>,
     tombstones: BTreeMap<Timestamp, String>,
     watermarks: BTreeMap<NodeId, Timestamp>,
     epoch: u32,
     peers: BTreeMap<NodeId, Detector>,
     inflight: BTreeSet<Timestamp>,
+    hot: VecDeque<(u64, Timestamp, String)>,
     resync: Option<Resync>,
     unsynced: bool,
     live: usize,
@@ -105,12 +116,13 @@ impl Replica {
             round: 0,
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
             entries: HashMap::new(),
-            by_origin: HashMap::new(),
+            by_origin: BTreeMap::new(),
             tombstones: BTreeMap::new(),
             watermarks: BTreeMap::new(),
             epoch: 0,
             peers: BTreeMap::new(),
             inflight: BTreeSet::new(),
+            hot: VecDeque::new(),
             resync: None,
             // A new replica cannot tell a fresh start from a restart that
             // lost its state: it learns its own history from its first peer.
@@ -307,10 +319,24 @@ impl Replica {
         let k = self.cfg.fanout.of(ids.len());
         let chosen = sample(&mut self.rng, ids, k);
         let watermarks = self.digest();
+        let hot = self.hot(&watermarks);
         for to in chosen {
-            let m = LwwMessage::Digest {
-                epoch: self.epoch,
-                watermarks: watermarks.clone(),
+            // Recent changes ride along with the digest (rumour mongering
+            // over anti-entropy): one lost message then delays them less.
+            let m = if hot.is_empty() {
+                LwwMessage::Digest {
+                    epoch: self.epoch,
+                    watermarks: watermarks.clone(),
+                }
+            } else {
+                LwwMessage::Sync {
+                    reply: true,
+                    epoch: self.epoch,
+                    answers: NO_DIGEST,
+                    watermarks: watermarks.clone(),
+                    entries: hot.clone(),
+                    partial: Vec::new(),
+                }
             };
             self.count_sent(&m);
             round.messages.push((to, m));
@@ -343,6 +369,12 @@ impl Replica {
             } => {
                 let reset = self.maybe_resync(&watermarks);
                 let rejected = self.apply(entries, &mut out.changes);
+                if answers == NO_DIGEST {
+                    // A round opener: answer it as a digest.
+                    let m = self.sync(true, epoch, &watermarks);
+                    out.replies.push((from, m));
+                    return out;
+                }
                 if !reset && answers == self.epoch {
                     self.advance(&watermarks, &partial, &rejected);
                 }
@@ -381,6 +413,31 @@ impl Replica {
         self.watermarks.values().copied().collect()
     }
 
+    /// The entries changed in the last few rounds, newest first, within an
+    /// eighth of the delta budget.
+    fn hot(&mut self, watermarks: &[Timestamp]) -> Vec<LwwEntry> {
+        let oldest = self.round.saturating_sub(HOT_ROUNDS);
+        while self.hot.front().is_some_and(|(r, _, _)| *r < oldest) {
+            self.hot.pop_front();
+        }
+        // An eighth of the budget: pushes duplicate what most peers have.
+        let fixed = 2 + 5 + 5 + stamps_len(watermarks) + 9 + 9;
+        let mut left = (self.cfg.delta_budget / 8).min(self.cfg.delta_budget.saturating_sub(fixed));
+        let mut out = Vec::new();
+        for (_, version, key) in self.hot.iter().rev() {
+            let Some(e) = self.entries.get(key).filter(|e| e.version == *version) else {
+                continue;
+            };
+            let len = e.encoded_len();
+            if len > left {
+                break;
+            }
+            left -= len;
+            out.push(e.clone());
+        }
+        out
+    }
+
     /// A sync for a peer whose watermarks (of epoch `answers`) are `theirs`.
     fn sync(&mut self, reply: bool, answers: u32, theirs: &[Timestamp]) -> LwwMessage {
         let watermarks = self.digest();
@@ -405,16 +462,13 @@ impl Replica {
     fn delta(&mut self, theirs: &[Timestamp], room: usize) -> (Vec<LwwEntry>, Vec<Timestamp>) {
         let theirs: HashMap<NodeId, Timestamp> = theirs.iter().map(|t| (t.node, *t)).collect();
         let mut cursors = Vec::new();
-        for (origin, mine) in &self.watermarks {
+        // Everything held above their watermark: up to ours it completes a
+        // range; past ours (writes pushed to us ahead of our watermark) it
+        // rides along, vouched for by nothing.
+        for (origin, index) in &self.by_origin {
             let from = theirs.get(origin).copied();
-            if from.is_some_and(|t| t >= *mine) {
-                continue;
-            }
-            let Some(index) = self.by_origin.get(origin) else {
-                continue;
-            };
             let lo = from.map_or(Bound::Unbounded, Bound::Excluded);
-            let mut range = index.range((lo, Bound::Included(*mine))).peekable();
+            let mut range = index.range((lo, Bound::Unbounded)).peekable();
             if range.peek().is_some() {
                 cursors.push((*origin, from, range, None::<Timestamp>));
             }
@@ -443,15 +497,19 @@ impl Replica {
             let e = &self.entries[key];
             let len = e.encoded_len();
             if len > left {
-                // Cut short: this origin stops at the last entry that fit.
                 done[i] = true;
                 open -= 1;
+                // Cut short: this origin's range ends at the last entry
+                // sent, and never past our own watermark.
                 let (origin, from, _, last) = &cursors[i];
-                partial.push(last.or(*from).unwrap_or(Timestamp {
-                    physical_ms: 0,
-                    logical: 0,
-                    node: *origin,
-                }));
+                if let Some(mine) = self.watermarks.get(origin) {
+                    let reached = last.or(*from).unwrap_or(Timestamp {
+                        physical_ms: 0,
+                        logical: 0,
+                        node: *origin,
+                    });
+                    partial.push(reached.min(*mine));
+                }
                 continue;
             }
             left -= len;
@@ -561,7 +619,10 @@ impl Replica {
             }
         }
         self.watermarks.clear();
-        self.epoch = self.epoch.wrapping_add(1);
+        self.epoch = match self.epoch.wrapping_add(1) {
+            NO_DIGEST => 0,
+            e => e,
+        };
         self.unsynced = false;
         self.stats.resyncs += 1;
         let own_floor = target.get(&me).copied();
@@ -635,6 +696,10 @@ impl Replica {
                 self.tombstones.insert(e.version, e.key.clone());
             }
         }
+        if self.hot.len() == HOT_MAX {
+            self.hot.pop_front();
+        }
+        self.hot.push_back((self.round, e.version, e.key.clone()));
         self.entries.insert(e.key.clone(), e);
         true
     }

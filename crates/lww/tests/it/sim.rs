@@ -175,3 +175,4 @@ fn a_thousand_replicas_converge() {
     assert!(rounds <= 10, "took {rounds} rounds");
     println!("1000 replicas hold the write after {rounds} rounds");
 }
+
