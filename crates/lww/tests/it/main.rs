@@ -2,4 +2,5 @@
 //! reference defects, the simulator's convergence scenarios, the async node.
 
 mod laws;
+mod node;
 mod sim;

@@ -175,4 +175,3 @@ fn a_thousand_replicas_converge() {
     assert!(rounds <= 10, "took {rounds} rounds");
     println!("1000 replicas hold the write after {rounds} rounds");
 }
-
