@@ -308,7 +308,14 @@ impl<T: GossipTransport + 'static> Drop for LwwNode<T> {
 async fn run<T: GossipTransport + 'static>(s: Arc<Shared<T>>, mut inbox: Inbox, every: Duration) {
     let mut timer = tokio::time::interval(every);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut poison_reported = false;
     loop {
+        // Queued store writes are not awaited; a store that failed says so
+        // here once (local writes then fail with the error themselves).
+        if !poison_reported && s.store.as_ref().is_some_and(|st| st.is_poisoned()) {
+            poison_reported = true;
+            tracing::error!(node = %s.transport.local_node(), "the data directory's store failed: remote writes are no longer persisted");
+        }
         tokio::select! {
             biased;
             () = s.cancel.cancelled() => return,

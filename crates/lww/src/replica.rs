@@ -529,15 +529,15 @@ impl Replica {
 
     /// Merges received entries; returns the origins some of whose entries
     /// were refused, whose watermarks must then not move.
-    fn apply(&mut self, entries: Vec<LwwEntry>, changes: &mut Vec<LwwEntry>) -> Vec<NodeId> {
+    fn apply(&mut self, entries: Vec<LwwEntry>, changes: &mut Vec<LwwEntry>) -> BTreeSet<NodeId> {
         let limit = self.now_ms.saturating_add(self.cfg.max_drift_ms);
-        let mut rejected = Vec::new();
+        let mut rejected = BTreeSet::new();
         let mut newest: Option<Timestamp> = None;
         for e in entries {
             self.stats.entries_received += 1;
             if e.version.physical_ms > limit {
                 self.stats.rejected += 1;
-                rejected.push(e.version.node);
+                rejected.insert(e.version.node);
                 continue;
             }
             newest = newest.max(Some(e.version));
@@ -554,8 +554,15 @@ impl Replica {
     }
 
     /// Moves watermarks up to a sync's (or its `partial` ones).
-    fn advance(&mut self, theirs: &[Timestamp], partial: &[Timestamp], rejected: &[NodeId]) {
+    fn advance(
+        &mut self,
+        theirs: &[Timestamp],
+        partial: &[Timestamp],
+        rejected: &BTreeSet<NodeId>,
+    ) {
         let me = self.cfg.node;
+        // Both lists come from the peer: look up, never scan, per watermark.
+        let partial: HashMap<NodeId, Timestamp> = partial.iter().map(|p| (p.node, *p)).collect();
         let limit = self.now_ms.saturating_add(self.cfg.max_drift_ms);
         let own_pull = self.resync.as_ref().is_some_and(|r| r.own_floor.is_some());
         for w in theirs {
@@ -567,7 +574,7 @@ impl Replica {
                 self.stats.rejected += 1;
                 continue;
             }
-            let to = partial.iter().find(|p| p.node == o).copied().unwrap_or(*w);
+            let to = partial.get(&o).copied().unwrap_or(*w);
             let cur = self.watermarks.get(&o).copied();
             if cur.is_none_or(|c| to > c) {
                 self.watermarks.insert(o, to);
