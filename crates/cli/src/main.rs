@@ -14,6 +14,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+
+mod cluster;
+mod control;
+mod faulty;
+mod node;
+mod scenario;
 use clap::{Args, Parser, Subcommand};
 use multinode_barrier::{Config, Controller, LaunchReport, Launcher, OutputMode, describe};
 
@@ -37,6 +43,11 @@ enum Cmd {
     },
     /// Launch N copies of a command that meet at barriers, and report.
     Run(RunArgs),
+    /// One LWW gossip node over TCP, driven by lines on stdin.
+    Node(node::NodeArgs),
+    /// Start a real cluster of node processes, run a seeded scenario with
+    /// kills, and check that nothing acknowledged was lost.
+    TestCluster(cluster::ClusterArgs),
 }
 
 #[derive(Subcommand)]
@@ -71,7 +82,7 @@ struct RunArgs {
     command: Vec<String>,
 }
 
-fn positive_secs(s: &str) -> Result<f64, String> {
+pub(crate) fn positive_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
         _ => Err(format!("{s:?} is not a number of seconds in (0, 86400]")),
@@ -96,6 +107,11 @@ fn main() -> ExitCode {
                 cmd: BarrierCmd::Serve(args),
             } => serve(args).await,
             Cmd::Run(args) => run(args).await,
+            Cmd::TestCluster(args) => cluster::run(args).await,
+            Cmd::Node(args) => {
+                init_logging();
+                node::run(args).await
+            }
         }
     });
     match outcome {
@@ -107,8 +123,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr at the level in `MULTINODE_LOG` (default `info`).
+fn init_logging() {
+    let level = std::env::var("MULTINODE_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(tracing::Level::INFO);
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
 /// Resolves on Ctrl-C or (on unix) SIGTERM.
-async fn interrupted() -> &'static str {
+pub(crate) async fn interrupted() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -1,0 +1,354 @@
+//! `multinode node`: one LWW gossip node process over TCP, persisting to a
+//! data directory, driven line by line on stdin (`docs/node-control.md`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use futures_util::StreamExt;
+use multinode_barrier::{BarrierNode, ENV_ADDR, ENV_INDEX, env_identity};
+use multinode_gossip::{GossipTransport, TcpTransport, TcpTransportConfig};
+use multinode_lww::{Fanout, Inbox, LwwNode, NodeConfig, ReplicaConfig};
+use multinode_wire::{ClusterId, LwwEntry, NodeId};
+use tokio::io::{AsyncWriteExt, Stdout};
+use bytes::BytesMut;
+use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
+
+use crate::control::{Command, DumpLine, MAX_LINE, encode};
+use crate::faulty::Faulty;
+
+#[derive(Args, Debug)]
+pub(crate) struct NodeArgs {
+    /// Where the node keeps its acknowledged writes (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// This node's id; default: `MULTINODE_NODE_INDEX`.
+    #[arg(long)]
+    id: Option<u64>,
+    /// Where the gossip transport listens.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    bind: SocketAddr,
+    /// The cluster id: peers of another cluster are refused.
+    #[arg(long, default_value_t = 1)]
+    cluster: u64,
+    /// Milliseconds between gossip rounds.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    round_ms: u64,
+    /// Peers gossiped with each round.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    fanout: u64,
+    /// Seeds the peer choice (default: the node id).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// A peer to gossip with, as `ID=HOST:PORT` (repeatable).
+    #[arg(long = "peer", value_parser = parse_peer)]
+    peers: Vec<(NodeId, SocketAddr)>,
+    /// Under a barrier controller, do not exchange addresses at start; the
+    /// `JOIN <label>` command does it later.
+    #[arg(long)]
+    no_join: bool,
+    /// The data-carrying barrier that exchanges listen addresses at start.
+    #[arg(long, default_value = "join")]
+    join_label: String,
+}
+
+fn parse_peer(s: &str) -> Result<(NodeId, SocketAddr), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=HOST:PORT"))?;
+    let id = id.parse().map_err(|_| format!("{id:?} is not a node id"))?;
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not HOST:PORT"))?;
+    Ok((NodeId(id), addr))
+}
+
+type Node = LwwNode<Faulty<TcpTransport>>;
+
+struct Proc {
+    node: Node,
+    id: NodeId,
+    addr: SocketAddr,
+    barrier: Option<BarrierNode>,
+    out: Stdout,
+}
+
+pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
+    let id = match args.id {
+        Some(id) => id,
+        None => std::env::var(ENV_INDEX)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("give --id, or set {ENV_INDEX}"))?,
+    };
+    let id = NodeId(id);
+    let inbox = Inbox::new(4096);
+    let mut tcp = TcpTransportConfig::new(ClusterId(args.cluster), id);
+    tcp.bind = args.bind;
+    let transport = TcpTransport::bind(tcp, inbox.sink()).await?;
+    let addr = transport.local_addr();
+    let seed = args.seed.unwrap_or(id.0);
+    let mut replica = ReplicaConfig::new(id);
+    replica.round_interval_ms = args.round_ms;
+    replica.fanout = Fanout::Fixed(args.fanout as usize);
+    replica.seed = seed;
+    let config = NodeConfig {
+        replica,
+        data_dir: Some(args.data_dir.clone()),
+    };
+    let node = LwwNode::start(config, Faulty::new(transport, seed ^ 0x5eed), inbox)
+        .await
+        .with_context(|| format!("cannot start on {}", args.data_dir.display()))?;
+    let restored = node.with_replica(|r| r.entries().count());
+    tracing::info!(node = %id, %addr, restored, "node started");
+    let mut p = Proc {
+        node,
+        id,
+        addr,
+        barrier: None,
+        out: tokio::io::stdout(),
+    };
+    for (peer, at) in &args.peers {
+        p.add_peer(*peer, *at)?;
+    }
+    if std::env::var_os(ENV_ADDR).is_some() && !args.no_join {
+        p.join(&args.join_label).await?;
+    }
+    p.reply(&format!("READY {id} {addr} entries={restored}"))
+        .await?;
+    let outcome = p.serve().await;
+    if let Some(b) = p.barrier.take() {
+        // Leaving lets later barriers go on without us; best effort.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), b.leave()).await;
+    }
+    p.node.transport().inner().shutdown().await;
+    p.node.shutdown().await;
+    tracing::info!(node = %id, "node stopped: {}", outcome.as_ref().map_or_else(|e| e.to_string(), |s| s.to_string()));
+    outcome.map(|_| ExitCode::SUCCESS)
+}
+
+impl Proc {
+    fn add_peer(&mut self, peer: NodeId, at: SocketAddr) -> Result<()> {
+        self.node.transport().inner().add_peer(peer, at)?;
+        self.node.add_peer(peer);
+        Ok(())
+    }
+
+    async fn barrier(&mut self) -> Result<&mut BarrierNode> {
+        if self.barrier.is_none() {
+            let (at, _) = env_identity()?;
+            let b = BarrierNode::connect(at, Some(self.id))
+                .await
+                .with_context(|| format!("cannot join the barrier controller at {at}"))?;
+            self.barrier = Some(b);
+        }
+        Ok(self.barrier.as_mut().expect("connected above"))
+    }
+
+    /// Shares our address at the data-carrying barrier `label` and gossips
+    /// with everyone else who did. Returns how many peers that is.
+    async fn join(&mut self, label: &str) -> Result<usize> {
+        let addr = self.addr.to_string();
+        let all = self.barrier().await?.gather(label, &addr).await?;
+        let mut peers = 0;
+        for (peer, value) in all {
+            if peer == self.id {
+                continue;
+            }
+            let at = value
+                .as_str()
+                .parse()
+                .with_context(|| format!("node {peer} shared {value:?}, not an address"))?;
+            self.add_peer(peer, at)?;
+            peers += 1;
+        }
+        tracing::info!(node = %self.id, label, peers, "joined");
+        Ok(peers)
+    }
+
+    async fn reply(&mut self, line: &str) -> Result<()> {
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        self.out.write_all(&buf).await?;
+        self.out.flush().await?;
+        Ok(())
+    }
+
+    /// Serves control lines until `QUIT`, end of input or a signal.
+    async fn serve(&mut self) -> Result<&'static str> {
+        let mut lines = FramedRead::new(tokio::io::stdin(), ControlLines::default());
+        loop {
+            let next = tokio::select! {
+                next = lines.next() => next,
+                why = crate::interrupted() => return Ok(why),
+            };
+            let line = match next {
+                None => return Ok("end of input"),
+                Some(Ok(Ok(line))) => line,
+                Some(Ok(Err(problem))) => {
+                    self.reply(&format!("ERR {problem}")).await?;
+                    continue;
+                }
+                Some(Err(e)) => bail!("control input failed: {e}"),
+            };
+            let cmd = match line.parse::<Command>() {
+                Ok(cmd) => cmd,
+                Err(e) => {
+                    self.reply(&format!("ERR {e}")).await?;
+                    continue;
+                }
+            };
+            if cmd == Command::Quit {
+                self.reply("BYE").await?;
+                return Ok("QUIT");
+            }
+            let answer = self
+                .execute(cmd)
+                .await
+                .unwrap_or_else(|e| format!("ERR {}", one_line(&format!("{e:#}"))));
+            self.reply(&answer).await?;
+        }
+    }
+
+    async fn execute(&mut self, cmd: Command) -> Result<String> {
+        let node = &self.node;
+        Ok(match cmd {
+            Command::Ping => "PONG".into(),
+            Command::Set(key, value) => format!("OK {}", node.set(&key, value).await?),
+            Command::Del(key) => format!("OK {}", node.delete(&key).await?),
+            Command::Get(key) => match node.with_replica(|r| r.entry(&key).cloned()) {
+                None => "NONE".into(),
+                Some(LwwEntry {
+                    value: Some(v),
+                    version,
+                    ..
+                }) => format!("VALUE {version} {}", encode(&v)),
+                Some(LwwEntry { version, .. }) => format!("GONE {version}"),
+            },
+            Command::Digest => {
+                let (fp, live, all, resync) = node.with_replica(|r| {
+                    (r.fingerprint(), r.len(), r.entries().count(), r.is_resyncing())
+                });
+                format!(
+                    "DIGEST {fp:016x} live={live} entries={all} resyncing={}",
+                    u8::from(resync)
+                )
+            }
+            Command::Dump => {
+                let mut entries: Vec<DumpLine> = node.with_replica(|r| {
+                    r.entries()
+                        .map(|e| DumpLine {
+                            key: e.key.clone(),
+                            version: e.version,
+                            value: e.value.as_ref().map(|v| v.to_vec()),
+                        })
+                        .collect()
+                });
+                entries.sort_by(|a, b| a.key.cmp(&b.key));
+                let mut text = String::new();
+                for e in &entries {
+                    text.push_str(&e.to_string());
+                    text.push('\n');
+                }
+                text.push_str(&format!("END {}", entries.len()));
+                text
+            }
+            Command::Stats => stats_line(node),
+            Command::Peer(peer, at) => {
+                self.add_peer(peer, at)?;
+                "OK".into()
+            }
+            Command::Join(label) => format!("OK peers={}", self.join(&label).await?),
+            Command::Barrier(label) => {
+                self.barrier().await?.barrier(&label).await?;
+                format!("OK {label}")
+            }
+            Command::Loss(p) => {
+                node.transport().set_loss(p);
+                "OK".into()
+            }
+            Command::Block(peers) => {
+                node.transport().block(&peers);
+                "OK".into()
+            }
+            Command::Unblock => {
+                node.transport().unblock();
+                "OK".into()
+            }
+            Command::Quit => "BYE".into(),
+        })
+    }
+}
+
+/// Control lines, bounded: a line that is too long or not UTF-8 is an
+/// item (answered with an error), not the end of the stream.
+struct ControlLines(LinesCodec);
+
+impl Default for ControlLines {
+    fn default() -> Self {
+        Self(LinesCodec::new_with_max_length(MAX_LINE))
+    }
+}
+
+type LineItem = Result<String, String>;
+
+fn bad_line(e: LinesCodecError) -> Result<Option<LineItem>, std::io::Error> {
+    match e {
+        LinesCodecError::MaxLineLengthExceeded => {
+            Ok(Some(Err(format!("line longer than {MAX_LINE} bytes"))))
+        }
+        // The codec consumed the line before it checked the encoding.
+        LinesCodecError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Ok(Some(Err("line is not UTF-8".into())))
+        }
+        LinesCodecError::Io(e) => Err(e),
+    }
+}
+
+impl Decoder for ControlLines {
+    type Item = LineItem;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<LineItem>, std::io::Error> {
+        self.0.decode(buf).map_or_else(bad_line, |l| Ok(l.map(Ok)))
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<LineItem>, std::io::Error> {
+        self.0.decode_eof(buf).map_or_else(bad_line, |l| Ok(l.map(Ok)))
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
+fn stats_line(node: &Node) -> String {
+    let s = node.stats();
+    let t = node.transport().stats();
+    let (mut frames_sent, mut bytes_sent, mut frames_received, mut bytes_received, mut drops) =
+        (0, 0, 0, 0, 0);
+    for p in t.peers.values() {
+        frames_sent += p.frames_sent;
+        bytes_sent += p.bytes_sent;
+        frames_received += p.frames_received;
+        bytes_received += p.bytes_received;
+        drops += p.drops.total();
+    }
+    let r = &s.replica;
+    format!(
+        "STATS rounds={} frames_sent={frames_sent} bytes_sent={bytes_sent} \
+         frames_received={frames_received} bytes_received={bytes_received} \
+         entries_sent={} entries_applied={} transport_drops={drops} fault_drops={} \
+         send_failed={} inbox_full={} resyncs={}",
+        r.rounds,
+        r.entries_sent,
+        r.entries_applied,
+        node.transport().dropped(),
+        s.send_failed,
+        s.inbox_full,
+        r.resyncs
+    )
+}
