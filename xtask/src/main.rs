@@ -30,12 +30,22 @@ enum Cmd {
         #[arg(long, default_value_t = 250)]
         cycles: usize,
     },
+    /// Build `multinode`, then run `multinode test-cluster` with these
+    /// arguments: a real cluster of node processes, a seeded scenario with
+    /// kills, and a check that nothing acknowledged was lost. Logs go to
+    /// `target/test-cluster/`. See `multinode test-cluster --help`.
+    TestCluster {
+        /// Passed on, e.g. `--nodes 16 --loss 0.2 --seed 7`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Ci => ci(),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::TestCluster { args } => test_cluster(&args),
         Cmd::KillFuzz { cycles } => {
             let cycles = cycles.to_string();
             cargo(
@@ -82,6 +92,45 @@ pub(crate) fn cargo(step: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(
     }
     eprintln!("==> {step}: ok in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Where cargo puts build output.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map_or_else(|| root().join("target"), |t| root().join(t))
+}
+
+fn test_cluster(args: &[String]) -> Result<()> {
+    cargo("build", &["build", "--locked", "-p", "multinode"], &[])?;
+    let target = target_dir();
+    let exe = target
+        .join("debug")
+        .join(format!("multinode{}", std::env::consts::EXE_SUFFIX));
+    let mut cmd = Command::new(&exe);
+    cmd.arg("test-cluster")
+        .arg("--dir")
+        .arg(target.join("test-cluster"))
+        .args(args)
+        .env("MULTINODE_REPLAY", "cargo xtask test-cluster");
+    #[cfg(unix)]
+    {
+        // Become the conductor, so Ctrl-C reaches it and nothing waits
+        // in between.
+        use std::os::unix::process::CommandExt;
+        let err = cmd.exec();
+        bail!("cannot run {}: {err}", exe.display());
+    }
+    #[cfg(not(unix))]
+    {
+        let status = cmd
+            .status()
+            .with_context(|| format!("cannot run {}", exe.display()))?;
+        if !status.success() {
+            bail!("test-cluster failed ({status})");
+        }
+        Ok(())
+    }
 }
 
 fn ci() -> Result<()> {

@@ -132,7 +132,11 @@ impl NodeProc {
             let line = self.recv().await?;
             if let Some(n) = line.strip_prefix("END ") {
                 if n.parse() != Ok(out.len()) {
-                    bail!("node {}: DUMP ended {line:?} after {} entries", self.index, out.len());
+                    bail!(
+                        "node {}: DUMP ended {line:?} after {} entries",
+                        self.index,
+                        out.len()
+                    );
                 }
                 return Ok(out);
             }
@@ -243,7 +247,11 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
     });
     let (n, keys) = (args.nodes as usize, args.keys as usize);
     if args.kills >= args.nodes {
-        bail!("--kills {} must leave a node alive (--nodes {})", args.kills, args.nodes);
+        bail!(
+            "--kills {} must leave a node alive (--nodes {})",
+            args.kills,
+            args.nodes
+        );
     }
     let plan = Plan::new(seed, n, keys, args.kills as usize, args.partition);
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -279,14 +287,20 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
         acked_at_kill: 0,
         converged_entries: 0,
     };
+    let mut interrupted = false;
     let outcome = tokio::select! {
         r = c.scenario() => r,
-        why = crate::interrupted() => Err(anyhow!("{why}")),
+        why = crate::interrupted() => {
+            interrupted = true;
+            Err(anyhow!("{why}"))
+        }
     };
     let alive = c.stop_all(outcome.is_ok()).await;
     let mut failure = outcome.err().map(|e| format!("{e:#}"));
     if alive > 0 && failure.is_none() {
-        failure = Some(format!("{alive} node process(es) still alive after the run"));
+        failure = Some(format!(
+            "{alive} node process(es) still alive after the run"
+        ));
     }
     c.print_summary(&failure, alive);
     if let Some(path) = &args.json {
@@ -305,13 +319,14 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
             println!("seed: {seed}");
             println!("replay: {replay}");
             println!("logs and data kept in {}", dir.keep().display());
-            Ok(ExitCode::FAILURE)
+            Ok(ExitCode::from(if interrupted { 130 } else { 1 }))
         }
     }
 }
 
 fn replay_command(a: &ClusterArgs, seed: u64) -> String {
-    let prefix = std::env::var("MULTINODE_REPLAY").unwrap_or_else(|_| "multinode test-cluster".into());
+    let prefix =
+        std::env::var("MULTINODE_REPLAY").unwrap_or_else(|_| "multinode test-cluster".into());
     let mut s = format!(
         "{prefix} --nodes {} --keys {} --seed {seed} --kills {}",
         a.nodes, a.keys, a.kills
@@ -327,6 +342,9 @@ fn replay_command(a: &ClusterArgs, seed: u64) -> String {
     }
     if a.round_ms != 100 {
         let _ = write!(s, " --round-ms {}", a.round_ms);
+    }
+    if a.converge_timeout != 20.0 {
+        let _ = write!(s, " --converge-timeout {}", a.converge_timeout);
     }
     s
 }
@@ -466,11 +484,21 @@ impl Conductor {
         .await?;
         self.faults(None).await?;
         self.base = vec![(0, 0); n];
+        let pids: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|p| p.child.id())
+            .map(|p| p.to_string())
+            .collect();
         self.end(
             "join",
             began,
             None,
-            format!("{} nodes up, addresses exchanged", ready.len()),
+            format!(
+                "{} nodes up, addresses exchanged (pids {})",
+                ready.len(),
+                pids.join(" ")
+            ),
         )
         .await?;
 
@@ -485,7 +513,11 @@ impl Conductor {
             let i = node.index;
             let victim = plan.victims.iter().find(|v| v.node == i);
             let ops = &plan.writes[i];
-            let until = if victim.is_some() { ops.len() } else { ops.len() / 2 };
+            let until = if victim.is_some() {
+                ops.len()
+            } else {
+                ops.len() / 2
+            };
             let kill = victim.map(|v| v.after);
             async move {
                 let mut acked = Vec::new();
@@ -534,7 +566,10 @@ impl Conductor {
                 bail!("{v}");
             }
             let own = self.history.acked.iter().filter(|a| a.node == i).count();
-            back.push(format!("node {i}: {own} acknowledged writes recovered"));
+            back.push(format!(
+                "node {i} (pid {}): {own} acknowledged writes recovered",
+                node.child.id().unwrap_or(0)
+            ));
             self.nodes.push(node);
         }
         self.nodes.sort_by_key(|p| p.index);
@@ -548,7 +583,11 @@ impl Conductor {
                 "{} acknowledged, {} kill(s); {}",
                 self.acked_at_kill,
                 killed.len(),
-                if back.is_empty() { "no restarts".into() } else { back.join("; ") }
+                if back.is_empty() {
+                    "no restarts".into()
+                } else {
+                    back.join("; ")
+                }
             ),
         )
         .await?;
@@ -581,7 +620,11 @@ impl Conductor {
             format!(
                 "{} deletes and overwrites acknowledged{}",
                 self.history.acked.len() - before,
-                if plan.side.is_some() { "; partition healed" } else { "" }
+                if plan.side.is_some() {
+                    "; partition healed"
+                } else {
+                    ""
+                }
             ),
         )
         .await?;
@@ -605,10 +648,7 @@ impl Conductor {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         if let Some(v) = check_digests(&digests) {
-            bail!(
-                "no agreement within {} s: {v}",
-                self.args.converge_timeout
-            );
+            bail!("no agreement within {} s: {v}", self.args.converge_timeout);
         }
         let converge = began.elapsed();
         let entries = digests[0]
@@ -621,7 +661,10 @@ impl Conductor {
             "converge",
             began,
             Some(converge),
-            format!("all {n} digests equal: {} ({entries} entries)", digests[0].1.split(' ').nth(1).unwrap_or("?")),
+            format!(
+                "all {n} digests equal: {} ({entries} entries)",
+                digests[0].1.split(' ').nth(1).unwrap_or("?")
+            ),
         )
         .await?;
 
@@ -636,7 +679,12 @@ impl Conductor {
             bail!("{v} ({} violation(s) in all)", bad.len());
         }
         self.converged_entries = dumps[0].len();
-        let deletes = self.history.acked.iter().filter(|a| a.op.value.is_none()).count();
+        let deletes = self
+            .history
+            .acked
+            .iter()
+            .filter(|a| a.op.value.is_none())
+            .count();
         self.end(
             "check",
             began,
@@ -659,7 +707,8 @@ impl Conductor {
             let ops = &scripts[i];
             async move {
                 let mut acked = Vec::new();
-                node.run_ops(ops, from[i], ops.len(), None, rate, &mut acked).await?;
+                node.run_ops(ops, from[i], ops.len(), None, rate, &mut acked)
+                    .await?;
                 Ok::<_, anyhow::Error>(acked)
             }
         }))
@@ -678,7 +727,11 @@ impl Conductor {
                 let _ = n.send("QUIT").await;
             }
         }
-        let grace = if gently { Duration::from_secs(5) } else { Duration::ZERO };
+        let grace = if gently {
+            Duration::from_secs(5)
+        } else {
+            Duration::ZERO
+        };
         let mut alive = 0;
         for mut n in nodes {
             let exited = tokio::time::timeout(grace, n.child.wait()).await;
@@ -701,7 +754,10 @@ impl Conductor {
                 converge: None,
                 frames: 0,
                 bytes: 0,
-                result: format!("{} processes started, {} reaped, {alive} alive", self.started, self.reaped),
+                result: format!(
+                    "{} processes started, {} reaped, {alive} alive",
+                    self.started, self.reaped
+                ),
             });
             self.say("stop", &self.phases.last().expect("pushed").result.clone());
         }

@@ -55,7 +55,10 @@ impl std::str::FromStr for Command {
     fn from_str(line: &str) -> Result<Self, ParseError> {
         let line = line.strip_suffix('\r').unwrap_or(line);
         let mut words = line.split(' ');
-        let verb = words.next().filter(|w| !w.is_empty()).ok_or(ParseError::Empty)?;
+        let verb = words
+            .next()
+            .filter(|w| !w.is_empty())
+            .ok_or(ParseError::Empty)?;
         let args: Vec<&str> = words.collect();
         let exact = |n: usize, usage: &'static str| {
             if args.len() == n && args.iter().all(|a| !a.is_empty()) {
@@ -100,7 +103,12 @@ impl std::str::FromStr for Command {
                 exact(1, "<probability>")?;
                 match args[0].parse::<f64>() {
                     Ok(p) if (0.0..=1.0).contains(&p) => Command::Loss(p),
-                    _ => return Err(bad("probability", format!("{:?} is not in [0, 1]", args[0]))),
+                    _ => {
+                        return Err(bad(
+                            "probability",
+                            format!("{:?} is not in [0, 1]", args[0]),
+                        ));
+                    }
                 }
             }
             "BLOCK" => {
@@ -213,9 +221,9 @@ impl DumpLine {
     /// Parses a `LIVE` or `GONE` line.
     pub(crate) fn parse(line: &str) -> Option<Self> {
         let w: Vec<&str> = line.split(' ').collect();
-        let (live, n) = match w.first()? {
-            &"LIVE" => (true, 4),
-            &"GONE" => (false, 3),
+        let (live, n) = match *w.first()? {
+            "LIVE" => (true, 4),
+            "GONE" => (false, 3),
             _ => return None,
         };
         if w.len() != n {
@@ -267,8 +275,14 @@ mod tests {
         assert_eq!(err("SET k %G0"), "bad value: bad escape at byte 0");
         assert_eq!(err("SET k %4"), "bad value: bad escape at byte 0");
         assert_eq!(err("GET %FF"), "bad key: not UTF-8 once decoded");
-        assert_eq!(err("PEER x 1.2.3.4:5"), "bad node id: \"x\" is not a node id");
-        assert_eq!(err("PEER 1 nowhere"), "bad address: \"nowhere\" is not host:port");
+        assert_eq!(
+            err("PEER x 1.2.3.4:5"),
+            "bad node id: \"x\" is not a node id"
+        );
+        assert_eq!(
+            err("PEER 1 nowhere"),
+            "bad address: \"nowhere\" is not host:port"
+        );
     }
 
     #[test]
@@ -298,7 +312,10 @@ mod tests {
         }
         assert_eq!(DumpLine::parse("LIVE k 1.2@3"), None);
         assert_eq!(DumpLine::parse("GONE k 1.x@3"), None);
-        assert_eq!(field("STATS rounds=4 bytes_sent=99", "bytes_sent"), Some(99));
+        assert_eq!(
+            field("STATS rounds=4 bytes_sent=99", "bytes_sent"),
+            Some(99)
+        );
         assert_eq!(field("STATS rounds=4", "bytes_sent"), None);
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
+use bytes::BytesMut;
 use clap::Args;
 use futures_util::StreamExt;
 use multinode_barrier::{BarrierNode, ENV_ADDR, ENV_INDEX, env_identity};
@@ -13,7 +14,6 @@ use multinode_gossip::{GossipTransport, TcpTransport, TcpTransportConfig};
 use multinode_lww::{Fanout, Inbox, LwwNode, NodeConfig, ReplicaConfig};
 use multinode_wire::{ClusterId, LwwEntry, NodeId};
 use tokio::io::{AsyncWriteExt, Stdout};
-use bytes::BytesMut;
 use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 
 use crate::control::{Command, DumpLine, MAX_LINE, encode};
@@ -230,7 +230,12 @@ impl Proc {
             },
             Command::Digest => {
                 let (fp, live, all, resync) = node.with_replica(|r| {
-                    (r.fingerprint(), r.len(), r.entries().count(), r.is_resyncing())
+                    (
+                        r.fingerprint(),
+                        r.len(),
+                        r.entries().count(),
+                        r.is_resyncing(),
+                    )
                 });
                 format!(
                     "DIGEST {fp:016x} live={live} entries={all} resyncing={}",
@@ -317,7 +322,9 @@ impl Decoder for ControlLines {
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<LineItem>, std::io::Error> {
-        self.0.decode_eof(buf).map_or_else(bad_line, |l| Ok(l.map(Ok)))
+        self.0
+            .decode_eof(buf)
+            .map_or_else(bad_line, |l| Ok(l.map(Ok)))
     }
 }
 

@@ -22,7 +22,11 @@ impl Op {
     /// The control line that makes this write.
     pub(crate) fn command(&self) -> String {
         match &self.value {
-            Some(v) => format!("SET {} {}", encode(self.key.as_bytes()), encode(v.as_bytes())),
+            Some(v) => format!(
+                "SET {} {}",
+                encode(self.key.as_bytes()),
+                encode(v.as_bytes())
+            ),
             None => format!("DEL {}", encode(self.key.as_bytes())),
         }
     }
@@ -202,7 +206,10 @@ impl fmt::Display for Violation {
                 "resurrected delete: {key:?} was deleted at {deleted} but is live at {found}"
             ),
             Self::Phantom { key, value } => {
-                write!(f, "phantom value: {key:?} = {value:?}, which no node was told to write")
+                write!(
+                    f,
+                    "phantom value: {key:?} = {value:?}, which no node was told to write"
+                )
             }
             Self::NotRecovered {
                 node,
@@ -241,7 +248,12 @@ pub(crate) fn check_dumps(dumps: &[Vec<DumpLine>]) -> Option<Violation> {
             .zip(d)
             .find(|(a, b)| a != b)
             .map(|(a, _)| a.key.clone())
-            .or_else(|| first.get(d.len()).or(d.get(first.len())).map(|e| e.key.clone()))
+            .or_else(|| {
+                first
+                    .get(d.len())
+                    .or(d.get(first.len()))
+                    .map(|e| e.key.clone())
+            })
             .unwrap_or_default();
         Some(Violation::DumpsDiffer {
             node,
@@ -263,9 +275,8 @@ pub(crate) fn check_final(history: &History, state: &[DumpLine]) -> Vec<Violatio
     for a in &history.acked {
         let found = map.get(a.op.key.as_str());
         let held = found.map(|e| e.version);
-        let same_value = found.is_some_and(|e| {
-            e.value.as_deref() == a.op.value.as_deref().map(str::as_bytes)
-        });
+        let same_value =
+            found.is_some_and(|e| e.value.as_deref() == a.op.value.as_deref().map(str::as_bytes));
         match found {
             // A tombstone may have been collected after its grace period.
             None if a.op.value.is_none() => {}
@@ -408,10 +419,16 @@ mod tests {
                 found: Some(ts(10, 0)),
             }]
         );
-        assert!(v[0].to_string().starts_with("lost write: node 1 acknowledged \"a\""));
+        assert!(
+            v[0].to_string()
+                .starts_with("lost write: node 1 acknowledged \"a\"")
+        );
         // A key missing altogether is lost too.
         let v = check_final(&h, &state[1..]);
-        assert!(v.iter().any(|v| matches!(v, Violation::Lost { key, found: None, .. } if key == "a")));
+        assert!(
+            v.iter()
+                .any(|v| matches!(v, Violation::Lost { key, found: None, .. } if key == "a"))
+        );
         // The same value under another version is not the acknowledged write.
         state[0] = line("a", ts(11, 1), Some("n0w0"));
         assert_eq!(check_final(&h, &state).len(), 1);
@@ -441,7 +458,10 @@ mod tests {
         assert_eq!(check_digests(&same), None);
         let differ = [(0, "aa".to_string()), (1, "aa".into()), (2, "ab".into())];
         let v = check_digests(&differ).expect("flagged");
-        assert_eq!(v.to_string(), "digests diverged: node 0=aa node 1=aa node 2=ab");
+        assert_eq!(
+            v.to_string(),
+            "digests diverged: node 0=aa node 1=aa node 2=ab"
+        );
         let (_, state) = history();
         let mut other = state.clone();
         other[2] = line("c", ts(15, 2), Some("n2w0"));
@@ -495,7 +515,8 @@ mod tests {
         assert_eq!(a.victims.len(), 1);
         assert_eq!(a.side.as_ref().map(BTreeSet::len), Some(2));
         // Different nodes write some of the same keys.
-        let keys = |n: usize| -> BTreeSet<&str> { a.writes[n].iter().map(|o| o.key.as_str()).collect() };
+        let keys =
+            |n: usize| -> BTreeSet<&str> { a.writes[n].iter().map(|o| o.key.as_str()).collect() };
         assert!(keys(0).intersection(&keys(1)).count() > 0);
         // Never more victims than leaves a survivor.
         assert_eq!(Plan::new(7, 3, 50, 9, false).victims.len(), 2);

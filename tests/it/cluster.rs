@@ -1,0 +1,198 @@
+//! A real cluster through the `multinode` binary: node processes on
+//! loopback, SIGKILL and restart from disk, the conductor's checks, and
+//! what a failed run leaves behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `multinode` binary of this build: built now, so it is never stale.
+fn multinode() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/it-<hash> → target/<profile>/
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build.args(["build", "--quiet", "-p", "multinode"]);
+    if dir.file_name().is_some_and(|p| p == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "cargo build -p multinode failed");
+    dir.join(format!("multinode{}", std::env::consts::EXE_SUFFIX))
+}
+
+fn test_cluster(dir: &Path, args: &[&str]) -> (Output, serde_json::Value) {
+    let json = dir.join(format!(
+        "report-{}.json",
+        args.join("_").replace(['-', '.'], "")
+    ));
+    let out = Command::new(multinode())
+        .arg("test-cluster")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--json")
+        .arg(&json)
+        .args(args)
+        .output()
+        .expect("multinode runs");
+    let text = std::fs::read_to_string(&json).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}); stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (
+        out,
+        serde_json::from_str(&text).expect("the report is JSON"),
+    )
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn three_node_processes_survive_a_kill_and_converge() {
+    let seed = multinode_testkit::seed("three_node_processes_survive_a_kill_and_converge");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seed_arg = seed.to_string();
+    let args = [
+        "--nodes", "3", "--keys", "60", "--rate", "400", "--seed", &seed_arg,
+    ];
+    let (out, report) = test_cluster(dir.path(), &args);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["processes_alive"], 0, "{report}");
+    // Three nodes, one killed and restarted: four processes, all reaped.
+    assert_eq!(report["processes_started"], 4, "{report}");
+    assert!(
+        report["acknowledged_writes"].as_u64().unwrap() > 100,
+        "{report}"
+    );
+    let phases: Vec<&str> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "join", "write", "write-2", "delete", "converge", "check", "stop"
+        ]
+    );
+    assert!(text.contains("acknowledged writes recovered"), "{text}");
+    assert!(text.contains("PASSED"), "{text}");
+    // A passing run cleans up after itself.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert!(left.is_empty(), "run directory kept: {left:?}");
+
+    // The same seed is the same scenario.
+    let (again, report2) = test_cluster(dir.path(), &args);
+    assert!(again.status.success(), "{}", stdout(&again));
+    assert_eq!(report["plan"], report2["plan"]);
+    let plan_line = |t: &str| t.lines().next().unwrap_or_default().to_owned();
+    assert_eq!(plan_line(&text), plan_line(&stdout(&again)));
+}
+
+#[test]
+fn a_failed_run_names_its_cause_and_keeps_its_logs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Nearly every gossip frame is lost and there is no time to agree.
+    let args = [
+        "--nodes",
+        "3",
+        "--keys",
+        "40",
+        "--rate",
+        "0",
+        "--seed",
+        "5",
+        "--loss",
+        "0.99",
+        "--converge-timeout",
+        "0.001",
+    ];
+    let (out, report) = test_cluster(dir.path(), &args);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(report["passed"], false);
+    assert_eq!(report["processes_alive"], 0, "{report}");
+    assert!(text.contains("FAILED: no agreement within"), "{text}");
+    assert!(text.contains("seed: 5"), "{text}");
+    assert!(
+        text.contains(
+            "replay: multinode test-cluster --nodes 3 --keys 40 --seed 5 --kills 1 --loss 0.99 --rate 0 --converge-timeout 0.001"
+        ),
+        "{text}"
+    );
+    let kept = PathBuf::from(report["run_directory"].as_str().unwrap());
+    assert!(kept.join("node-0.log").is_file(), "{text}");
+    assert!(kept.join("node-0").is_dir(), "{text}");
+}
+
+/// Whether a process with this id exists (`kill -0`).
+#[cfg(unix)]
+fn exists(pid: u32) -> bool {
+    Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_leaves_no_node_process_behind() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut conductor = Command::new(multinode())
+        .arg("test-cluster")
+        .arg("--dir")
+        .arg(dir.path())
+        .args([
+            "--nodes", "4", "--keys", "2000", "--rate", "50", "--seed", "9",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("multinode runs");
+    let mut lines = BufReader::new(conductor.stdout.take().unwrap()).lines();
+    // The join line names the node processes; they are writing after it.
+    let mut pids = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("conductor output");
+        if let Some((_, rest)) = line.split_once("(pids ") {
+            let list = rest.split(')').next().unwrap_or_default();
+            pids = list.split(' ').map(|p| p.parse::<u32>().unwrap()).collect();
+            break;
+        }
+    }
+    assert_eq!(pids.len(), 4, "no join line");
+    assert!(
+        pids.iter().all(|&p| exists(p)),
+        "nodes not running: {pids:?}"
+    );
+    let sent = Command::new("kill")
+        .args(["-INT", &conductor.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = conductor.wait().expect("conductor exits");
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    let text = rest.join("\n");
+    assert!(text.contains("FAILED: interrupted"), "{text}");
+    assert!(text.contains("0 alive"), "{text}");
+    let alive: Vec<u32> = pids.into_iter().filter(|&p| exists(p)).collect();
+    assert!(
+        alive.is_empty(),
+        "node processes outlived the run: {alive:?}"
+    );
+}
