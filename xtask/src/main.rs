@@ -101,7 +101,8 @@ fn target_dir() -> PathBuf {
         .map_or_else(|| root().join("target"), |t| root().join(t))
 }
 
-fn test_cluster(args: &[String]) -> Result<()> {
+/// Builds `multinode` and returns the `multinode test-cluster` command.
+fn test_cluster_command(args: &[&str]) -> Result<Command> {
     cargo("build", &["build", "--locked", "-p", "multinode"], &[])?;
     let target = target_dir();
     let exe = target
@@ -113,6 +114,13 @@ fn test_cluster(args: &[String]) -> Result<()> {
         .arg(target.join("test-cluster"))
         .args(args)
         .env("MULTINODE_REPLAY", "cargo xtask test-cluster");
+    Ok(cmd)
+}
+
+fn test_cluster(args: &[String]) -> Result<()> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = test_cluster_command(&args)?;
+    let exe = PathBuf::from(cmd.get_program());
     #[cfg(unix)]
     {
         // Become the conductor, so Ctrl-C reaches it and nothing waits
@@ -154,6 +162,14 @@ fn ci() -> Result<()> {
         &["doc", "--workspace", "--no-deps", "--locked"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
+    // A short real cluster: 5 node processes, a kill, a fresh seed each run
+    // (printed, with the command that replays it, if it fails).
+    let status = test_cluster_command(&["--nodes", "5", "--keys", "400", "--rate", "200"])?
+        .status()
+        .context("cannot run multinode test-cluster")?;
+    if !status.success() {
+        bail!("test-cluster failed ({status})");
+    }
     eprintln!("==> ci: all checks passed");
     // One plain closing line with the totals of every test binary.
     println!("tests: {passed} passed, {failed} failed");

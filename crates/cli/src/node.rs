@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::BytesMut;
 use clap::Args;
 use futures_util::StreamExt;
-use multinode_barrier::{BarrierNode, ENV_ADDR, ENV_INDEX, env_identity};
+use multinode_barrier::{BarrierError, BarrierNode, ENV_ADDR, ENV_INDEX, env_identity};
 use multinode_gossip::{GossipTransport, TcpTransport, TcpTransportConfig};
 use multinode_lww::{Fanout, Inbox, LwwNode, NodeConfig, ReplicaConfig};
 use multinode_wire::{ClusterId, LwwEntry, NodeId};
@@ -138,10 +138,28 @@ impl Proc {
 
     async fn barrier(&mut self) -> Result<&mut BarrierNode> {
         if self.barrier.is_none() {
+            if std::env::var_os(ENV_ADDR).is_none() {
+                bail!("no barrier controller: {ENV_ADDR} is not set");
+            }
             let (at, _) = env_identity()?;
-            let b = BarrierNode::connect(at, Some(self.id))
-                .await
-                .with_context(|| format!("cannot join the barrier controller at {at}"))?;
+            // A restarted node may beat the controller to noticing that its
+            // previous process's connection closed: retry that, briefly.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            let b = loop {
+                match BarrierNode::connect(at, Some(self.id)).await {
+                    Err(BarrierError::Refused(why))
+                        if why.ends_with("is already connected")
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    other => {
+                        break other.with_context(|| {
+                            format!("cannot join the barrier controller at {at}")
+                        })?;
+                    }
+                }
+            };
             self.barrier = Some(b);
         }
         Ok(self.barrier.as_mut().expect("connected above"))

@@ -251,3 +251,5 @@ fn ctrl_c_stops_every_node() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+mod node;

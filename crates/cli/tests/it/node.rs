@@ -1,0 +1,130 @@
+//! `multinode node` driven through its control interface, as a conductor
+//! or a script drives it.
+
+use std::io::{BufRead, BufReader, Lines, Write};
+use std::path::Path;
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+
+use super::{BIN, Reap, wait_exit};
+
+struct Ctl {
+    proc: Reap,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Ctl {
+    fn start(dir: &Path, extra: &[&str]) -> (Self, String) {
+        let mut child = Command::new(BIN)
+            .args(["node", "--id", "0", "--round-ms", "20", "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .env_remove("MULTINODE_BARRIER_ADDR")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn multinode node");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut ctl = Self {
+            proc: Reap(child),
+            stdin,
+            lines,
+        };
+        let ready = ctl.line();
+        (ctl, ready)
+    }
+
+    fn line(&mut self) -> String {
+        self.lines
+            .next()
+            .expect("a reply before the node exits")
+            .unwrap()
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        self.stdin.write_all(bytes).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn call(&mut self, line: &str) -> String {
+        self.raw(format!("{line}\n").as_bytes());
+        self.line()
+    }
+}
+
+#[test]
+fn bad_control_lines_get_error_lines_and_the_node_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut n, ready) = Ctl::start(dir.path(), &[]);
+    assert!(ready.starts_with("READY 0 127.0.0.1:"), "{ready}");
+    assert!(ready.ends_with(" entries=0"), "{ready}");
+    let cases: [(&[u8], &str); 8] = [
+        (b"HELLO\n", "ERR unknown command \"HELLO\""),
+        (b"SET onlykey\n", "ERR SET takes <key> <value>"),
+        (b"\n", "ERR empty line"),
+        (b"GET %zz\n", "ERR bad key: bad escape at byte 0"),
+        (b"LOSS 7\n", "ERR bad probability: \"7\" is not in [0, 1]"),
+        (b"\xff\xfe binary\n", "ERR line is not UTF-8"),
+        (b"PEER 1 not-an-address\n", "ERR bad address: \"not-an-address\" is not host:port"),
+        // No barrier controller in the environment.
+        (b"BARRIER x\n", "ERR no barrier controller: MULTINODE_BARRIER_ADDR is not set"),
+    ];
+    for (input, want) in cases {
+        n.raw(input);
+        let got = n.line();
+        assert!(got.starts_with(want), "{input:?}: got {got:?}, want {want:?}");
+    }
+    let mut long = vec![b'x'; 70_000];
+    long.push(b'\n');
+    n.raw(&long);
+    assert_eq!(n.line(), "ERR line longer than 65536 bytes");
+    assert_eq!(n.call("PING"), "PONG");
+    // Keys and values are percent-encoded both ways.
+    let ok = n.call("SET a%20key caf%C3%A9%0A");
+    assert!(ok.starts_with("OK ") && ok.ends_with("@0"), "{ok}");
+    let version = &ok[3..];
+    assert_eq!(n.call("GET a%20key"), format!("VALUE {version} caf%C3%A9%0A"));
+    assert_eq!(n.call("GET nothing"), "NONE");
+    let del = n.call("DEL a%20key");
+    assert_eq!(n.call("GET a%20key"), format!("GONE {}", &del[3..]));
+    let digest = n.call("DIGEST");
+    assert!(digest.contains(" live=0 entries=1 "), "{digest}");
+    assert!(n.call("STATS").starts_with("STATS rounds="));
+    assert_eq!(n.call("QUIT"), "BYE");
+    let status = wait_exit(&mut n.proc);
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn an_acknowledged_write_survives_sigkill_of_the_node_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut n, _) = Ctl::start(dir.path(), &[]);
+    let mut acked = Vec::new();
+    for k in 0..50 {
+        let ok = n.call(&format!("SET k{k} v{k}"));
+        acked.push((k, ok.strip_prefix("OK ").expect("acknowledged").to_owned()));
+    }
+    let del = n.call("DEL k7");
+    // Writes still in flight when the kill lands may or may not survive.
+    n.raw(b"SET late1 x\nSET late2 y\n");
+    n.proc.0.kill().unwrap();
+    n.proc.0.wait().unwrap();
+
+    let (mut n, ready) = Ctl::start(dir.path(), &[]);
+    let restored: usize = ready.rsplit('=').next().unwrap().parse().unwrap();
+    assert!((50..=52).contains(&restored), "{ready}");
+    for (k, version) in acked {
+        let got = n.call(&format!("GET k{k}"));
+        if k == 7 {
+            assert_eq!(got, format!("GONE {}", &del[3..]));
+        } else {
+            assert_eq!(got, format!("VALUE {version} v{k}"));
+        }
+    }
+    // End of input stops the node cleanly.
+    drop(n.stdin);
+    let status = wait_exit(&mut n.proc);
+    assert!(status.success(), "{status}");
+}
