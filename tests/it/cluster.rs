@@ -168,8 +168,7 @@ fn ctrl_c_leaves_no_node_process_behind() {
     let mut pids = Vec::new();
     for line in lines.by_ref() {
         let line = line.expect("conductor output");
-        if let Some((_, rest)) = line.split_once("(pids ") {
-            let list = rest.split(')').next().unwrap_or_default();
+        if let Some((_, list)) = line.split_once("node processes: pids ") {
             pids = list.split(' ').map(|p| p.parse::<u32>().unwrap()).collect();
             break;
         }

@@ -490,15 +490,12 @@ impl Conductor {
             .filter_map(|p| p.child.id())
             .map(|p| p.to_string())
             .collect();
+        self.say("join", &format!("node processes: pids {}", pids.join(" ")));
         self.end(
             "join",
             began,
             None,
-            format!(
-                "{} nodes up, addresses exchanged (pids {})",
-                ready.len(),
-                pids.join(" ")
-            ),
+            format!("{} nodes up, addresses exchanged", ready.len()),
         )
         .await?;
 

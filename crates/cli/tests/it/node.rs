@@ -67,14 +67,23 @@ fn bad_control_lines_get_error_lines_and_the_node_carries_on() {
         (b"GET %zz\n", "ERR bad key: bad escape at byte 0"),
         (b"LOSS 7\n", "ERR bad probability: \"7\" is not in [0, 1]"),
         (b"\xff\xfe binary\n", "ERR line is not UTF-8"),
-        (b"PEER 1 not-an-address\n", "ERR bad address: \"not-an-address\" is not host:port"),
+        (
+            b"PEER 1 not-an-address\n",
+            "ERR bad address: \"not-an-address\" is not host:port",
+        ),
         // No barrier controller in the environment.
-        (b"BARRIER x\n", "ERR no barrier controller: MULTINODE_BARRIER_ADDR is not set"),
+        (
+            b"BARRIER x\n",
+            "ERR no barrier controller: MULTINODE_BARRIER_ADDR is not set",
+        ),
     ];
     for (input, want) in cases {
         n.raw(input);
         let got = n.line();
-        assert!(got.starts_with(want), "{input:?}: got {got:?}, want {want:?}");
+        assert!(
+            got.starts_with(want),
+            "{input:?}: got {got:?}, want {want:?}"
+        );
     }
     let mut long = vec![b'x'; 70_000];
     long.push(b'\n');
@@ -85,7 +94,10 @@ fn bad_control_lines_get_error_lines_and_the_node_carries_on() {
     let ok = n.call("SET a%20key caf%C3%A9%0A");
     assert!(ok.starts_with("OK ") && ok.ends_with("@0"), "{ok}");
     let version = &ok[3..];
-    assert_eq!(n.call("GET a%20key"), format!("VALUE {version} caf%C3%A9%0A"));
+    assert_eq!(
+        n.call("GET a%20key"),
+        format!("VALUE {version} caf%C3%A9%0A")
+    );
     assert_eq!(n.call("GET nothing"), "NONE");
     let del = n.call("DEL a%20key");
     assert_eq!(n.call("GET a%20key"), format!("GONE {}", &del[3..]));
