@@ -83,6 +83,8 @@ struct Phase {
     converge: Option<Duration>,
     frames: u64,
     bytes: u64,
+    /// Writes acknowledged during the phase.
+    writes: usize,
     result: String,
 }
 
@@ -237,6 +239,8 @@ struct Conductor {
     base: Vec<(u64, u64)>,
     acked_at_kill: usize,
     converged_entries: usize,
+    /// Acknowledged writes when the phase began.
+    acked_base: usize,
 }
 
 pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
@@ -286,6 +290,7 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
         base: Vec::new(),
         acked_at_kill: 0,
         converged_entries: 0,
+        acked_base: 0,
     };
     let mut interrupted = false;
     let outcome = tokio::select! {
@@ -396,6 +401,7 @@ impl Conductor {
 
     async fn begin(&mut self) -> Result<Instant> {
         self.base = try_join_all(self.nodes.iter_mut().map(NodeProc::sent)).await?;
+        self.acked_base = self.history.acked.len();
         Ok(Instant::now())
     }
 
@@ -425,6 +431,7 @@ impl Conductor {
             converge,
             frames,
             bytes,
+            writes: self.history.acked.len() - self.acked_base,
             result,
         });
         Ok(())
@@ -751,6 +758,7 @@ impl Conductor {
                 converge: None,
                 frames: 0,
                 bytes: 0,
+                writes: 0,
                 result: format!(
                     "{} processes started, {} reaped, {alive} alive",
                     self.started, self.reaped
@@ -806,6 +814,7 @@ impl Conductor {
                     "converge_ms": p.converge.map(|d| d.as_millis() as u64),
                     "frames_sent": p.frames,
                     "bytes_sent": p.bytes,
+                    "writes": p.writes,
                     "result": p.result,
                 })
             })
