@@ -558,7 +558,10 @@ impl Conductor {
         self.nodes = keep;
         let mut back = Vec::new();
         for &i in &killed {
-            let mut node = self.spawn(i, true)?;
+            // Held by the conductor at once, so every exit path reaps it.
+            let node = self.spawn(i, true)?;
+            self.nodes.push(node);
+            let node = self.nodes.last_mut().expect("just pushed");
             let line = node.recv().await?;
             if !line.starts_with("READY ") {
                 bail!("node {i}: restarted with {line:?}");
@@ -574,7 +577,6 @@ impl Conductor {
                 "node {i} (pid {}): {own} acknowledged writes recovered",
                 node.child.id().unwrap_or(0)
             ));
-            self.nodes.push(node);
         }
         self.nodes.sort_by_key(|p| p.index);
         self.faults(Some(&killed)).await?;

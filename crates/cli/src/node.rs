@@ -198,10 +198,14 @@ impl Proc {
     /// Serves control lines until `QUIT`, end of input or a signal.
     async fn serve(&mut self) -> Result<&'static str> {
         let mut lines = FramedRead::new(tokio::io::stdin(), ControlLines::default());
+        // One listener for the whole life of the node: a signal that lands
+        // while a command is being served is still seen.
+        let stop = crate::interrupted();
+        tokio::pin!(stop);
         loop {
             let next = tokio::select! {
                 next = lines.next() => next,
-                why = crate::interrupted() => return Ok(why),
+                why = &mut stop => return Ok(why),
             };
             let line = match next {
                 None => return Ok("end of input"),

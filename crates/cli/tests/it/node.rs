@@ -140,3 +140,19 @@ fn an_acknowledged_write_survives_sigkill_of_the_node_process() {
     let status = wait_exit(&mut n.proc);
     assert!(status.success(), "{status}");
 }
+
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_the_node_cleanly_even_mid_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut n, _) = Ctl::start(dir.path(), &[]);
+    // Served commands first: the signal listener must outlive them.
+    for k in 0..5 {
+        assert!(n.call(&format!("SET k{k} v")).starts_with("OK "));
+    }
+    let pid = n.proc.0.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success());
+    let status = wait_exit(&mut n.proc);
+    assert!(status.success(), "{status}");
+}
