@@ -4,7 +4,9 @@
 //!   trials), against an idealised push-pull rumour on the same peer
 //!   choices' distribution: every node contacts 3 uniform peers a round and
 //!   a contact informs both ends, with no protocol at all;
-//! - the same at 50% message loss, against our own no-loss figure;
+//! - the same at 50% message loss, against our own no-loss figure, and
+//!   against the idealised rumour at the same loss (a push is one message,
+//!   a pull two, each lost independently);
 //! - bytes to converge after 100 new writes into 100,000 keys, against a
 //!   full-state push (each replica sends its whole state to 3 peers a
 //!   round) over the same rounds, sized from the replicas' real state.
@@ -21,7 +23,7 @@ fn main() {
     for (n, trials, target) in [(100usize, 200usize, 5.0 / 4.0), (1000, 30, 7.0 / 6.0)] {
         let trials = if quick { trials / 5 } else { trials };
         let ours = spread_p99(n, trials, 0.0);
-        let ideal = ideal_p99(n, 2000);
+        let ideal = ideal_p99(n, 2000, 0.0);
         no_loss.push(ours);
         record(
             "lww",
@@ -46,6 +48,17 @@ fn main() {
             "ours without loss, same run",
             Better::Lower,
             Some(2.0),
+        );
+        let ideal = ideal_p99(n, if quick { 200 } else { 1000 }, 0.5);
+        record(
+            "lww",
+            &format!("rounds_p99_n{n}_loss50_vs_ideal"),
+            "rounds",
+            lossy,
+            ideal,
+            "idealised push-pull rumour at 50% loss, fanout 3 (Monte Carlo)",
+            Better::Lower,
+            None,
         );
     }
     let keys = if quick { 20_000 } else { 100_000 };
@@ -86,8 +99,10 @@ fn spread_p99(n: usize, trials: usize, loss: f64) -> f64 {
     percentile(&mut rounds, 99.0)
 }
 
-/// The idealised rumour: rounds until all `n` know, p99 of `trials`.
-fn ideal_p99(n: usize, trials: usize) -> f64 {
+/// The idealised rumour: rounds until all `n` know, p99 of `trials`. Each
+/// contact a→b is a push (one message) if a knew and a pull (a request and
+/// a reply) if b knew; each message is lost with probability `loss`.
+fn ideal_p99(n: usize, trials: usize, loss: f64) -> f64 {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let mut rounds = Vec::with_capacity(trials);
     for _ in 0..trials {
@@ -104,13 +119,19 @@ fn ideal_p99(n: usize, trials: usize) -> f64 {
                     if b >= a {
                         b += 1;
                     }
-                    if before[a] || before[b] {
-                        for x in [a, b] {
-                            if !knows[x] {
-                                knows[x] = true;
-                                count += 1;
-                            }
-                        }
+                    let mut arrives = |messages: i32| {
+                        loss == 0.0 || (0..messages).all(|_| !rng.random_bool(loss))
+                    };
+                    let informed = if before[a] && !knows[b] && arrives(1) {
+                        Some(b)
+                    } else if before[b] && !knows[a] && arrives(2) {
+                        Some(a)
+                    } else {
+                        None
+                    };
+                    if let Some(x) = informed {
+                        knows[x] = true;
+                        count += 1;
                     }
                 }
             }
