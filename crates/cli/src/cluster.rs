@@ -237,7 +237,6 @@ struct Conductor {
     t0: Instant,
     /// Each node's counters at the start of the phase.
     base: Vec<(u64, u64)>,
-    acked_at_kill: usize,
     converged_entries: usize,
     /// Acknowledged writes when the phase began.
     acked_base: usize,
@@ -288,7 +287,6 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
         phases: Vec::new(),
         t0: Instant::now(),
         base: Vec::new(),
-        acked_at_kill: 0,
         converged_entries: 0,
         acked_base: 0,
     };
@@ -535,7 +533,6 @@ impl Conductor {
             unsure.extend(lost.into_iter().map(|op| (i, op)));
             acks.extend(acked);
         }
-        self.acked_at_kill = acks.len();
         let killed: Vec<usize> = plan.victims.iter().map(|v| v.node).collect();
         self.reaped += killed.len() as u32;
         self.history.acked.extend(acks);
@@ -587,7 +584,7 @@ impl Conductor {
             None,
             format!(
                 "{} acknowledged, {} kill(s); {}",
-                self.acked_at_kill,
+                self.history.acked.len(),
                 killed.len(),
                 if back.is_empty() {
                     "no restarts".into()

@@ -37,7 +37,7 @@ pub(crate) enum ParseError {
     #[error("unknown command {0:?}")]
     Unknown(String),
     #[error("{0} takes {1}")]
-    Arity(&'static str, &'static str),
+    Arity(String, &'static str),
     #[error("bad {what}: {why}")]
     Bad { what: &'static str, why: String },
 }
@@ -64,7 +64,7 @@ impl std::str::FromStr for Command {
             if args.len() == n && args.iter().all(|a| !a.is_empty()) {
                 Ok(())
             } else {
-                Err(ParseError::Arity(verb_name(verb), usage))
+                Err(ParseError::Arity(verb.to_owned(), usage))
             }
         };
         Ok(match verb {
@@ -113,7 +113,7 @@ impl std::str::FromStr for Command {
             }
             "BLOCK" => {
                 if args.is_empty() || args.iter().any(|a| a.is_empty()) {
-                    return Err(ParseError::Arity("BLOCK", "<id> [<id>...]"));
+                    return Err(ParseError::Arity("BLOCK".into(), "<id> [<id>...]"));
                 }
                 Command::Block(args.iter().map(|a| node_id(a)).collect::<Result<_, _>>()?)
             }
@@ -122,15 +122,6 @@ impl std::str::FromStr for Command {
             other => return Err(ParseError::Unknown(truncate(other))),
         })
     }
-}
-
-/// The verb as a static name for error messages.
-fn verb_name(verb: &str) -> &'static str {
-    const VERBS: [&str; 14] = [
-        "PING", "SET", "DEL", "GET", "DIGEST", "DUMP", "STATS", "PEER", "JOIN", "BARRIER", "LOSS",
-        "BLOCK", "UNBLOCK", "QUIT",
-    ];
-    VERBS.into_iter().find(|v| *v == verb).unwrap_or("command")
 }
 
 fn truncate(s: &str) -> String {

@@ -121,7 +121,11 @@ pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
     let outcome = p.serve().await;
     if let Some(b) = p.barrier.take() {
         // Leaving lets later barriers go on without us; best effort.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), b.leave()).await;
+        match tokio::time::timeout(std::time::Duration::from_secs(2), b.leave()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(node = %id, "could not leave the barrier: {e}"),
+            Err(_) => tracing::warn!(node = %id, "leaving the barrier took over 2 s"),
+        }
     }
     p.node.transport().inner().shutdown().await;
     p.node.shutdown().await;
