@@ -375,13 +375,14 @@ fn stats_line(node: &Node) -> String {
         "STATS rounds={} frames_sent={frames_sent} bytes_sent={bytes_sent} \
          frames_received={frames_received} bytes_received={bytes_received} \
          entries_sent={} entries_applied={} transport_drops={drops} fault_drops={} \
-         send_failed={} inbox_full={} resyncs={}",
+         send_failed={} inbox_full={} resyncs={} retries={}",
         r.rounds,
         r.entries_sent,
         r.entries_applied,
         node.transport().dropped(),
         s.send_failed,
         s.inbox_full,
-        r.resyncs
+        r.resyncs,
+        r.retries
     )
 }

@@ -6,7 +6,9 @@
 //!   a contact informs both ends, with no protocol at all;
 //! - the same at 50% message loss, against our own no-loss figure, and
 //!   against the idealised rumour at the same loss (a push is one message,
-//!   a pull two, each lost independently);
+//!   a pull two, each lost independently; it has no retries, ours retry
+//!   an unanswered exchange once a round); with the messages each replica
+//!   sends a round at that loss, against the same without loss;
 //! - bytes to converge after 100 new writes into 100,000 keys, against a
 //!   full-state push (each replica sends its whole state to 3 peers a
 //!   round) over the same rounds, sized from the replicas' real state.
@@ -22,9 +24,9 @@ fn main() {
     let mut no_loss = Vec::new();
     for (n, trials, target) in [(100usize, 200usize, 5.0 / 4.0), (1000, 30, 7.0 / 6.0)] {
         let trials = if quick { trials / 5 } else { trials };
-        let ours = spread_p99(n, trials, 0.0);
+        let (ours, messages) = spread_p99(n, trials, 0.0);
         let ideal = ideal_p99(n, 2000, 0.0);
-        no_loss.push(ours);
+        no_loss.push((ours, messages));
         record(
             "lww",
             &format!("rounds_p99_n{n}"),
@@ -38,16 +40,26 @@ fn main() {
     }
     for (i, (n, trials)) in [(100usize, 200usize), (1000, 30)].into_iter().enumerate() {
         let trials = if quick { trials / 5 } else { trials };
-        let lossy = spread_p99(n, trials, 0.5);
+        let (lossy, messages) = spread_p99(n, trials, 0.5);
         record(
             "lww",
             &format!("rounds_p99_n{n}_loss50"),
             "rounds",
             lossy,
-            no_loss[i],
+            no_loss[i].0,
             "ours without loss, same run",
             Better::Lower,
             Some(2.0),
+        );
+        record(
+            "lww",
+            &format!("messages_per_round_n{n}_loss50"),
+            "messages/replica",
+            messages,
+            no_loss[i].1,
+            "ours without loss, same run (retries included)",
+            Better::Lower,
+            None,
         );
         let ideal = ideal_p99(n, if quick { 200 } else { 1000 }, 0.5);
         record(
@@ -56,7 +68,7 @@ fn main() {
             "rounds",
             lossy,
             ideal,
-            "idealised push-pull rumour at 50% loss, fanout 3 (Monte Carlo)",
+            "idealised push-pull rumour at 50% loss, fanout 3, no retries (Monte Carlo)",
             Better::Lower,
             None,
         );
@@ -80,14 +92,16 @@ fn sim(n: usize, seed: u64) -> Simulator {
 }
 
 /// p99 over `trials` of the rounds until all `n` replicas hold a new write
-/// made at a random replica, at message loss `loss`.
-fn spread_p99(n: usize, trials: usize, loss: f64) -> f64 {
+/// made at a random replica, at message loss `loss`; and the messages a
+/// replica sent per round meanwhile (lost ones included).
+fn spread_p99(n: usize, trials: usize, loss: f64) -> (f64, f64) {
     let mut s = sim(n, 0x5eed ^ n as u64);
     // Settle the initial resynchronisations first.
     s.run_until(50, |s| s.live().all(|r| !r.is_resyncing()));
     s.set_loss(loss);
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut rounds = Vec::with_capacity(trials);
+    let before = s.totals();
     for t in 0..trials {
         let at = rng.random_range(0..n);
         let e = s.set(at, &format!("t{t}"), b"v").expect("write");
@@ -96,7 +110,10 @@ fn spread_p99(n: usize, trials: usize, loss: f64) -> f64 {
             .expect("a write never spread");
         rounds.push(r as f64);
     }
-    percentile(&mut rounds, 99.0)
+    let after = s.totals();
+    let per_round =
+        (after.messages - before.messages) as f64 / (after.rounds - before.rounds) as f64;
+    (percentile(&mut rounds, 99.0), per_round / n as f64)
 }
 
 /// The idealised rumour: rounds until all `n` know, p99 of `trials`. Each

@@ -58,6 +58,13 @@ pub struct ReplicaConfig {
     /// Rounds a resynchronisation may take before its own-history guard
     /// is lifted (default 100).
     pub resync_rounds: u64,
+    /// Times a round retries its unanswered exchanges, each with a peer
+    /// the round has not contacted yet (default 1; 0 never retries). The
+    /// node spaces them evenly: an exchange gets `round_interval_ms /
+    /// (retries + 1)` to be answered. At 50% message loss one retry keeps
+    /// a round's messages about where they are without loss (the lost
+    /// answers are the messages the retries send instead).
+    pub retries: u32,
     /// Seeds the peer choice and the delta's starting origin.
     pub seed: u64,
 }
@@ -75,6 +82,7 @@ impl ReplicaConfig {
             phi_suspect: 5.0,
             phi_dead: 12.0,
             resync_rounds: 100,
+            retries: 1,
             seed: node.0,
         }
     }

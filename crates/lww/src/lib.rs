@@ -9,8 +9,9 @@
 //! - Anti-entropy by digest then delta: a round sends each chosen peer a
 //!   digest of per-origin *watermarks*; the answer carries what the digest
 //!   lacks, at most [`ReplicaConfig::delta_budget`] bytes, origins taking
-//!   turns; the opener answers in kind (push-pull). Replicas that agree
-//!   exchange only digests. A replica lagging a peer by more than the
+//!   turns; the opener answers in kind (push-pull). An exchange left
+//!   unanswered is retried with another peer within the round
+//!   ([`Replica::retry`]). Replicas that agree exchange only digests. A replica lagging a peer by more than the
 //!   tombstone grace (or restored from disk) resynchronises: it drops what
 //!   that peer provably saw and pulls it back, so a delete it missed
 //!   cannot come back through it.

@@ -308,6 +308,12 @@ impl<T: GossipTransport + 'static> Drop for LwwNode<T> {
 async fn run<T: GossipTransport + 'static>(s: Arc<Shared<T>>, mut inbox: Inbox, every: Duration) {
     let mut timer = tokio::time::interval(every);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Retries are spaced evenly through the round, from its tick.
+    let passes = s.replica.lock().config().retries;
+    let slice = every / (passes + 1);
+    let mut retries_left = 0;
+    let retry = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(retry);
     let mut poison_reported = false;
     loop {
         // Queued store writes are not awaited; a store that failed says so
@@ -329,6 +335,14 @@ async fn run<T: GossipTransport + 'static>(s: Arc<Shared<T>>, mut inbox: Inbox, 
                     }
                 }
                 send(&s, round.messages);
+                retries_left = passes;
+                retry.as_mut().reset(tokio::time::Instant::now() + slice);
+            }
+            () = &mut retry, if retries_left > 0 => {
+                retries_left -= 1;
+                let out = s.replica.lock().retry(wall_ms());
+                send(&s, out);
+                retry.as_mut().reset(tokio::time::Instant::now() + slice);
             }
             Some((from, m)) = inbox.rx.recv() => {
                 let got = s.replica.lock().receive(from, m, wall_ms());

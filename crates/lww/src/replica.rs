@@ -68,6 +68,9 @@ pub struct ReplicaStats {
     pub rejected: u64,
     /// Resynchronisations started.
     pub resyncs: u64,
+    /// Exchanges opened again with another peer because the first went
+    /// unanswered.
+    pub retries: u64,
     /// Tombstones collected.
     pub collected: u64,
 }
@@ -99,6 +102,10 @@ pub struct Replica {
     peers: BTreeMap<NodeId, Detector>,
     inflight: BTreeSet<Timestamp>,
     hot: VecDeque<(u64, Timestamp, String)>,
+    /// The peers this round opened an exchange with, and whether each is
+    /// still waiting for its answer.
+    opened: BTreeMap<NodeId, bool>,
+    retry_passes: u32,
     resync: Option<Resync>,
     unsynced: bool,
     live: usize,
@@ -123,6 +130,8 @@ impl Replica {
             peers: BTreeMap::new(),
             inflight: BTreeSet::new(),
             hot: VecDeque::new(),
+            opened: BTreeMap::new(),
+            retry_passes: 0,
             resync: None,
             // A new replica cannot tell a fresh start from a restart that
             // lost its state: it learns its own history from its first peer.
@@ -318,11 +327,52 @@ impl Replica {
         let ids: Vec<NodeId> = self.peers.keys().copied().collect();
         let k = self.cfg.fanout.of(ids.len());
         let chosen = sample(&mut self.rng, ids, k);
+        self.opened.clear();
+        self.retry_passes = 0;
+        round.messages = self.open(chosen);
+        round
+    }
+
+    /// Retries this round's unanswered exchanges, each with a peer the
+    /// round has not contacted; at most [`ReplicaConfig::retries`] times a
+    /// round. An exchange is answered when the peer's reply arrives (the
+    /// rest of it may still be lost), so without loss nothing is retried.
+    pub fn retry(&mut self, now_ms: u64) -> Outgoing {
+        self.now_ms = self.now_ms.max(now_ms);
+        if self.retry_passes >= self.cfg.retries {
+            return Outgoing::new();
+        }
+        self.retry_passes += 1;
+        let mut unanswered = 0;
+        for waiting in self.opened.values_mut() {
+            if *waiting {
+                // Given up on: a late answer is still taken in.
+                *waiting = false;
+                unanswered += 1;
+            }
+        }
+        let fresh: Vec<NodeId> = self
+            .peers
+            .keys()
+            .filter(|p| !self.opened.contains_key(p))
+            .copied()
+            .collect();
+        let chosen = sample(&mut self.rng, fresh, unanswered);
+        self.stats.retries += chosen.len() as u64;
+        self.open(chosen)
+    }
+
+    /// Opens an exchange with each of `peers`: a digest, or a sync when
+    /// recent changes ride along with it (rumour mongering over
+    /// anti-entropy: one lost message then delays them less).
+    fn open(&mut self, peers: Vec<NodeId>) -> Outgoing {
+        if peers.is_empty() {
+            return Outgoing::new();
+        }
         let watermarks = self.digest();
         let hot = self.hot(&watermarks);
-        for to in chosen {
-            // Recent changes ride along with the digest (rumour mongering
-            // over anti-entropy): one lost message then delays them less.
+        let mut out = Outgoing::with_capacity(peers.len());
+        for to in peers {
             let m = if hot.is_empty() {
                 LwwMessage::Digest {
                     epoch: self.epoch,
@@ -339,9 +389,10 @@ impl Replica {
                 }
             };
             self.count_sent(&m);
-            round.messages.push((to, m));
+            self.opened.insert(to, true);
+            out.push((to, m));
         }
-        round
+        out
     }
 
     /// Takes in a message from `from` at wall time `now_ms`.
@@ -367,6 +418,11 @@ impl Replica {
                 entries,
                 partial,
             } => {
+                if reply && answers != NO_DIGEST {
+                    if let Some(waiting) = self.opened.get_mut(&from) {
+                        *waiting = false;
+                    }
+                }
                 let reset = self.maybe_resync(&watermarks);
                 let rejected = self.apply(entries, &mut out.changes);
                 if answers == NO_DIGEST {

@@ -190,7 +190,10 @@ impl Simulator {
         self.now_ms += ms;
     }
 
-    /// Runs one round.
+    /// Runs one round: every live replica ticks and the messages are
+    /// delivered until none is left; then, as many times as the replicas'
+    /// [`retries`](ReplicaConfig::retries) allow, each retries what went
+    /// unanswered and those messages are delivered in turn.
     pub fn round(&mut self) -> SimStats {
         self.now_ms += self.round_ms;
         let now = self.now_ms;
@@ -207,6 +210,33 @@ impl Simulator {
                 }
             }
         }
+        self.deliver(&mut queue, now, &mut stats);
+        let passes = self.configs.iter().map(|c| c.retries).max().unwrap_or(0);
+        for pass in 1..=passes {
+            // Spaced through the round, as a node spaces them.
+            let at = now + self.round_ms * u64::from(pass) / u64::from(passes + 1);
+            for i in 0..self.replicas.len() {
+                if let Some(r) = self.replicas[i].as_mut() {
+                    for (to, m) in r.retry(at) {
+                        queue.push_back((i, to.0 as usize, m));
+                    }
+                }
+            }
+            if queue.is_empty() {
+                break;
+            }
+            self.deliver(&mut queue, at, &mut stats);
+        }
+        self.totals += stats;
+        stats
+    }
+
+    fn deliver(
+        &mut self,
+        queue: &mut VecDeque<(usize, usize, LwwMessage)>,
+        now: u64,
+        stats: &mut SimStats,
+    ) {
         while let Some((from, to, m)) = queue.pop_front() {
             stats.messages += 1;
             stats.bytes += wire_len(&m);
@@ -225,8 +255,6 @@ impl Simulator {
                 queue.push_back((to, next.0 as usize, reply));
             }
         }
-        self.totals += stats;
-        stats
     }
 
     /// Runs rounds until `done` holds (checked before each), at most

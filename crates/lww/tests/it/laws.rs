@@ -1,9 +1,9 @@
 //! The merge laws and the reference node's defects, on the sans-IO replica.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use multinode_lww::{Fanout, LwwEntry, LwwError, PeerStatus, Replica, ReplicaConfig};
+use multinode_lww::{Fanout, LwwEntry, LwwError, Outgoing, PeerStatus, Replica, ReplicaConfig};
 use multinode_testkit::proptest_config;
 use multinode_wire::{LwwMessage, NodeId, Timestamp};
 use proptest::prelude::*;
@@ -290,4 +290,57 @@ fn merge_is_commutative_associative_and_idempotent() {
             Ok(())
         })
         .unwrap();
+}
+
+/// Delivers `opened` to `peers` and their answers back to `a`; the closing
+/// syncs `a` sends are dropped.
+fn answer(a: &mut Replica, peers: &mut BTreeMap<NodeId, Replica>, opened: Outgoing, now: u64) {
+    for (to, m) in opened {
+        let got = peers.get_mut(&to).unwrap().receive(a.node(), m, now);
+        for (_, r) in got.replies {
+            a.receive(to, r, now);
+        }
+    }
+}
+
+#[test]
+fn an_unanswered_exchange_is_retried_once_with_a_peer_not_yet_contacted() {
+    let mut a = replica(0);
+    let mut peers: BTreeMap<NodeId, Replica> = (1..=10).map(|i| (NodeId(i), replica(i))).collect();
+    for p in peers.values_mut() {
+        a.add_peer(p.node());
+        p.add_peer(a.node());
+    }
+    let opened = a.tick(T0).messages;
+    assert_eq!(opened.len(), 3);
+    let first: BTreeSet<NodeId> = opened.iter().map(|(to, _)| *to).collect();
+    // The first peer answers; the other two openers are lost.
+    answer(&mut a, &mut peers, opened[..1].to_vec(), T0);
+    let retried = a.retry(T0 + 50);
+    let second: BTreeSet<NodeId> = retried.iter().map(|(to, _)| *to).collect();
+    assert_eq!(second.len(), 2, "two exchanges went unanswered: {second:?}");
+    assert!(
+        second.is_disjoint(&first),
+        "a retry went to a peer already contacted"
+    );
+    assert_eq!(a.stats().retries, 2);
+    // One retry a round by default, answered or not.
+    assert!(a.retry(T0 + 75).is_empty());
+    // A round whose exchanges are all answered retries nothing.
+    let opened = a.tick(T0 + 100).messages;
+    answer(&mut a, &mut peers, opened, T0 + 100);
+    assert!(
+        a.retry(T0 + 150).is_empty(),
+        "answered exchanges were retried"
+    );
+    assert_eq!(a.stats().retries, 2);
+    // `retries = 0` never retries.
+    let mut cfg = ReplicaConfig::new(NodeId(0));
+    cfg.retries = 0;
+    let mut z = Replica::new(cfg).expect("config");
+    for i in 1..=10 {
+        z.add_peer(NodeId(i));
+    }
+    assert_eq!(z.tick(T0).messages.len(), 3);
+    assert!(z.retry(T0 + 50).is_empty());
 }

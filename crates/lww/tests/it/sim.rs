@@ -57,6 +57,21 @@ fn converges_under_30_percent_loss() {
 }
 
 #[test]
+fn retries_replace_lost_exchanges_only() {
+    let mut s = sim(30, seed("retries_replace_lost_exchanges_only"));
+    write_some(&mut s, 100, "x");
+    s.run_until(100, Simulator::converged)
+        .expect("no convergence without loss");
+    let retries = |s: &Simulator| s.live().map(|r| r.stats().retries).sum::<u64>();
+    assert_eq!(retries(&s), 0, "retried without any loss");
+    s.set_loss(0.5);
+    write_some(&mut s, 100, "y");
+    s.run_until(200, Simulator::converged)
+        .expect("no convergence under 50% loss");
+    assert!(retries(&s) > 0, "50% loss retried nothing");
+}
+
+#[test]
 fn converges_after_a_partition_heals() {
     let mut s = sim(10, seed("converges_after_a_partition_heals"));
     s.partition(&[&[0, 1, 2, 3, 4]]);
