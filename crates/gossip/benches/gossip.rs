@@ -6,10 +6,8 @@
 //! - the in-process transport, one sender to one receiver, against a bare
 //!   tokio `mpsc::channel(4096)` carrying the same frames to a task.
 //!
-//! Both sides of each comparison run on the same 2-worker runtime. A
-//! sender refused for a full queue waits as each API offers: ours with
-//! `GossipTransport::ready`, the mpsc baseline by yielding, the plain TCP
-//! pair inside its own `write_all`.
+//! Both sides of each comparison run on the same 2-worker runtime, and
+//! both retry a full queue the same way (yield, then try again).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,13 +115,13 @@ impl RemoteMessageSink for Counter {
     }
 }
 
-/// Sends `n` copies of `f` to `to`, waiting for room when the queue is full.
+/// Sends `n` copies of `f` to `to`, yielding while the queue is full.
 async fn send_n(t: &impl GossipTransport, to: NodeId, f: &ClusterFrame, n: u64) {
     for _ in 0..n {
         loop {
             match t.send(to, f) {
                 Ok(()) => break,
-                Err(SendError::QueueFull { .. }) => t.ready(to).await,
+                Err(SendError::QueueFull { .. }) => tokio::task::yield_now().await,
                 Err(e) => panic!("send: {e}"),
             }
         }

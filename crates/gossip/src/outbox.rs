@@ -13,12 +13,8 @@ use tokio_util::codec::Encoder;
 /// never split: one larger than this makes a chunk of its own size).
 pub(crate) const CHUNK: usize = 64 << 10;
 
-/// Spare buffers kept for reuse while frames stream: up to 4 MiB, so a
-/// sender that refills half the queue at a time touches no fresh pages.
-const POOL: usize = 64;
-
-/// Spare buffers kept once the queue has drained ([`Outbox::trim`]).
-const POOL_IDLE: usize = 4;
+/// Spare buffers kept for reuse.
+const POOL: usize = 4;
 
 /// Why a frame was not queued.
 #[derive(Debug)]
@@ -43,11 +39,6 @@ pub(crate) struct Outbox {
     pub(crate) idle: bool,
     /// The connection task has ended: pushes fail.
     pub(crate) closed: bool,
-    /// A sender waits for room: the next take that makes it should wake it.
-    pub(crate) want_room: bool,
-    /// The connection task coalesces: the next push that closes a chunk
-    /// should wake it.
-    pub(crate) want_chunk: bool,
 }
 
 impl Outbox {
@@ -64,14 +55,7 @@ impl Outbox {
             max_bytes,
             idle: false,
             closed: false,
-            want_room: false,
-            want_chunk: false,
         }
-    }
-
-    /// Whether the queue is at most half full, by frames and by bytes.
-    pub(crate) fn has_room(&self) -> bool {
-        self.frames <= self.max_frames / 2 && self.bytes <= self.max_bytes / 2
     }
 
     /// Frames queued.
@@ -82,9 +66,8 @@ impl Outbox {
     /// Encodes `frame` at the back of the queue. Over a bound, the frame
     /// is refused and the queue left as it was (overflow refuses the
     /// newest). A single frame may exceed the byte bound when the queue is
-    /// empty, so any frame under the cap can be sent. Returns whether the
-    /// connection task should be woken for it.
-    pub(crate) fn push(&mut self, frame: &ClusterFrame) -> Result<bool, Refused> {
+    /// empty, so any frame under the cap can be sent.
+    pub(crate) fn push(&mut self, frame: &ClusterFrame) -> Result<(), Refused> {
         let full = || Refused::Full {
             frames: self.frames,
             bytes: self.bytes,
@@ -110,20 +93,13 @@ impl Outbox {
         self.frames += 1;
         self.bytes += len;
         self.open_frames += 1;
-        let mut wake = std::mem::take(&mut self.idle);
         if self.open.len() >= CHUNK {
             let next = self.pool.pop().unwrap_or_default();
             let chunk = std::mem::replace(&mut self.open, next);
             self.sealed
                 .push_back((chunk, std::mem::take(&mut self.open_frames)));
-            wake |= std::mem::take(&mut self.want_chunk);
         }
-        Ok(wake)
-    }
-
-    /// Whether a whole chunk is ready to write.
-    pub(crate) fn has_chunk(&self) -> bool {
-        !self.sealed.is_empty()
+        Ok(())
     }
 
     /// The oldest chunk and how many frames it holds, if any are queued.
@@ -142,11 +118,6 @@ impl Outbox {
         self.frames -= frames;
         self.bytes -= chunk.len();
         Some((chunk, frames))
-    }
-
-    /// Frees spare buffers beyond a few, once the queue has drained.
-    pub(crate) fn trim(&mut self) {
-        self.pool.truncate(POOL_IDLE);
     }
 
     /// Gives a written chunk's buffer back for reuse.

@@ -18,7 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
-use tokio_util::codec::{Decoder, Framed};
+use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -26,7 +26,7 @@ use crate::backoff::Backoff;
 use crate::outbox::{Outbox, Refused};
 use crate::stats::{PeerCounters, add};
 use crate::transport::dispatch;
-use crate::{GossipError, GossipTransport, Ready, RemoteMessageSink, SendError, TransportStats};
+use crate::{GossipError, GossipTransport, RemoteMessageSink, SendError, TransportStats};
 
 /// Settings of a [`TcpTransport`]. Start from [`TcpTransportConfig::new`]
 /// and change the fields you need.
@@ -55,13 +55,6 @@ pub struct TcpTransportConfig {
     /// How long one write may block before the connection is given up.
     /// Default 5 s.
     pub write_timeout: Duration,
-    /// Coalescing, as TCP_CORK does: while frames stream to a peer (its
-    /// last write ended less than this ago), a partly filled 64 KiB chunk
-    /// waits up to this long after that write for more frames before it
-    /// is written; a frame after a quiet spell goes at once. Zero writes
-    /// whatever is queued as soon as the connection task sees it.
-    /// Default 1 ms.
-    pub coalesce: Duration,
     /// The first reconnect delay. Default 20 ms.
     pub backoff_min: Duration,
     /// The largest reconnect delay. Default 2 s.
@@ -92,7 +85,6 @@ impl TcpTransportConfig {
             connect_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(2),
             write_timeout: Duration::from_secs(5),
-            coalesce: Duration::from_millis(1),
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_secs(2),
             max_inbound: 256,
@@ -136,8 +128,6 @@ struct Peer {
     outbox: Mutex<Outbox>,
     /// Tells the connection task the outbox has frames.
     wake: Notify,
-    /// Tells waiting senders the outbox has room again (or closed).
-    room: Notify,
     counters: Arc<PeerCounters>,
     cancel: CancellationToken,
 }
@@ -243,7 +233,6 @@ impl TcpTransport {
                 self.shared.config.queue_bytes,
             )),
             wake: Notify::new(),
-            room: Notify::new(),
             counters: self.shared.counters(node),
             cancel: self.cancel.child_token(),
         });
@@ -355,8 +344,8 @@ impl GossipTransport for TcpTransport {
         if ob.closed {
             return Err(SendError::Closed);
         }
-        let wake = match ob.push(frame) {
-            Ok(wake) => wake,
+        match ob.push(frame) {
+            Ok(()) => {}
             Err(Refused::Full { frames, bytes }) => {
                 drop(ob);
                 add(&peer.counters.queue_full, 1);
@@ -371,37 +360,13 @@ impl GossipTransport for TcpTransport {
                 add(&peer.counters.too_large, 1);
                 return Err(e.into());
             }
-        };
+        }
+        let wake = std::mem::take(&mut ob.idle);
         drop(ob);
         if wake {
             peer.wake.notify_one();
         }
         Ok(())
-    }
-
-    fn ready(&self, to: NodeId) -> Ready<'_> {
-        Box::pin(async move {
-            let Some(peer) = self.shared.peers.read().get(&to).cloned() else {
-                return;
-            };
-            loop {
-                let notified = peer.room.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                {
-                    let mut ob = peer.outbox.lock();
-                    if ob.closed || ob.has_room() {
-                        return;
-                    }
-                    ob.want_room = true;
-                }
-                tokio::select! {
-                    biased;
-                    () = peer.cancel.cancelled() => return,
-                    () = notified => {}
-                }
-            }
-        })
     }
 
     fn stats(&self) -> TransportStats {
@@ -573,7 +538,6 @@ async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>) {
     }
     // Shut down or removed: what is still queued is dropped, and counted.
     let dropped = peer.outbox.lock().close();
-    peer.room.notify_waiters();
     add(&c.shutdown, dropped as u64);
 }
 
@@ -585,42 +549,18 @@ async fn pump(shared: &Shared, peer: &Peer, stream: TcpStream) -> Ended {
     let (mut rd, mut wr) = stream.into_split();
     let mut probe = [0u8; 64];
     let c = &*peer.counters;
-    let window = shared.config.coalesce;
-    let mut last_write: Option<tokio::time::Instant> = None;
     loop {
-        // While frames stream, a partly filled chunk waits (up to the
-        // window after the last write) for the sender to fill it.
-        let until = last_write.map(|t| t + window);
-        let streaming = until.is_some_and(|u| u > tokio::time::Instant::now());
         let taken = {
             let mut ob = peer.outbox.lock();
-            let taken = if streaming && !ob.has_chunk() {
-                None
-            } else {
-                ob.take()
-            };
-            let waiting = taken.is_none() && ob.frames() > 0;
-            ob.idle = taken.is_none() && !waiting;
-            if ob.idle {
-                ob.trim();
-            }
-            ob.want_chunk = waiting;
-            if ob.want_room && ob.has_room() {
-                ob.want_room = false;
-                peer.room.notify_waiters();
-            }
+            let taken = ob.take();
+            ob.idle = taken.is_none();
             taken
         };
         let Some((chunk, frames)) = taken else {
-            let until = until.filter(|_| streaming);
             tokio::select! {
                 biased;
                 () = peer.cancel.cancelled() => return Ended::Cancelled,
                 () = peer.wake.notified() => continue,
-                () = tokio::time::sleep_until(until.unwrap_or_else(tokio::time::Instant::now)), if until.is_some() => {
-                    last_write = None;
-                    continue;
-                }
                 r = rd.read(&mut probe) => {
                     return Ended::Failed(match r {
                         Ok(0) => "peer closed the connection".into(),
@@ -644,9 +584,6 @@ async fn pump(shared: &Shared, peer: &Peer, stream: TcpStream) -> Ended {
                 add(&c.frames_sent, frames as u64);
                 add(&c.bytes_sent, chunk.len() as u64);
                 peer.outbox.lock().recycle(chunk);
-                if !window.is_zero() {
-                    last_write = Some(tokio::time::Instant::now());
-                }
             }
             Some(Ok(Err(e))) => {
                 add(&c.write_failed, frames as u64);
@@ -714,7 +651,7 @@ async fn accept_loop(
 /// peer closes or sends something invalid.
 async fn serve(shared: &Shared, stream: TcpStream, from: SocketAddr) {
     let timeout = shared.config.handshake_timeout;
-    let (hello, session, conn) =
+    let (hello, session, mut conn) =
         match tokio::time::timeout(timeout, handshake(shared, stream, None)).await {
             Ok(Ok(h)) => h,
             Ok(Err(e)) if e.is_refusal() => {
@@ -740,47 +677,24 @@ async fn serve(shared: &Shared, stream: TcpStream, from: SocketAddr) {
         return;
     };
     shared.observe(node, &c, session.incarnation);
-    let parts = conn.into_parts();
-    let (mut io, mut codec, mut buf) = (parts.io, parts.codec, parts.read_buf);
-    let mut batch = Vec::new();
-    loop {
-        // Everything complete in the buffer is decoded first and counted
-        // once, then handed over: a sink that sees a frame sees it counted.
-        let mut bytes = 0;
-        let bad = loop {
-            match codec.decode(&mut buf) {
-                Ok(Some(frame)) => {
-                    bytes += (frame.payload_len() + FRAME_HEADER_LEN) as u64;
-                    batch.push(frame);
-                }
-                Ok(None) => break None,
-                // Over the cap or undecodable.
-                Err(e) => break Some(e.to_string()),
+    while let Some(next) = conn.next().await {
+        match next {
+            Ok(frame) => {
+                add(&c.frames_received, 1);
+                add(
+                    &c.bytes_received,
+                    (frame.payload_len() + FRAME_HEADER_LEN) as u64,
+                );
+                dispatch(&*shared.sink, node, frame);
             }
-        };
-        add(&c.frames_received, batch.len() as u64);
-        add(&c.bytes_received, bytes);
-        for frame in batch.drain(..) {
-            dispatch(&*shared.sink, node, frame);
-        }
-        if let Some(e) = bad {
-            add(&c.bad_frames, 1);
-            tracing::warn!(peer = %node, %from, "closing the connection: {e}");
-            return;
-        }
-        if buf.capacity() - buf.len() < READ_BUF / 4 {
-            buf.reserve(READ_BUF);
-        }
-        match io.read_buf(&mut buf).await {
-            Ok(0) if buf.is_empty() => return,
-            Ok(0) => {
-                add(&c.bad_frames, 1);
-                tracing::warn!(peer = %node, %from, "connection closed mid-frame");
+            Err(WireError::Io(e)) if conn.read_buffer().is_empty() => {
+                tracing::debug!(peer = %node, "connection lost: {e}");
                 return;
             }
-            Ok(_) => {}
             Err(e) => {
-                tracing::debug!(peer = %node, "connection lost: {e}");
+                // Over the cap, undecodable, or cut short mid-frame.
+                add(&c.bad_frames, 1);
+                tracing::warn!(peer = %node, %from, "closing the connection: {e}");
                 return;
             }
         }
