@@ -11,10 +11,10 @@
 //!   lacks, at most [`ReplicaConfig::delta_budget`] bytes, origins taking
 //!   turns; the opener answers in kind (push-pull). An exchange left
 //!   unanswered is retried with another peer within the round
-//!   ([`Replica::retry`]). Replicas that agree exchange only digests. A replica lagging a peer by more than the
-//!   tombstone grace (or restored from disk) resynchronises: it drops what
-//!   that peer provably saw and pulls it back, so a delete it missed
-//!   cannot come back through it.
+//!   ([`Replica::retry`]). Replicas that agree exchange only digests. A
+//!   replica lagging a peer by more than the tombstone grace (or restored
+//!   from disk) resynchronises: it drops what that peer provably saw and
+//!   pulls it back, so a delete it missed cannot come back through it.
 //! - [`Fanout`] (fixed, √n, log n, all) with a seeded peer choice; a
 //!   φ-accrual [`PeerStatus`] per peer from the heartbeats digests carry.
 //! - [`Simulator`]: many replicas in virtual time with loss, partitions,
