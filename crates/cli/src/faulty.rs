@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use multinode_gossip::{ClusterFrame, GossipTransport, SendError, TransportStats};
+use multinode_gossip::{ClusterFrame, GossipTransport, Ready, SendError, TransportStats};
 use multinode_wire::NodeId;
 use parking_lot::Mutex;
 use rand::{RngExt, SeedableRng};
@@ -78,6 +78,10 @@ impl<T: GossipTransport> GossipTransport for Faulty<T> {
             return Ok(());
         }
         self.inner.send(to, frame)
+    }
+
+    fn ready(&self, to: NodeId) -> Ready<'_> {
+        self.inner.ready(to)
     }
 
     fn stats(&self) -> TransportStats {

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::stats::{PeerCounters, add};
 use crate::transport::dispatch;
-use crate::{GossipError, GossipTransport, RemoteMessageSink, SendError, TransportStats};
+use crate::{GossipError, GossipTransport, Ready, RemoteMessageSink, SendError, TransportStats};
 
 /// Settings of an [`InProcessNetwork`].
 #[derive(Clone, Debug)]
@@ -458,6 +458,29 @@ impl GossipTransport for InProcessTransport {
                 })
             }
         }
+    }
+
+    fn ready(&self, to: NodeId) -> Ready<'_> {
+        Box::pin(async move {
+            let net = &*self.net;
+            let Some(t) = usize::try_from(to.0).ok().filter(|&t| t < net.size) else {
+                return;
+            };
+            let tx = net.slots[t].read().as_ref().map(|s| s.tx.clone());
+            let Some(tx) = tx else { return };
+            if net.faulty.load(Relaxed) {
+                // A held link refuses by the fault model's count, which no
+                // channel permit tracks: let the caller try again.
+                tokio::task::yield_now().await;
+                return;
+            }
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => {}
+                // A permit that is dropped at once: room, not a reservation.
+                _ = tx.reserve() => {}
+            }
+        })
     }
 
     fn stats(&self) -> TransportStats {

@@ -4,7 +4,8 @@
 //! - [`GossipTransport`]: best-effort `send` of a [`ClusterFrame`] to a
 //!   peer. It refuses at once what it knows at once (unknown peer, full
 //!   queue, frame over the cap) and counts every frame it refuses or loses
-//!   ([`TransportStats`], [`PeerStats`], [`Drops`]).
+//!   ([`TransportStats`], [`PeerStats`], [`Drops`]); `ready` waits for
+//!   room in a full queue.
 //! - [`RemoteMessageSink`]: where inbound PDUs and tells go, with
 //!   restarted-peer notices; [`RecordingSink`] records them for tests.
 //! - [`InProcessNetwork`] / [`InProcessTransport`]: many nodes in one
@@ -48,4 +49,4 @@ pub use inproc::{InProcessConfig, InProcessNetwork, InProcessTransport};
 pub use multinode_wire::ClusterFrame;
 pub use stats::{Drops, PeerStats, TransportStats};
 pub use tcp::{TcpTransport, TcpTransportConfig};
-pub use transport::{GossipTransport, Inbound, RecordingSink, RemoteMessageSink};
+pub use transport::{GossipTransport, Inbound, Ready, RecordingSink, RemoteMessageSink};

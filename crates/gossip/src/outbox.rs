@@ -6,15 +6,19 @@
 use std::collections::VecDeque;
 
 use bytes::BytesMut;
-use multinode_wire::{ClusterFrame, MessageCodec, WireError};
+use multinode_wire::{ClusterFrame, FRAME_HEADER_LEN, MessageCodec, WireError};
 use tokio_util::codec::Encoder;
 
 /// The size at which a chunk is closed and a new one started (a frame is
 /// never split: one larger than this makes a chunk of its own size).
 pub(crate) const CHUNK: usize = 64 << 10;
 
-/// Spare buffers kept for reuse.
-const POOL: usize = 4;
+/// Spare buffers kept for reuse while frames stream: up to 4 MiB, so a
+/// sender that refills half the queue at a time touches no fresh pages.
+const POOL: usize = 64;
+
+/// Spare buffers kept once the queue has drained ([`Outbox::trim`]).
+const POOL_IDLE: usize = 4;
 
 /// Why a frame was not queued.
 #[derive(Debug)]
@@ -39,6 +43,8 @@ pub(crate) struct Outbox {
     pub(crate) idle: bool,
     /// The connection task has ended: pushes fail.
     pub(crate) closed: bool,
+    /// A sender waits for room: the take that makes it should wake it.
+    pub(crate) want_room: bool,
 }
 
 impl Outbox {
@@ -55,7 +61,13 @@ impl Outbox {
             max_bytes,
             idle: false,
             closed: false,
+            want_room: false,
         }
+    }
+
+    /// Whether the queue is at most half full, by frames and by bytes.
+    pub(crate) fn has_room(&self) -> bool {
+        self.frames <= self.max_frames / 2 && self.bytes <= self.max_bytes / 2
     }
 
     /// Frames queued.
@@ -68,18 +80,21 @@ impl Outbox {
     /// newest). A single frame may exceed the byte bound when the queue is
     /// empty, so any frame under the cap can be sent.
     pub(crate) fn push(&mut self, frame: &ClusterFrame) -> Result<(), Refused> {
-        let full = || Refused::Full {
-            frames: self.frames,
-            bytes: self.bytes,
-        };
         if self.frames >= self.max_frames {
-            return Err(full());
+            return Err(self.full());
+        }
+        // A frame that would outgrow the open chunk starts a new one, so
+        // a chunk never reallocates (a doubled chunk would be too big to
+        // recycle, and big enough for the allocator to map afresh).
+        let want = FRAME_HEADER_LEN + frame.payload_len();
+        if self.open_frames > 0 && self.open.len() + want > self.open.capacity() {
+            self.seal();
         }
         if self.open.capacity() == 0 {
             self.open = self
                 .pool
                 .pop()
-                .unwrap_or_else(|| BytesMut::with_capacity(CHUNK));
+                .unwrap_or_else(|| BytesMut::with_capacity(CHUNK.max(want)));
         }
         let before = self.open.len();
         self.codec
@@ -88,18 +103,30 @@ impl Outbox {
         let len = self.open.len() - before;
         if self.frames > 0 && self.bytes + len > self.max_bytes {
             self.open.truncate(before);
-            return Err(full());
+            return Err(self.full());
         }
         self.frames += 1;
         self.bytes += len;
         self.open_frames += 1;
         if self.open.len() >= CHUNK {
-            let next = self.pool.pop().unwrap_or_default();
-            let chunk = std::mem::replace(&mut self.open, next);
-            self.sealed
-                .push_back((chunk, std::mem::take(&mut self.open_frames)));
+            self.seal();
         }
         Ok(())
+    }
+
+    fn full(&self) -> Refused {
+        Refused::Full {
+            frames: self.frames,
+            bytes: self.bytes,
+        }
+    }
+
+    /// Closes the open chunk; the next push starts another.
+    fn seal(&mut self) {
+        let next = self.pool.pop().unwrap_or_default();
+        let chunk = std::mem::replace(&mut self.open, next);
+        self.sealed
+            .push_back((chunk, std::mem::take(&mut self.open_frames)));
     }
 
     /// The oldest chunk and how many frames it holds, if any are queued.
@@ -118,6 +145,11 @@ impl Outbox {
         self.frames -= frames;
         self.bytes -= chunk.len();
         Some((chunk, frames))
+    }
+
+    /// Frees spare buffers beyond a few, once the queue has drained.
+    pub(crate) fn trim(&mut self) {
+        self.pool.truncate(POOL_IDLE);
     }
 
     /// Gives a written chunk's buffer back for reuse.
@@ -179,6 +211,37 @@ mod tests {
         assert_eq!(frames, sizes.len());
         assert_eq!(got, want);
         assert_eq!((ob.frames, ob.bytes), (0, 0));
+    }
+
+    /// A frame that would not fit in the open chunk starts the next one:
+    /// no chunk of several frames grows past the size it was made with,
+    /// and written chunks are reused.
+    #[test]
+    fn chunks_never_grow_and_are_reused() {
+        let mut ob = Outbox::new(1 << 20, 1 << 20, 1 << 30);
+        for round in 0..3 {
+            for _ in 0..1000 {
+                ob.push(&frame(1000)).expect("room");
+            }
+            let mut chunks = 0;
+            while let Some((chunk, n)) = ob.take() {
+                assert_eq!(
+                    chunk.capacity(),
+                    CHUNK,
+                    "round {round}: chunk of {n} frames grew"
+                );
+                assert!(chunk.len() <= CHUNK);
+                chunks += 1;
+                ob.recycle(chunk);
+            }
+            assert!(
+                chunks >= 1000 * 1000 / CHUNK,
+                "round {round}: {chunks} chunks"
+            );
+        }
+        assert!(ob.pool.len() > 1, "written chunks were not kept for reuse");
+        ob.trim();
+        assert!(ob.pool.len() <= POOL_IDLE);
     }
 
     #[test]

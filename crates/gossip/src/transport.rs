@@ -1,6 +1,8 @@
 //! What every transport offers: the [`GossipTransport`] trait, the
 //! [`RemoteMessageSink`] it delivers to, and a [`RecordingSink`] for tests.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +31,15 @@ pub trait GossipTransport: Send + Sync {
     /// peer (TCP encodes it into each peer's queue; in-process shares it).
     fn send(&self, to: NodeId, frame: &ClusterFrame) -> Result<(), SendError>;
 
+    /// Resolves once `to`'s queue has room again, so a sender refused with
+    /// [`SendError::QueueFull`] can wait instead of spinning or dropping.
+    /// TCP waits until the queue is at most half full (by frames and by
+    /// bytes), so a bulk sender wakes once per half queue, not per frame.
+    /// It resolves at once for an unknown peer or a closed transport (the
+    /// next `send` says which). A hint, not a reservation: with several
+    /// senders, `send` may still refuse.
+    fn ready(&self, to: NodeId) -> Ready<'_>;
+
     /// A snapshot of this transport's counters.
     fn stats(&self) -> TransportStats;
 
@@ -42,6 +53,10 @@ pub trait GossipTransport: Send + Sync {
         self.send(to, &ClusterFrame::Tell(tell))
     }
 }
+
+/// What [`GossipTransport::ready`] returns (boxed, so the trait stays
+/// usable as `dyn GossipTransport`).
+pub type Ready<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// Where a transport hands what arrives.
 ///

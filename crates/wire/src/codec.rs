@@ -82,19 +82,27 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 /// borrowing from `bytes` (see `bounded.rs`), so no field can claim more
 /// than the payload holds, and serde preallocates sequences cautiously
 /// (at most 1 MiB before elements actually decode).
+#[inline]
 pub(crate) fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
-    let (value, used) =
-        bincode::serde::decode_from_slice(bytes, config::standard()).map_err(|e| {
-            WireError::Decode {
-                reason: e.to_string(),
-            }
-        })?;
-    if used != bytes.len() {
-        return Err(WireError::Decode {
-            reason: format!("{} trailing bytes after the message", bytes.len() - used),
-        });
+    match bincode::serde::decode_from_slice(bytes, config::standard()) {
+        Ok((value, used)) if used == bytes.len() => Ok(value),
+        Ok((_, used)) => Err(trailing(bytes.len() - used)),
+        Err(e) => Err(undecodable(e)),
     }
-    Ok(value)
+}
+
+#[cold]
+fn trailing(n: usize) -> WireError {
+    WireError::Decode {
+        reason: format!("{n} trailing bytes after the message"),
+    }
+}
+
+#[cold]
+fn undecodable(e: bincode::error::DecodeError) -> WireError {
+    WireError::Decode {
+        reason: e.to_string(),
+    }
 }
 
 /// A value that travels as one frame's payload.

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use multinode_gossip::{GossipTransport, RecordingSink, SendError, TcpTransport};
 use multinode_wire::{ClusterId, Hello, MessageCodec, NodeId, Session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -352,6 +352,67 @@ async fn a_full_queue_refuses_the_newest_and_removal_counts_the_rest() {
         Err(SendError::UnknownPeer(NodeId(1)))
     );
     a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_room_instead_of_spinning() {
+    // A peer that completes the handshake, then reads only when told to.
+    let slow = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let slow_addr = slow.local_addr().expect("addr");
+    let (read_now, start_reading) = tokio::sync::oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        let (s, _) = slow.accept().await.expect("accept");
+        let mut f = Framed::new(s, MessageCodec::<Hello>::new());
+        let _ = f.next().await;
+        let mut f = f.map_codec(|_| MessageCodec::<Session>::new());
+        let _ = f.next().await;
+        let mut s = f.into_parts().io;
+        s.write_all(&handshake_bytes(CLUSTER, NodeId(1), 1))
+            .await
+            .expect("handshake");
+        let _ = start_reading.await;
+        let mut buf = vec![0u8; 1 << 16];
+        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    let settings = Settings {
+        queue_frames: 64,
+        ..Settings::default()
+    };
+    let (a, _) = transport(0, settings).await;
+    a.add_peer(NodeId(1), slow_addr).expect("add");
+    // Unknown peers resolve at once: the next send says why.
+    assert!(a.ready(NodeId(42)).now_or_never().is_some());
+    // Fill the socket buffers and then the queue with 256 KiB frames.
+    let big = multinode_wire::ClusterFrame::Gossip(multinode_wire::GossipPdu::Opaque {
+        schema: 1,
+        body: vec![1u8; 256 << 10].into(),
+    });
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match a.send(NodeId(1), &big) {
+            Ok(()) => {}
+            Err(SendError::QueueFull { .. }) => break,
+            Err(e) => panic!("send: {e}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue never filled"
+        );
+        tokio::task::yield_now().await;
+    }
+    let mut waiting = Box::pin(a.ready(NodeId(1)));
+    assert!(
+        (&mut waiting).now_or_never().is_none(),
+        "ready resolved with the queue full"
+    );
+    read_now.send(()).expect("reader alive");
+    tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("ready never resolved once the peer read");
+    a.send(NodeId(1), &big)
+        .expect("room in the queue after ready");
+    a.shutdown().await;
+    reader.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
