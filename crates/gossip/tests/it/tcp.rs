@@ -415,6 +415,91 @@ async fn ready_waits_for_room_instead_of_spinning() {
     reader.abort();
 }
 
+/// A peer that stops reading mid-stream (so writes stop part-way through
+/// a chunk) and is replaced by a new process on its address: the new
+/// process gets whole frames in send order, and every frame accepted is
+/// accounted for. (Which writer holds the cut chunk is a race; the
+/// outbox's unit tests pin the rule for each case.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_peer_replaced_mid_stream_gets_whole_frames_in_order() {
+    // The first peer shakes hands, then never reads.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (a, _) = transport(0, Settings::default()).await;
+    a.add_peer(NodeId(1), addr).expect("add");
+    let (s, _) = listener.accept().await.expect("accept");
+    let mut f = Framed::new(s, MessageCodec::<Hello>::new());
+    let _ = f.next().await;
+    let mut f = f.map_codec(|_| MessageCodec::<Session>::new());
+    let _ = f.next().await;
+    let mut wedged = f.into_parts().io;
+    wedged
+        .write_all(&handshake_bytes(CLUSTER, NodeId(1), 1))
+        .await
+        .expect("handshake");
+    // Odd-sized frames, so the socket fills part-way through a chunk.
+    let frame = |i: u64| {
+        let mut body = i.to_be_bytes().to_vec();
+        body.resize(40_009, 0x5a);
+        multinode_wire::ClusterFrame::Gossip(multinode_wire::GossipPdu::Opaque {
+            schema: 1,
+            body: body.into(),
+        })
+    };
+    let (mut accepted, mut seq) = (0u64, 0u64);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match a.send(NodeId(1), &frame(seq)) {
+            Ok(()) => accepted += 1,
+            Err(SendError::QueueFull { .. }) => break,
+            Err(e) => panic!("send: {e}"),
+        }
+        seq += 1;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue never filled"
+        );
+        tokio::task::yield_now().await;
+    }
+    // The old process goes; a new one takes its address.
+    drop((wedged, listener));
+    let sink = RecordingSink::new();
+    let mut config = tcp_config(1, Settings::default());
+    config.bind = addr;
+    let b = TcpTransport::bind(config, sink.clone())
+        .await
+        .expect("rebind");
+    for _ in 0..10 {
+        send_retrying(&a, NodeId(1), frame(seq)).await;
+        accepted += 1;
+        seq += 1;
+    }
+    let last = seq - 1;
+    assert!(
+        sink.wait_for(DEADLINE, |got| got.iter().any(|e| seq_of(e) == Some(last)))
+            .await,
+        "the new process never got the last frame"
+    );
+    let got: Vec<u64> = sink.events().iter().filter_map(seq_of).collect();
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "frames out of order or repeated: {got:?}"
+    );
+    let r = b.stats().peer(NodeId(0));
+    assert_eq!(
+        r.bad_frames, 0,
+        "a torn frame reached the new process: {r:?}"
+    );
+    assert_eq!(r.frames_received, got.len() as u64);
+    eventually("every accepted frame accounted for", || {
+        let s = a.stats().peer(NodeId(1));
+        s.queued == 0 && s.frames_sent + s.drops.write_failed == accepted
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_connections_are_limited_and_slow_handshakes_time_out() {
     let mut config = tcp_config(1, Settings::default());
