@@ -541,6 +541,12 @@ async fn peers_inventing_node_ids_cannot_grow_memory() {
         } else {
             let mut f = Framed::new(s, MessageCodec::<Hello>::new());
             f.next().await.expect("their hello").expect("valid hello");
+            // Its hello can come before its reader tracks us: wait, so the
+            // next id cannot take this one's place.
+            eventually("the id tracked", || {
+                b.stats().peers.contains_key(&NodeId(id))
+            })
+            .await;
         }
     }
     eventually("refusals counted", || b.stats().over_limit == 8).await;
