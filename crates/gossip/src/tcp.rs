@@ -376,7 +376,10 @@ impl GossipTransport for TcpTransport {
             peer.wake.notify_one();
         }
         if let Some((chunk, frames, conn)) = direct {
-            write_direct(peer, chunk, frames, conn);
+            // Once per chunk: the peer map is not held across the write.
+            let peer = Arc::clone(peer);
+            drop(peers);
+            write_direct(&peer, chunk, frames, conn);
         }
         Ok(())
     }
@@ -663,7 +666,7 @@ async fn pump_on(shared: &Shared, peer: &Peer, stream: &TcpStream, conn: u64) ->
                 }
             };
             ob.idle = job.is_none() && !ob.want_turn;
-            if ob.idle && ob.frames() == 0 {
+            if ob.idle {
                 ob.trim();
             }
             if ob.want_room && ob.has_room() {

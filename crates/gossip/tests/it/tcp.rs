@@ -46,6 +46,21 @@ async fn raw_peer(addr: SocketAddr, node: NodeId) -> TcpStream {
     parts.io
 }
 
+/// Accepts one dialler on `listener` and completes its handshake as
+/// `node`; the stream is then the peer's to read or not.
+async fn accept_as(listener: &TcpListener, node: NodeId) -> TcpStream {
+    let (s, _) = listener.accept().await.expect("accept");
+    let mut f = Framed::new(s, MessageCodec::<Hello>::new());
+    let _ = f.next().await;
+    let mut f = f.map_codec(|_| MessageCodec::<Session>::new());
+    let _ = f.next().await;
+    let mut s = f.into_parts().io;
+    s.write_all(&handshake_bytes(CLUSTER, node, 1))
+        .await
+        .expect("handshake");
+    s
+}
+
 /// Whether the other end closed `s` (EOF or reset) before the deadline.
 async fn closed_by_peer(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 256];
@@ -361,15 +376,7 @@ async fn ready_waits_for_room_instead_of_spinning() {
     let slow_addr = slow.local_addr().expect("addr");
     let (read_now, start_reading) = tokio::sync::oneshot::channel::<()>();
     let reader = tokio::spawn(async move {
-        let (s, _) = slow.accept().await.expect("accept");
-        let mut f = Framed::new(s, MessageCodec::<Hello>::new());
-        let _ = f.next().await;
-        let mut f = f.map_codec(|_| MessageCodec::<Session>::new());
-        let _ = f.next().await;
-        let mut s = f.into_parts().io;
-        s.write_all(&handshake_bytes(CLUSTER, NodeId(1), 1))
-            .await
-            .expect("handshake");
+        let mut s = accept_as(&slow, NodeId(1)).await;
         let _ = start_reading.await;
         let mut buf = vec![0u8; 1 << 16];
         while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
@@ -427,16 +434,7 @@ async fn a_wedged_peer_replaced_mid_stream_gets_whole_frames_in_order() {
     let addr = listener.local_addr().expect("addr");
     let (a, _) = transport(0, Settings::default()).await;
     a.add_peer(NodeId(1), addr).expect("add");
-    let (s, _) = listener.accept().await.expect("accept");
-    let mut f = Framed::new(s, MessageCodec::<Hello>::new());
-    let _ = f.next().await;
-    let mut f = f.map_codec(|_| MessageCodec::<Session>::new());
-    let _ = f.next().await;
-    let mut wedged = f.into_parts().io;
-    wedged
-        .write_all(&handshake_bytes(CLUSTER, NodeId(1), 1))
-        .await
-        .expect("handshake");
+    let wedged = accept_as(&listener, NodeId(1)).await;
     // Odd-sized frames, so the socket fills part-way through a chunk.
     let frame = |i: u64| {
         let mut body = i.to_be_bytes().to_vec();
