@@ -56,8 +56,17 @@ async fn three_nodes_converge_and_report_changes() {
             n.set(&format!("k{k}"), format!("from {i}")).await.unwrap();
         }
     }
+    // Versions order causally, not by wall time: a delete issued in the same
+    // millisecond as a write it has not yet seen may lose to it. So node 1
+    // deletes only once every write has reached it, and its clock has
+    // absorbed them all.
+    eventually(10, "the writes to converge", || {
+        let f = nodes[0].fingerprint();
+        nodes.iter().all(|n| n.fingerprint() == f && n.len() == 20)
+    })
+    .await;
     nodes[1].delete("k3").await.unwrap();
-    eventually(10, "convergence", || {
+    eventually(10, "the delete to converge", || {
         let f = nodes[0].fingerprint();
         nodes.iter().all(|n| n.fingerprint() == f && n.len() == 19)
     })
