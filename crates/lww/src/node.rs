@@ -259,7 +259,8 @@ impl<T: GossipTransport + 'static> LwwNode<T> {
         self.shared.changes.subscribe()
     }
 
-    /// The live state's fingerprint: equal on nodes that agree.
+    /// The state's fingerprint, tombstones included: equal on nodes that
+    /// hold the same state.
     pub fn fingerprint(&self) -> u64 {
         self.shared.replica.lock().fingerprint()
     }

@@ -216,8 +216,10 @@ impl Replica {
         self.entries.values()
     }
 
-    /// An order-independent hash of the live state (keys, versions and
-    /// values): equal on two replicas that agree.
+    /// An order-independent hash of every entry (keys, versions, and values
+    /// or tombstones): equal on two replicas that hold the same state. Two
+    /// replicas that agree on every live value but hold different deletes
+    /// of a key differ here, until the newer delete reaches both.
     pub fn fingerprint(&self) -> u64 {
         self.fingerprint
     }
@@ -750,11 +752,9 @@ impl Replica {
             .entry(e.version.node)
             .or_default()
             .insert(e.version, e.key.clone());
+        self.fingerprint = self.fingerprint.wrapping_add(entry_hash(&e));
         match &e.value {
-            Some(_) => {
-                self.live += 1;
-                self.fingerprint = self.fingerprint.wrapping_add(entry_hash(&e));
-            }
+            Some(_) => self.live += 1,
             None => {
                 self.tombstones.insert(e.version, e.key.clone());
             }
@@ -773,11 +773,9 @@ impl Replica {
         if let Some(index) = self.by_origin.get_mut(&e.version.node) {
             index.remove(&e.version);
         }
+        self.fingerprint = self.fingerprint.wrapping_sub(entry_hash(e));
         match &e.value {
-            Some(_) => {
-                self.live -= 1;
-                self.fingerprint = self.fingerprint.wrapping_sub(entry_hash(e));
-            }
+            Some(_) => self.live -= 1,
             None => {
                 self.tombstones.remove(&e.version);
             }

@@ -108,6 +108,24 @@ fn a_fixed_fanout_of_zero_is_refused_at_build() {
 }
 
 #[test]
+fn fingerprints_tell_apart_replicas_holding_different_deletes() {
+    // Two nodes delete the same key; until the newer delete reaches both,
+    // their live state is the same but their state is not.
+    let (mut a, mut b) = (replica(1), replica(2));
+    a.set("k", Bytes::from_static(b"v"), T0).unwrap();
+    exchange(&mut a, &mut b, T0 + 100);
+    assert_eq!(a.fingerprint(), b.fingerprint());
+    let older = a.delete("k", T0 + 200).unwrap();
+    let newer = b.delete("k", T0 + 300).unwrap();
+    assert!(older.version < newer.version);
+    assert_eq!((a.len(), b.len()), (0, 0));
+    assert_ne!(a.fingerprint(), b.fingerprint());
+    exchange(&mut a, &mut b, T0 + 400);
+    assert_eq!(a.entry("k").map(|e| e.version), Some(newer.version));
+    assert_eq!(a.fingerprint(), b.fingerprint());
+}
+
+#[test]
 fn agreeing_replicas_exchange_only_digests() {
     // Reference defect: every round pushed the whole state.
     let (mut a, mut b) = (replica(1), replica(2));
