@@ -45,6 +45,26 @@ pub(crate) struct Outbox {
     pub(crate) closed: bool,
     /// A sender waits for room: the take that makes it should wake it.
     pub(crate) want_room: bool,
+    /// Someone (the connection task, or a sender writing a whole chunk
+    /// itself) is writing outside the lock: nobody else may write.
+    pub(crate) writing: bool,
+    /// The connection task waits for the writer to finish.
+    pub(crate) want_turn: bool,
+    /// The live connection's number, while there is one.
+    pub(crate) conn: Option<u64>,
+    /// A chunk a sender began and could not finish without blocking: the
+    /// connection task writes the rest before anything else.
+    pub(crate) partial: Option<Partial>,
+}
+
+/// A chunk written in part.
+pub(crate) struct Partial {
+    pub(crate) chunk: BytesMut,
+    /// Bytes already written.
+    pub(crate) at: usize,
+    pub(crate) frames: usize,
+    /// The connection the first `at` bytes went to.
+    pub(crate) conn: u64,
 }
 
 impl Outbox {
@@ -62,7 +82,24 @@ impl Outbox {
             idle: false,
             closed: false,
             want_room: false,
+            writing: false,
+            want_turn: false,
+            conn: None,
+            partial: None,
         }
+    }
+
+    /// The oldest whole chunk, for a sender to write itself: only while
+    /// connected, nobody writing, nothing begun, and a chunk is closed.
+    /// Takes the write turn.
+    pub(crate) fn take_sealed(&mut self) -> Option<(BytesMut, usize, u64)> {
+        let conn = self.conn?;
+        if self.writing || self.partial.is_some() || self.sealed.is_empty() {
+            return None;
+        }
+        let (chunk, frames) = self.take()?;
+        self.writing = true;
+        Some((chunk, frames, conn))
     }
 
     /// Whether the queue is at most half full, by frames and by bytes.
@@ -147,6 +184,27 @@ impl Outbox {
         Some((chunk, frames))
     }
 
+    /// What the connection task on connection `conn` writes next, taking
+    /// the write turn: the rest of a chunk a sender began (on `conn`, or
+    /// not at all), else the oldest chunk. A chunk begun on another
+    /// connection is dropped, since its first frame would arrive torn:
+    /// `Err` holds how many frames it carried, for counting.
+    pub(crate) fn next_write(&mut self, conn: u64) -> Result<Option<Partial>, usize> {
+        debug_assert!(!self.writing, "two writers");
+        let next = match self.partial.take() {
+            Some(p) if p.at > 0 && p.conn != conn => return Err(p.frames),
+            Some(p) => Some(p),
+            None => self.take().map(|(chunk, frames)| Partial {
+                chunk,
+                at: 0,
+                frames,
+                conn,
+            }),
+        };
+        self.writing = next.is_some();
+        Ok(next)
+    }
+
     /// Frees spare buffers beyond a few, once the queue has drained.
     pub(crate) fn trim(&mut self) {
         self.pool.truncate(POOL_IDLE);
@@ -163,7 +221,7 @@ impl Outbox {
     /// Empties the queue for good; returns how many frames it held.
     pub(crate) fn close(&mut self) -> usize {
         self.closed = true;
-        let frames = self.frames;
+        let frames = self.frames + self.partial.as_ref().map_or(0, |p| p.frames);
         *self = Self {
             closed: true,
             ..Self::new(0, 0, 0)
@@ -242,6 +300,52 @@ mod tests {
         assert!(ob.pool.len() > 1, "written chunks were not kept for reuse");
         ob.trim();
         assert!(ob.pool.len() <= POOL_IDLE);
+    }
+
+    /// One writer at a time, chunks in order, and a chunk cut short on one
+    /// connection is never finished on another.
+    #[test]
+    fn a_chunk_begun_by_a_sender_is_finished_on_its_connection_only() {
+        let mut ob = Outbox::new(1 << 20, 1 << 20, 1 << 30);
+        assert!(ob.take_sealed().is_none(), "nothing queued");
+        for _ in 0..200 {
+            ob.push(&frame(1000)).expect("room");
+        }
+        assert!(ob.take_sealed().is_none(), "not connected");
+        ob.conn = Some(1);
+        let (chunk, frames, conn) = ob.take_sealed().expect("a whole chunk");
+        assert_eq!(conn, 1);
+        assert!(ob.take_sealed().is_none(), "a second writer");
+        // The sender got 100 bytes out, then the socket was full.
+        ob.writing = false;
+        ob.partial = Some(Partial {
+            chunk,
+            at: 100,
+            frames,
+            conn,
+        });
+        assert!(ob.take_sealed().is_none(), "a chunk overtook the one begun");
+        // On the same connection the rest goes first.
+        let p = ob
+            .next_write(1)
+            .expect("same connection")
+            .expect("the rest");
+        assert_eq!((p.at, p.frames), (100, frames));
+        assert!(ob.writing);
+        // On another connection it is dropped and counted, and the next
+        // chunk follows whole.
+        ob.writing = false;
+        ob.partial = Some(p);
+        assert_eq!(ob.next_write(2).err(), Some(frames));
+        let next = ob
+            .next_write(2)
+            .expect("no torn chunk")
+            .expect("the next chunk");
+        assert_eq!(next.at, 0);
+        // A chunk not yet begun may go on any connection.
+        ob.writing = false;
+        ob.partial = Some(next);
+        assert_eq!(ob.next_write(3).expect("whole").expect("chunk").at, 0);
     }
 
     #[test]

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use multinode_wire::{
     ClusterFrame, ClusterId, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, Hello, MessageCodec, NodeId,
     Session, WireError,
 };
 use parking_lot::{Mutex, RwLock};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::codec::{Decoder, Framed};
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
-use crate::outbox::{Outbox, Refused};
+use crate::outbox::{Outbox, Partial, Refused};
 use crate::stats::{PeerCounters, add};
 use crate::transport::dispatch;
 use crate::{GossipError, GossipTransport, Ready, RemoteMessageSink, SendError, TransportStats};
@@ -130,6 +131,9 @@ struct Peer {
     wake: Notify,
     /// Tells waiting senders the outbox has room again (or closed).
     room: Notify,
+    /// The live connection and its number, for senders that write a whole
+    /// chunk themselves.
+    stream: Mutex<Option<(u64, Arc<TcpStream>)>>,
     counters: Arc<PeerCounters>,
     cancel: CancellationToken,
 }
@@ -236,6 +240,7 @@ impl TcpTransport {
             )),
             wake: Notify::new(),
             room: Notify::new(),
+            stream: Mutex::new(None),
             counters: self.shared.counters(node),
             cancel: self.cancel.child_token(),
         });
@@ -364,10 +369,17 @@ impl GossipTransport for TcpTransport {
                 return Err(e.into());
             }
         }
+        let direct = ob.take_sealed();
         let wake = std::mem::take(&mut ob.idle);
         drop(ob);
         if wake {
             peer.wake.notify_one();
+        }
+        if let Some((chunk, frames, conn)) = direct {
+            // Once per chunk: the peer map is not held across the write.
+            let peer = Arc::clone(peer);
+            drop(peers);
+            write_direct(&peer, chunk, frames, conn);
         }
         Ok(())
     }
@@ -529,6 +541,7 @@ async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>) {
         ^ peer.id.0;
     let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max, seed);
     let c = &*peer.counters;
+    let mut conns = 0u64;
     loop {
         let dialled = tokio::select! {
             biased;
@@ -541,7 +554,8 @@ async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>) {
                 backoff.reset();
                 shared.observe(peer.id, c, session.incarnation);
                 tracing::debug!(peer = %peer.id, addr = %peer.addr, "connected");
-                pump(&shared, &peer, stream).await
+                conns += 1;
+                pump(&shared, &peer, stream, conns).await
             }
             Err(e) => {
                 if e.is_refusal() {
@@ -573,19 +587,85 @@ async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>) {
     add(&c.shutdown, dropped as u64);
 }
 
+/// A sender that closed a chunk while nobody was writing writes it itself,
+/// as far as the socket takes it without blocking: a streaming sender then
+/// costs no wake-up of the connection task. What does not fit is left to
+/// the connection task, which writes it before anything else.
+fn write_direct(peer: &Peer, chunk: BytesMut, frames: usize, conn: u64) {
+    let stream = peer
+        .stream
+        .lock()
+        .as_ref()
+        .filter(|(n, _)| *n == conn)
+        .map(|(_, s)| Arc::clone(s));
+    let mut at = 0;
+    if let Some(s) = stream {
+        while at < chunk.len() {
+            match s.try_write(&chunk[at..]) {
+                Ok(n) => at += n,
+                // Would block, or failed: the connection task finds out.
+                Err(_) => break,
+            }
+        }
+    }
+    let c = &*peer.counters;
+    let mut ob = peer.outbox.lock();
+    ob.writing = false;
+    if at == chunk.len() {
+        add(&c.frames_sent, frames as u64);
+        add(&c.bytes_sent, chunk.len() as u64);
+        ob.recycle(chunk);
+    } else if ob.closed {
+        add(&c.shutdown, frames as u64);
+    } else {
+        ob.partial = Some(Partial {
+            chunk,
+            at,
+            frames,
+            conn,
+        });
+        ob.want_turn = true;
+    }
+    let wake = std::mem::take(&mut ob.want_turn);
+    drop(ob);
+    if wake {
+        peer.wake.notify_one();
+    }
+}
+
 /// Writes the peer's outbox to `stream`, in order, until the connection
-/// fails or the task is cancelled. The read side is watched too: the peer
-/// never sends after the handshake, so a read that returns means it closed
-/// (or broke the protocol).
-async fn pump(shared: &Shared, peer: &Peer, stream: TcpStream) -> Ended {
-    let (mut rd, mut wr) = stream.into_split();
-    let mut probe = [0u8; 64];
+/// fails or the task is cancelled, sharing the socket with senders that
+/// write whole chunks themselves (one writer at a time: the outbox's
+/// `writing` turn).
+async fn pump(shared: &Shared, peer: &Peer, stream: TcpStream, conn: u64) -> Ended {
+    let stream = Arc::new(stream);
+    *peer.stream.lock() = Some((conn, Arc::clone(&stream)));
+    peer.outbox.lock().conn = Some(conn);
+    let ended = pump_on(shared, peer, &stream, conn).await;
+    peer.outbox.lock().conn = None;
+    *peer.stream.lock() = None;
+    ended
+}
+
+async fn pump_on(shared: &Shared, peer: &Peer, stream: &TcpStream, conn: u64) -> Ended {
     let c = &*peer.counters;
     loop {
-        let taken = {
+        let job = {
             let mut ob = peer.outbox.lock();
-            let taken = ob.take();
-            ob.idle = taken.is_none();
+            let job = if ob.writing {
+                ob.want_turn = true;
+                None
+            } else {
+                match ob.next_write(conn) {
+                    Ok(job) => job,
+                    // Begun on a connection that is gone: its frames are torn.
+                    Err(frames) => {
+                        add(&c.write_failed, frames as u64);
+                        continue;
+                    }
+                }
+            };
+            ob.idle = job.is_none() && !ob.want_turn;
             if ob.idle {
                 ob.trim();
             }
@@ -593,27 +673,29 @@ async fn pump(shared: &Shared, peer: &Peer, stream: TcpStream) -> Ended {
                 ob.want_room = false;
                 peer.room.notify_waiters();
             }
-            taken
+            job
         };
-        let Some((chunk, frames)) = taken else {
+        let Some(Partial {
+            chunk,
+            mut at,
+            frames,
+            ..
+        }) = job
+        else {
             tokio::select! {
                 biased;
                 () = peer.cancel.cancelled() => return Ended::Cancelled,
                 () = peer.wake.notified() => continue,
-                r = rd.read(&mut probe) => {
-                    return Ended::Failed(match r {
-                        Ok(0) => "peer closed the connection".into(),
-                        Ok(_) => "peer sent bytes on a connection it accepted".into(),
-                        Err(e) => format!("read failed: {e}"),
-                    });
-                }
+                why = closed(stream) => return Ended::Failed(why),
             }
         };
         let written = tokio::select! {
             biased;
             () = peer.cancel.cancelled() => None,
-            r = tokio::time::timeout(shared.config.write_timeout, wr.write_all(&chunk)) => Some(r),
+            r = tokio::time::timeout(shared.config.write_timeout, write_rest(stream, &chunk, &mut at)) => Some(r),
         };
+        let mut ob = peer.outbox.lock();
+        ob.writing = false;
         match written {
             None => {
                 add(&c.shutdown, frames as u64);
@@ -622,7 +704,7 @@ async fn pump(shared: &Shared, peer: &Peer, stream: TcpStream) -> Ended {
             Some(Ok(Ok(()))) => {
                 add(&c.frames_sent, frames as u64);
                 add(&c.bytes_sent, chunk.len() as u64);
-                peer.outbox.lock().recycle(chunk);
+                ob.recycle(chunk);
             }
             Some(Ok(Err(e))) => {
                 add(&c.write_failed, frames as u64);
@@ -637,6 +719,36 @@ async fn pump(shared: &Shared, peer: &Peer, stream: TcpStream) -> Ended {
                 );
                 return Ended::Failed("write timed out".into());
             }
+        }
+    }
+}
+
+/// Writes `chunk` from `at` on, waiting for room in the socket.
+async fn write_rest(stream: &TcpStream, chunk: &[u8], at: &mut usize) -> std::io::Result<()> {
+    while *at < chunk.len() {
+        stream.writable().await?;
+        match stream.try_write(&chunk[*at..]) {
+            Ok(n) => *at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Resolves once the peer closes `stream` or sends on it: it never sends
+/// after the handshake, so either means the connection is done.
+async fn closed(stream: &TcpStream) -> String {
+    let mut probe = [0u8; 64];
+    loop {
+        if let Err(e) = stream.readable().await {
+            return format!("read failed: {e}");
+        }
+        match stream.try_read(&mut probe) {
+            Ok(0) => return "peer closed the connection".into(),
+            Ok(_) => return "peer sent bytes on a connection it accepted".into(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return format!("read failed: {e}"),
         }
     }
 }

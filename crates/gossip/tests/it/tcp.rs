@@ -425,7 +425,8 @@ async fn ready_waits_for_room_instead_of_spinning() {
 /// A peer that stops reading mid-stream (so writes stop part-way through
 /// a chunk) and is replaced by a new process on its address: the new
 /// process gets whole frames in send order, and every frame accepted is
-/// accounted for.
+/// accounted for. (Which writer holds the cut chunk is a race; the
+/// outbox's unit tests pin the rule for each case.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wedged_peer_replaced_mid_stream_gets_whole_frames_in_order() {
     // The first peer shakes hands, then never reads.
