@@ -18,23 +18,40 @@ use crate::frame::{FRAME_HEADER_LEN, FrameCodec};
 /// anything behind if it is over `max` bytes.
 ///
 /// Small messages go through `scratch` with bincode's slice writer (one
-/// copy into `dst`, no per-field buffer checks); a message that does not fit
-/// in `scratch` goes through a writer that stops as soon as the payload
-/// passes `max`, so an oversized message is never fully buffered.
-pub(crate) fn encode_into<T: Serialize + ?Sized>(
+/// copy into `dst`, no per-field buffer checks). A larger one that knows its
+/// length ([`Message::exact_len`]) is checked against `max` and encoded in
+/// one pass into room made for it in `dst`; any other goes through a writer
+/// that stops as soon as the payload passes `max`, so an oversized message
+/// is never fully buffered.
+pub(crate) fn encode_into<T: Message>(
     item: &T,
     dst: &mut BytesMut,
     scratch: &mut [u8],
     max: usize,
 ) -> Result<(), WireError> {
-    if let Ok(n) = bincode::serde::encode_into_slice(item, scratch, config::standard()) {
-        if n > max {
-            return Err(WireError::FrameTooLarge { len: n as u64, max });
+    let exact = item.exact_len();
+    if exact.is_none_or(|len| len <= scratch.len()) {
+        if let Ok(n) = bincode::serde::encode_into_slice(item, scratch, config::standard()) {
+            if n > max {
+                return Err(WireError::FrameTooLarge { len: n as u64, max });
+            }
+            dst.extend_from_slice(&scratch[..n]);
+            return Ok(());
         }
-        dst.extend_from_slice(&scratch[..n]);
-        return Ok(());
     }
+    match exact {
+        Some(len) => encode_exact(item, len, dst, max),
+        None => encode_capped(item, dst, max),
+    }
+}
 
+/// Encodes a message of unknown length through a writer that stops once
+/// the payload passes `max`, so an oversized message is never buffered.
+fn encode_capped<T: Serialize + ?Sized>(
+    item: &T,
+    dst: &mut BytesMut,
+    max: usize,
+) -> Result<(), WireError> {
     struct Capped<'a> {
         dst: &'a mut BytesMut,
         written: usize,
@@ -71,6 +88,45 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
                     reason: e.to_string(),
                 }),
             }
+        }
+    }
+}
+
+/// Encodes `item`, whose payload is `len` bytes by its own account: over
+/// `max` it is refused before any encoding; otherwise `dst` makes room for
+/// it once and it is encoded straight in. An account that does not match what
+/// bincode writes is a bug in the message type: the message then goes the
+/// general way, so the bytes are right whatever the account said.
+fn encode_exact<T: Message>(
+    item: &T,
+    len: usize,
+    dst: &mut BytesMut,
+    max: usize,
+) -> Result<(), WireError> {
+    if len > max {
+        return Err(WireError::FrameTooLarge {
+            len: len as u64,
+            max,
+        });
+    }
+    /// Appends to room reserved up front: no cap to watch, no realloc.
+    struct Reserved<'a>(&'a mut BytesMut);
+    impl Writer for Reserved<'_> {
+        #[inline]
+        fn write(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+            self.0.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+    let start = dst.len();
+    dst.reserve(len);
+    let written = bincode::serde::encode_into_writer(item, Reserved(dst), config::standard());
+    match written {
+        Ok(()) if dst.len() - start == len => Ok(()),
+        _ => {
+            debug_assert!(false, "exact_len {len} does not match the encoding");
+            dst.truncate(start);
+            encode_capped(item, dst, max)
         }
     }
 }
@@ -115,14 +171,28 @@ fn undecodable(e: bincode::error::DecodeError) -> WireError {
 /// more than the input can hold (1 KiB ahead, for a sequence). This crate's messages keep the contract and its
 /// hostile-input tests check them; a type outside it that implements
 /// `Message` takes the contract on.
-pub trait Message: Serialize + DeserializeOwned {}
+pub trait Message: Serialize + DeserializeOwned {
+    /// The exact length of this message's payload once encoded, if it is
+    /// cheap to compute without encoding. With it, an encoder refuses a
+    /// message over the cap before encoding anything and encodes the rest
+    /// in one pass into room reserved up front. `None` (the default) is
+    /// always correct; a wrong `Some` is a bug, caught in debug builds.
+    fn exact_len(&self) -> Option<usize> {
+        None
+    }
+}
 
 impl Message for crate::Hello {}
-impl Message for crate::ClusterFrame {}
+impl Message for crate::ClusterFrame {
+    fn exact_len(&self) -> Option<usize> {
+        Some(self.payload_len())
+    }
+}
 impl Message for crate::Timestamp {}
 impl Message for crate::Session {}
 
 /// Bytes a bincode-standard varint of `v` takes.
+#[inline]
 fn varint_len(v: u64) -> usize {
     match v {
         0..=250 => 1,
@@ -133,6 +203,7 @@ fn varint_len(v: u64) -> usize {
 }
 
 /// Bytes a length-prefixed string or byte field of `len` bytes takes.
+#[inline]
 fn field_len(len: usize) -> usize {
     varint_len(len as u64) + len
 }
@@ -142,6 +213,7 @@ impl crate::ClusterFrame {
     /// 4-byte header), computed without encoding it: what a transport that
     /// never serializes (an in-process one) checks against the frame cap
     /// and counts as bytes.
+    #[inline]
     pub fn payload_len(&self) -> usize {
         use crate::{ClusterFrame, GossipPdu};
         match self {

@@ -348,3 +348,26 @@ fn a_header_within_the_cap_reserves_no_more_than_the_cap() {
     assert!(largest > CAP, "the frame is reserved whole: {largest}");
     assert!(largest <= receive_bound(&input), "{largest}");
 }
+
+/// A message type that does not know its length: it takes the capped
+/// writer, which must refuse over the cap and leave nothing behind too.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Unsized(String);
+impl multinode_wire::Message for Unsized {}
+
+#[test]
+fn a_message_of_unknown_length_over_the_cap_is_refused_on_encode() {
+    let mut codec = MessageCodec::<Unsized>::with_max(CAP);
+    let mut buf = BytesMut::from(&b"keep"[..]);
+    let big = Unsized("x".repeat(CAP));
+    assert!(matches!(
+        codec.encode(&big, &mut buf),
+        Err(WireError::FrameTooLarge { max: CAP, .. })
+    ));
+    assert_eq!(&buf[..], b"keep", "a refused message left bytes behind");
+    // 3-byte length (0xfb + u16) and the text: exactly the cap.
+    codec
+        .encode(&Unsized("x".repeat(CAP - 3)), &mut buf)
+        .unwrap();
+    assert_eq!(buf.len(), 4 + 4 + CAP);
+}

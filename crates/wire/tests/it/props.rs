@@ -139,12 +139,17 @@ fn frames_round_trip_in_any_chunking() {
 
 #[test]
 fn payload_len_matches_the_encoder() {
+    // Against bincode itself: the codec trusts `payload_len` (through
+    // `Message::exact_len`) to size what it encodes.
     let check = |f: &ClusterFrame| -> Result<(), TestCaseError> {
+        let plain = bincode::serde::encode_to_vec(f, bincode::config::standard())
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(f.payload_len(), plain.len());
         let mut wire = BytesMut::new();
         MessageCodec::<ClusterFrame>::new()
             .encode(f, &mut wire)
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert_eq!(f.payload_len(), wire.len() - 4);
+        prop_assert_eq!(&wire[4..], &plain[..]);
         Ok(())
     };
     run("payload_len_matches_the_encoder", 256, frame(), |f| {
