@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use multinode_wire::{
-    ClusterFrame, ClusterId, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, Hello, MessageCodec, NodeId,
+    ClusterFrame, ClusterId, DEFAULT_MAX_FRAME, Hello, MessageCodec, NodeId,
     Session, WireError,
 };
 use parking_lot::{Mutex, RwLock};
@@ -839,15 +839,15 @@ async fn serve(shared: &Shared, stream: TcpStream, from: SocketAddr) {
         // Up to BATCH complete frames are decoded and counted first, then
         // handed over: a sink that sees a frame sees it counted, and the
         // counters cost two atomic adds per batch, not per frame.
-        let mut bytes = 0;
+        let (before, mut after) = (buf.len(), buf.len());
         let bad = loop {
             if batch.len() == BATCH {
                 break None;
             }
             match codec.decode(&mut buf) {
                 Ok(Some(frame)) => {
-                    bytes += (frame.payload_len() + FRAME_HEADER_LEN) as u64;
                     batch.push(frame);
+                    after = buf.len();
                 }
                 Ok(None) => break None,
                 // Over the cap or undecodable.
@@ -856,7 +856,8 @@ async fn serve(shared: &Shared, stream: TcpStream, from: SocketAddr) {
         };
         let more = batch.len() == BATCH;
         add(&c.frames_received, batch.len() as u64);
-        add(&c.bytes_received, bytes);
+        // What the batch's frames took from the buffer, headers included.
+        add(&c.bytes_received, (before - after) as u64);
         for frame in batch.drain(..) {
             dispatch(&*shared.sink, node, frame);
         }
