@@ -12,8 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use multinode_wire::{
-    ClusterFrame, ClusterId, DEFAULT_MAX_FRAME, Hello, MessageCodec, NodeId,
-    Session, WireError,
+    ClusterFrame, ClusterId, DEFAULT_MAX_FRAME, Hello, MessageCodec, NodeId, Session, WireError,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio::io::AsyncReadExt;
@@ -503,8 +502,37 @@ async fn handshake(
 /// instructions per 1 KiB frame).
 const BATCH: usize = 7;
 
-/// The read buffer of a connection.
+/// What a connection reads at a time while its peer is quiet...
 const READ_BUF: usize = 64 << 10;
+/// ...and at most, while its peer streams.
+const READ_BUF_MAX: usize = 256 << 10;
+
+/// How much a connection's reader offers the socket: [`READ_BUF`], doubling
+/// up to [`READ_BUF_MAX`] while reads fill all they are offered (the peer
+/// streams, and fewer, larger reads cost less), back to [`READ_BUF`] once a
+/// read comes back less than half full. A quiet connection keeps a small
+/// buffer; only a streaming one holds a large one.
+#[derive(Debug)]
+struct ReadSize(usize);
+
+impl ReadSize {
+    fn new() -> Self {
+        Self(READ_BUF)
+    }
+
+    fn get(&self) -> usize {
+        self.0
+    }
+
+    /// Learns from a read that was offered `offered` bytes and got `got`.
+    fn after(&mut self, offered: usize, got: usize) {
+        if got >= offered {
+            self.0 = (self.0 * 2).min(READ_BUF_MAX);
+        } else if got < offered / 2 {
+            self.0 = READ_BUF;
+        }
+    }
+}
 
 /// Dials a peer and shakes hands, within the configured timeouts.
 async fn dial(shared: &Shared, peer: &Peer) -> Result<(Session, TcpStream), DialError> {
@@ -835,6 +863,7 @@ async fn serve(shared: &Shared, stream: TcpStream, from: SocketAddr) {
     let parts = conn.into_parts();
     let (mut io, mut codec, mut buf) = (parts.io, parts.codec, parts.read_buf);
     let mut batch = Vec::new();
+    let mut size = ReadSize::new();
     loop {
         // Up to BATCH complete frames are decoded and counted first, then
         // handed over: a sink that sees a frame sees it counted, and the
@@ -869,9 +898,14 @@ async fn serve(shared: &Shared, stream: TcpStream, from: SocketAddr) {
         if more {
             continue;
         }
-        if buf.capacity() - buf.len() < READ_BUF / 4 {
-            buf.reserve(READ_BUF);
+        let want = size.get();
+        if buf.is_empty() && buf.capacity() > 2 * want {
+            // A stream ended: give back the large buffer.
+            buf = BytesMut::with_capacity(want);
+        } else if buf.capacity() - buf.len() < want / 4 {
+            buf.reserve(want);
         }
+        let offered = buf.capacity() - buf.len();
         match io.read_buf(&mut buf).await {
             Ok(0) if buf.is_empty() => return,
             Ok(0) => {
@@ -879,11 +913,33 @@ async fn serve(shared: &Shared, stream: TcpStream, from: SocketAddr) {
                 tracing::warn!(peer = %node, %from, "connection closed mid-frame");
                 return;
             }
-            Ok(_) => {}
+            Ok(n) => size.after(offered, n),
             Err(e) => {
                 tracing::debug!(peer = %node, "connection lost: {e}");
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_size_grows_while_reads_come_back_full_and_falls_back_when_not() {
+        let mut size = ReadSize::new();
+        assert_eq!(size.get(), READ_BUF);
+        for _ in 0..10 {
+            let offered = size.get();
+            size.after(offered, offered);
+        }
+        assert_eq!(size.get(), READ_BUF_MAX, "capped");
+        // Three quarters full: a stream still, of about this size.
+        size.after(READ_BUF_MAX, READ_BUF_MAX * 3 / 4);
+        assert_eq!(size.get(), READ_BUF_MAX);
+        // A small read: the stream is over.
+        size.after(READ_BUF_MAX, 100);
+        assert_eq!(size.get(), READ_BUF);
     }
 }
