@@ -426,14 +426,27 @@ impl Replica {
                     }
                 }
                 let reset = self.maybe_resync(&watermarks);
-                let rejected = self.apply(entries, &mut out.changes);
+                // Resynchronising, from a peer that has not seen what the
+                // dropped entries were: what it holds may have been deleted
+                // since. Its entries (and watermarks) wait until it has
+                // caught up; the exchange goes on.
+                let stale = self
+                    .resync
+                    .as_ref()
+                    .is_some_and(|r| !self.covers(&watermarks, &r.target, true));
+                let rejected = if stale {
+                    self.stats.rejected += entries.len() as u64;
+                    BTreeSet::new()
+                } else {
+                    self.apply(entries, &mut out.changes)
+                };
                 if answers == NO_DIGEST {
                     // A round opener: answer it as a digest.
                     let m = self.sync(true, epoch, &watermarks);
                     out.replies.push((from, m));
                     return out;
                 }
-                if !reset && answers == self.epoch {
+                if !reset && !stale && answers == self.epoch {
                     self.advance(&watermarks, &partial, &rejected);
                 }
                 if reply {
@@ -663,7 +676,12 @@ impl Replica {
                     .get(&w.node)
                     .is_some_and(|m| w.physical_ms > m.physical_ms.saturating_add(grace))
         });
-        if !(behind || self.unsynced) {
+        // A peer back from a long absence makes us look behind on its own
+        // origin, but it lags us on the others: it cannot stand in for
+        // what a resynchronisation drops, and pulling from it would bring
+        // back what was deleted while it was away.
+        let covered = self.covers(theirs, &self.watermarks, false);
+        if !(behind && covered || self.unsynced) {
             return false;
         }
         tracing::info!(node = %me, unsynced = self.unsynced, "resynchronising");
@@ -700,6 +718,28 @@ impl Replica {
         });
         self.resync_progress();
         true
+    }
+
+    /// Whether a peer with watermarks `theirs` has seen, give or take the
+    /// tombstone grace, all that `ours` says was seen of every origin but
+    /// ourselves. Within the grace a delete it missed is still a tombstone
+    /// here, which outranks anything stale it sends. An origin the peer
+    /// has no watermark for counts as seen only if `new_ok` (a peer that
+    /// has just started is not stale).
+    fn covers(
+        &self,
+        theirs: &[Timestamp],
+        ours: &BTreeMap<NodeId, Timestamp>,
+        new_ok: bool,
+    ) -> bool {
+        let me = self.cfg.node;
+        let grace = self.cfg.tombstone_grace_ms;
+        let theirs: HashMap<NodeId, Timestamp> = theirs.iter().map(|t| (t.node, *t)).collect();
+        ours.iter().filter(|(o, _)| **o != me).all(|(o, mine)| {
+            theirs.get(o).map_or(new_ok, |t| {
+                t.physical_ms.saturating_add(grace) >= mine.physical_ms
+            })
+        })
     }
 
     fn resync_progress(&mut self) {

@@ -145,7 +145,18 @@ fn a_delete_never_resurrects_after_a_short_absence() {
 
 #[test]
 fn a_replica_away_longer_than_the_grace_resyncs_instead_of_resurrecting() {
-    let mut s = Simulator::new(6, seed("delete_long_absence"), ROUND_MS, |c| {
+    long_absence(seed("delete_long_absence"));
+}
+
+/// A seed at which the healthy replicas resynchronised against the one
+/// coming back, pulled its stale entries and resurrected the delete.
+#[test]
+fn healthy_replicas_do_not_resync_against_one_back_from_a_long_absence() {
+    long_absence(1_795_256_050_267_412_577);
+}
+
+fn long_absence(seed: u64) {
+    let mut s = Simulator::new(6, seed, ROUND_MS, |c| {
         c.tombstone_grace_ms = 2_000;
     })
     .unwrap();
