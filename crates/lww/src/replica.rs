@@ -680,8 +680,7 @@ impl Replica {
         // origin, but it lags us on the others: it cannot stand in for
         // what a resynchronisation drops, and pulling from it would bring
         // back what was deleted while it was away.
-        let covered = self.covers(theirs, &self.watermarks, false);
-        if !(behind && covered || self.unsynced) {
+        if !(self.unsynced || behind && self.covers(theirs, &self.watermarks, false)) {
             return false;
         }
         tracing::info!(node = %me, unsynced = self.unsynced, "resynchronising");
