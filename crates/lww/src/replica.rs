@@ -64,7 +64,8 @@ pub struct ReplicaStats {
     pub entries_received: u64,
     /// Received entries that won their merge.
     pub entries_applied: u64,
-    /// Received entries or watermarks refused for a version too far ahead.
+    /// Received entries or watermarks refused: for a version too far
+    /// ahead, or (while resynchronising) from a peer lagging the target.
     pub rejected: u64,
     /// Resynchronisations started.
     pub resyncs: u64,
