@@ -63,6 +63,12 @@ impl Expect {
         }
     }
 
+    /// Reads one line as a reply to this call (a `FAILED` line about a
+    /// label of several words reads only when the label is known).
+    fn parse(&self, line: &str) -> Result<Reply, BarrierError> {
+        Reply::parse_about(line, &self.label).map_err(BarrierError::Wire)
+    }
+
     /// Takes one reply; `Some` once the call is answered. Replies about
     /// other labels are answers to calls given up earlier: dropped.
     fn absorb(&mut self, reply: Reply) -> Option<Result<Gathered, BarrierError>> {
@@ -178,7 +184,7 @@ impl BarrierNode {
         let mut expect = Expect::new(label);
         loop {
             let line = self.conn.next().await.ok_or(BarrierError::Closed)??;
-            if let Some(res) = expect.absorb(parse_reply(&line)?) {
+            if let Some(res) = expect.absorb(expect.parse(&line)?) {
                 return res;
             }
         }
@@ -293,7 +299,7 @@ impl BlockingBarrierNode {
             }
             match self.reader.read() {
                 Ok(Some(line)) => {
-                    if let Some(res) = expect.absorb(parse_reply(&line)?) {
+                    if let Some(res) = expect.absorb(expect.parse(&line)?) {
                         return res;
                     }
                 }

@@ -367,7 +367,7 @@ async fn connection(stream: TcpStream, inner: Arc<Inner>, cancel: CancellationTo
                         true
                     }
                     Some(Err(WireError::LineTooLong { max })) => {
-                        s.core.line_too_long(conn, max);
+                        s.core.line_too_long(conn, max, now);
                         reading = false;
                         true // write the ERR, then close
                     }

@@ -14,6 +14,10 @@ pub(crate) type ConnId = u64;
 /// others locally, but the controller still counts its arrival).
 const MAX_OUTSTANDING: usize = 16;
 
+/// Connections that have not yet said who they are, beyond the cluster
+/// size, that wait at once; a new one beyond that closes the oldest.
+const MAX_UNIDENTIFIED_EXTRA: usize = 64;
+
 /// Labels whose outcome is remembered, so a late arrival at a failed label
 /// is still told it failed. The oldest outcomes are forgotten first.
 const MAX_REMEMBERED: usize = 65_536;
@@ -109,6 +113,10 @@ pub(crate) struct Core {
     slots: Vec<Slot>,
     /// Live connections, with the slot each is bound to once identified.
     conns: HashMap<ConnId, Option<u32>>,
+    /// How many of `conns` are not bound to a slot yet.
+    unidentified: usize,
+    /// Slots in `Slot::Live`.
+    live: usize,
     pending: BTreeMap<Label, Pending>,
     /// Slots that have not left: how many arrivals complete a barrier.
     members: usize,
@@ -129,6 +137,8 @@ impl Core {
             cfg,
             slots: vec![Slot::Vacant; n],
             conns: HashMap::new(),
+            unidentified: 0,
+            live: 0,
             pending: BTreeMap::new(),
             members: n,
             exited: 0,
@@ -168,23 +178,58 @@ impl Core {
         barriers.chain(grace).min()
     }
 
-    /// A new connection. It is a member from now on; one beyond the cluster
-    /// size is refused.
+    /// A new connection. It takes no slot until its first line identifies
+    /// it (`HELLO`, or a barrier from a client that skips `HELLO`), but it
+    /// counts as a possible member from now on. When every slot is live it
+    /// is refused; when too many connections wait unidentified, the oldest
+    /// of them is closed to make room.
     pub(crate) fn connect(&mut self, conn: ConnId) {
-        if self.conns.len() >= self.cfg.nodes as usize {
-            let n = self.cfg.nodes;
-            self.refuse(
+        let n = self.cfg.nodes;
+        if self.live >= n as usize {
+            return self.refuse(
                 conn,
                 format!("cluster full: {n} of {n} nodes are connected"),
             );
-            return;
+        }
+        if self.unidentified >= n as usize + MAX_UNIDENTIFIED_EXTRA {
+            let oldest = self
+                .conns
+                .iter()
+                .filter(|(_, slot)| slot.is_none())
+                .map(|(&c, _)| c)
+                .min();
+            if let Some(oldest) = oldest {
+                // It holds no slot: its close fails nothing.
+                self.refuse(
+                    oldest,
+                    "closed: too many connections waiting to identify themselves".into(),
+                );
+            }
         }
         self.conns.insert(conn, None);
+        self.unidentified += 1;
     }
 
-    /// A connection closed (or was dropped), with the reason in words.
+    /// A connection closed (or was dropped).
+    ///
+    /// A member's connection frees its slot, and fails every pending
+    /// barrier (at once, or after the exit-status grace). A connection that
+    /// closes before identifying itself fails the pending barriers when the
+    /// connections left can no longer make up every member: it was one of
+    /// them, and it can never arrive.
     pub(crate) fn disconnect(&mut self, conn: ConnId, now: Instant) {
-        let Some(Some(slot)) = self.conns.remove(&conn) else {
+        let Some(bound) = self.forget(conn) else {
+            return;
+        };
+        let Some(slot) = bound else {
+            let remaining = self.live + self.unidentified;
+            if !self.pending.is_empty() && remaining < self.members {
+                let members = self.members;
+                self.fail_all_pending(&format!(
+                    "a connection closed before identifying itself; \
+                     {remaining} of {members} members remain connected"
+                ));
+            }
             return;
         };
         if self.slots[slot as usize] != Slot::Live(conn) {
@@ -212,8 +257,8 @@ impl Core {
             Slot::Left | Slot::Exited(_) => return,
             Slot::Live(conn) => {
                 // Its socket closes any moment now; that event finds the
-                // connection already unbound.
-                self.conns.insert(conn, None);
+                // connection gone.
+                self.conns.remove(&conn);
             }
             Slot::Vacant | Slot::Down => {}
         }
@@ -281,9 +326,20 @@ impl Core {
     }
 
     /// A line over the cap: refused, and the connection closed, since the
-    /// rest of that line cannot be told from the next.
-    pub(crate) fn line_too_long(&mut self, conn: ConnId, max: usize) {
-        self.refuse(conn, format!("line longer than {max} bytes"));
+    /// rest of that line cannot be told from the next. The connection is
+    /// gone from this moment: a member's slot is freed (it may come back
+    /// with `HELLO <id>`) and its pending barriers fail, as on any
+    /// disconnect.
+    pub(crate) fn line_too_long(&mut self, conn: ConnId, max: usize, now: Instant) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        self.disconnect(conn, now);
+        self.out.push(Output::Send(
+            conn,
+            Reply::Err(format!("line longer than {max} bytes")),
+        ));
+        self.out.push(Output::Close(conn));
     }
 
     fn hello(&mut self, conn: ConnId, id: Option<NodeId>) {
@@ -336,10 +392,14 @@ impl Core {
             self.members + usize::from(old == Slot::Left) - usize::from(*new == Slot::Left);
         self.exited = self.exited + usize::from(matches!(new, Slot::Exited(_)))
             - usize::from(matches!(old, Slot::Exited(_)));
+        self.live = self.live + usize::from(matches!(new, Slot::Live(_)))
+            - usize::from(matches!(old, Slot::Live(_)));
     }
 
     fn bind(&mut self, conn: ConnId, slot: u32) {
-        self.conns.insert(conn, Some(slot));
+        if self.conns.insert(conn, Some(slot)) == Some(None) {
+            self.unidentified -= 1;
+        }
         self.set_slot(slot, Slot::Live(conn));
         self.grace.retain(|&(s, _)| s != slot);
     }
@@ -428,7 +488,7 @@ impl Core {
                 self.try_complete(&label);
             }
         }
-        self.conns.remove(&conn);
+        self.forget(conn);
         self.out.push(Output::Send(conn, Reply::Bye));
         self.out.push(Output::Close(conn));
     }
@@ -531,11 +591,21 @@ impl Core {
         );
     }
 
-    /// Refuses a connection: an `ERR` line, then close.
+    /// Refuses a connection that is not a member (it holds no slot): an
+    /// `ERR` line, then close. Its close then fails nothing.
     fn refuse(&mut self, conn: ConnId, why: String) {
-        self.conns.remove(&conn);
+        self.forget(conn);
         self.out.push(Output::Send(conn, Reply::Err(why)));
         self.out.push(Output::Close(conn));
+    }
+
+    /// Drops a connection from the books: what it was bound to, if known.
+    fn forget(&mut self, conn: ConnId) -> Option<Option<u32>> {
+        let bound = self.conns.remove(&conn);
+        if bound == Some(None) {
+            self.unidentified -= 1;
+        }
+        bound
     }
 
     fn send(&mut self, conn: ConnId, reply: Reply) {
@@ -668,9 +738,9 @@ mod tests {
     #[test]
     fn one_connection_too_many_is_refused() {
         let mut h = Harness::new(2);
-        for c in 1..=3 {
-            h.connect(c);
-        }
+        h.join(1, 0);
+        h.join(2, 1);
+        h.connect(3);
         assert_eq!(
             h.take(3),
             ["ERR cluster full: 2 of 2 nodes are connected", "<close>"]
@@ -683,6 +753,108 @@ mod tests {
         );
         h.say(2, "BARRIER x", 0);
         assert_eq!(h.take(1), ["OK x"]);
+    }
+
+    #[test]
+    fn idle_connections_take_no_slot() {
+        // Three connections that never speak, opened before the members.
+        let mut h = Harness::new(3);
+        for squatter in 100..103 {
+            h.connect(squatter);
+        }
+        for c in 0..3 {
+            h.join(c, c as u32);
+        }
+        for c in 0..3 {
+            h.say(c, "BARRIER x", 1);
+        }
+        for c in 0..3 {
+            assert_eq!(h.take(c), ["OK x"]);
+        }
+        // Now every slot is live: the next connection is refused.
+        h.connect(200);
+        assert_eq!(
+            h.take(200),
+            ["ERR cluster full: 3 of 3 nodes are connected", "<close>"]
+        );
+    }
+
+    #[test]
+    fn unidentified_connections_are_bounded_oldest_closed_first() {
+        let mut h = Harness::new(1);
+        let cap = 1 + MAX_UNIDENTIFIED_EXTRA as ConnId;
+        for c in 0..cap {
+            h.connect(c);
+        }
+        assert!(h.log.is_empty(), "{:?}", h.log);
+        h.connect(cap);
+        assert_eq!(
+            h.take(0),
+            [
+                "ERR closed: too many connections waiting to identify themselves",
+                "<close>"
+            ]
+        );
+        h.say(cap, "HELLO", 0);
+        assert_eq!(h.take(cap), ["WELCOME 0 1"], "the newest got in");
+    }
+
+    #[test]
+    fn a_member_that_dies_before_its_first_line_fails_the_pending_barrier() {
+        let mut h = Harness::new(3);
+        for c in 0..3 {
+            h.connect(c);
+        }
+        h.say(0, "BARRIER x", 0);
+        h.say(1, "BARRIER x", 0);
+        h.core.disconnect(2, h.at(1));
+        h.pump();
+        let want = "FAILED x a connection closed before identifying itself; \
+                    2 of 3 members remain connected";
+        assert_eq!(h.take(0), [want]);
+        assert_eq!(h.take(1), [want]);
+        // With nothing pending, an unidentified close fails nothing later.
+        h.connect(3);
+        h.core.disconnect(3, h.at(2));
+        h.pump();
+        assert!(h.log.is_empty(), "{:?}", h.log);
+    }
+
+    #[test]
+    fn an_extra_connection_that_closes_unidentified_fails_nothing() {
+        let mut h = Harness::new(2);
+        h.connect(9); // a probe, say
+        h.join(0, 0);
+        h.join(1, 1);
+        h.say(0, "BARRIER x", 0);
+        h.core.disconnect(9, h.at(1));
+        h.pump();
+        assert!(h.take(0).is_empty(), "two members are still connected");
+        h.say(1, "BARRIER x", 1);
+        assert_eq!(h.take(0), ["OK x"]);
+    }
+
+    #[test]
+    fn an_over_long_line_frees_the_slot_and_fails_the_pending_barrier() {
+        let mut h = Harness::new(2);
+        h.join(0, 0);
+        h.join(1, 1);
+        h.say(0, "BARRIER x", 0);
+        h.core.line_too_long(1, 4096, h.at(1));
+        h.pump();
+        assert_eq!(h.take(1), ["ERR line longer than 4096 bytes", "<close>"]);
+        assert_eq!(h.take(0), ["FAILED x node 1 disconnected"]);
+        // The I/O layer reports the close afterwards: nothing more happens.
+        h.core.disconnect(1, h.at(1));
+        h.pump();
+        assert!(h.log.is_empty(), "{:?}", h.log);
+        // The node comes back under its id, and barriers pass again.
+        h.connect(5);
+        h.say(5, "HELLO 1", 2);
+        assert_eq!(h.take(5), ["WELCOME 1 2"]);
+        h.say(0, "BARRIER y", 2);
+        h.say(5, "BARRIER y", 2);
+        assert_eq!(h.take(0), ["OK y"]);
     }
 
     #[test]
@@ -853,7 +1025,7 @@ mod tests {
             assert_eq!(got.len(), 1, "{bad:?}: {got:?}");
             assert!(got[0].starts_with("ERR "), "{bad:?}: {got:?}");
         }
-        h.core.line_too_long(0, 4096);
+        h.core.line_too_long(0, 4096, h.at(0));
         h.pump();
         assert_eq!(h.take(0), ["ERR line longer than 4096 bytes", "<close>"]);
     }

@@ -12,8 +12,10 @@ const MAX_LISTED: usize = 100;
 /// The default cap on a line, terminator excluded: 4 KiB.
 pub const DEFAULT_MAX_LINE: usize = 4096;
 
-/// The longest barrier label, in bytes.
-pub const MAX_LABEL_LEN: usize = 256;
+/// The longest barrier label, in bytes: short enough that every reply
+/// carrying one (a `FAILED` with its 1 KiB cause, a `TIMEOUT` listing 100
+/// missing ids) fits in a [`DEFAULT_MAX_LINE`] line.
+pub const MAX_LABEL_LEN: usize = 2048;
 
 /// The longest value a node may contribute to a data-carrying barrier, in bytes.
 pub const MAX_VALUE_LEN: usize = 256;
@@ -102,6 +104,33 @@ impl<T: fmt::Display> Encoder<T> for LineCodec {
     }
 }
 
+/// A label: 1 to [`MAX_LABEL_LEN`] bytes, words separated by single spaces
+/// (the reference protocol took the rest of a `BARRIER` line as its label),
+/// no other whitespace and no control characters. A label of several words
+/// may not end in a word that starts with `missing=`, so a `TIMEOUT` line
+/// reads one way only.
+fn check_label(s: &str, what: &str, max: usize) -> Result<(), WireError> {
+    for word in s.split(' ') {
+        check_token(word, what, max)?;
+    }
+    if s.len() > max {
+        return Err(WireError::malformed(format!(
+            "{what} is {} bytes, more than {max}",
+            s.len()
+        )));
+    }
+    if s.contains(' ')
+        && s.rsplit(' ')
+            .next()
+            .is_some_and(|w| w.starts_with("missing="))
+    {
+        return Err(WireError::malformed(format!(
+            "a {what} of several words may not end in a word starting with \"missing=\""
+        )));
+    }
+    Ok(())
+}
+
 fn check_token(s: &str, what: &str, max: usize) -> Result<(), WireError> {
     if s.is_empty() {
         return Err(WireError::malformed(format!("empty {what}")));
@@ -121,7 +150,7 @@ fn check_token(s: &str, what: &str, max: usize) -> Result<(), WireError> {
 }
 
 macro_rules! token_type {
-    ($(#[$doc:meta])* $name:ident, $what:literal, $max:expr) => {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $max:expr, $check:ident) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(String);
@@ -130,7 +159,7 @@ macro_rules! token_type {
             #[doc = concat!("Validates a ", $what, ".")]
             pub fn new(s: impl Into<String>) -> Result<Self, WireError> {
                 let s = s.into();
-                check_token(&s, $what, $max)?;
+                $check(&s, $what, $max)?;
                 Ok(Self(s))
             }
 
@@ -157,19 +186,30 @@ macro_rules! token_type {
 }
 
 token_type!(
-    /// A barrier label: 1 to 256 bytes of UTF-8 with no whitespace and no
-    /// control characters, so it reads the same on both sides of a line.
+    /// A barrier label: 1 to 2,048 bytes of UTF-8, words separated by
+    /// single spaces (`phase one`), no other whitespace and no control
+    /// characters, so it reads the same on both sides of a line. A `GATHER`
+    /// label is one word, since its value follows it on the line.
     Label,
     "label",
-    MAX_LABEL_LEN
+    MAX_LABEL_LEN,
+    check_label
 );
+
+impl Label {
+    /// Whether the label is one word (no space), as a `GATHER` label must be.
+    pub fn is_word(&self) -> bool {
+        !self.0.contains(' ')
+    }
+}
 
 token_type!(
     /// A value contributed to a data-carrying barrier (a listen address, say):
     /// 1 to 256 bytes of UTF-8 with no whitespace and no control characters.
     Value,
     "value",
-    MAX_VALUE_LEN
+    MAX_VALUE_LEN,
+    check_token
 );
 
 /// A line from a node to the barrier controller.
@@ -242,6 +282,30 @@ impl Reply {
     }
 }
 
+impl Reply {
+    /// Parses a reply for a caller waiting on `expected`. A `FAILED` line
+    /// whose label has spaces cannot be read without knowing the label
+    /// (its cause follows it on the line): a line that starts with
+    /// `FAILED <expected> ` is read as about `expected`. Every other line
+    /// reads as [`str::parse`] reads it.
+    pub fn parse_about(line: &str, expected: &Label) -> Result<Reply, WireError> {
+        let cause = line
+            .strip_prefix("FAILED ")
+            .and_then(|rest| rest.strip_prefix(expected.as_str()))
+            .and_then(|rest| rest.strip_prefix(' '));
+        match cause {
+            Some(cause) if !expected.is_word() => {
+                words(line)?;
+                Ok(Reply::Failed {
+                    label: expected.clone(),
+                    cause: free_text(cause),
+                })
+            }
+            _ => line.parse(),
+        }
+    }
+}
+
 /// Splits a line into single-space-separated words, refusing the spacing
 /// mistakes that would make two sides read one line differently.
 fn words(line: &str) -> Result<Vec<&str>, WireError> {
@@ -280,13 +344,13 @@ impl FromStr for Request {
                 2 => Ok(Request::Hello(Some(w[1].parse()?))),
                 n => Err(arity("HELLO", n - 1, "at most a node id")),
             },
-            "BARRIER" => match w.len() {
-                2 => Ok(Request::Barrier(w[1].parse()?)),
-                n => Err(arity("BARRIER", n - 1, "one label")),
+            "BARRIER" => match tail(line, 1) {
+                Some(label) => Ok(Request::Barrier(label.parse()?)),
+                None => Err(arity("BARRIER", 0, "a label")),
             },
             "GATHER" => match w.len() {
                 3 => Ok(Request::Gather(w[1].parse()?, w[2].parse()?)),
-                n => Err(arity("GATHER", n - 1, "a label and a value")),
+                n => Err(arity("GATHER", n - 1, "a one-word label and a value")),
             },
             "LEAVE" => match w.len() {
                 1 => Ok(Request::Leave),
@@ -327,9 +391,9 @@ impl FromStr for Reply {
                 }),
                 n => Err(arity("WELCOME", n - 1, "a node id and a count")),
             },
-            "OK" => match w.len() {
-                2 => Ok(Reply::Ok(w[1].parse()?)),
-                n => Err(arity("OK", n - 1, "one label")),
+            "OK" => match tail(line, 1) {
+                Some(label) => Ok(Reply::Ok(label.parse()?)),
+                None => Err(arity("OK", 0, "a label")),
             },
             "VALUE" => match w.len() {
                 4 => Ok(Reply::Value {
@@ -339,25 +403,25 @@ impl FromStr for Reply {
                 }),
                 n => Err(arity("VALUE", n - 1, "a label, a node id and a value")),
             },
-            "TIMEOUT" => match w.len() {
-                2 => Ok(Reply::Timeout {
-                    label: w[1].parse()?,
-                    missing: Vec::new(),
-                }),
-                3 => {
-                    let ids = w[2]
-                        .strip_prefix("missing=")
-                        .ok_or_else(|| WireError::malformed("expected missing=<ids>"))?;
+            "TIMEOUT" => match w.last().and_then(|l| l.strip_prefix("missing=")) {
+                Some(ids) if w.len() >= 3 => {
                     let missing = ids
                         .split(',')
                         .map(NodeId::from_str)
                         .collect::<Result<_, _>>()?;
+                    let label = &line["TIMEOUT ".len()..line.len() - w[w.len() - 1].len() - 1];
                     Ok(Reply::Timeout {
-                        label: w[1].parse()?,
+                        label: label.parse()?,
                         missing,
                     })
                 }
-                n => Err(arity("TIMEOUT", n - 1, "a label and a missing list")),
+                _ => match tail(line, 1) {
+                    Some(label) => Ok(Reply::Timeout {
+                        label: label.parse()?,
+                        missing: Vec::new(),
+                    }),
+                    None => Err(arity("TIMEOUT", 0, "a label and a missing list")),
+                },
             },
             "FAILED" => match (w.len(), tail(line, 2)) {
                 (n, Some(cause)) if n >= 3 => Ok(Reply::Failed {

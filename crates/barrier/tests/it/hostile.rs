@@ -47,7 +47,7 @@ async fn a_member_sending_garbage_gets_errors_and_carries_on() {
         b"\n",
         b"JUMP\n",
         b"BARRIER\n",
-        b"BARRIER a b c\n",
+        b"BARRIER a  b\n",
         b"\xc3\x28 invalid utf-8\n",
         b"GATHER x\n",
     ];
@@ -95,4 +95,106 @@ async fn an_over_long_line_closes_only_that_connection() {
     let (x, y) = tokio::join!(good.barrier("after"), other.barrier("after"));
     x.unwrap();
     y.unwrap();
+}
+
+/// A member that sent an over-long line is gone at once: the barrier it
+/// was part of fails for the others now (not at its 30 s deadline), and the
+/// member can come back under its id.
+#[tokio::test]
+async fn an_over_long_line_from_a_member_frees_its_slot_at_once() {
+    let c = controller(2, Duration::from_secs(30)).await;
+    let mut good = Raw::connect(c.local_addr()).await;
+    let mut bad = Raw::connect(c.local_addr()).await;
+    bad.send(b"HELLO 1\n").await;
+    assert_eq!(bad.line().await.as_deref(), Some("WELCOME 1 2"));
+    // The second HELLO's answer proves the arrival before it was read.
+    good.send(b"HELLO 0\nBARRIER pending\nHELLO\n").await;
+    assert_eq!(good.line().await.as_deref(), Some("WELCOME 0 2"));
+    assert_eq!(good.line().await.as_deref(), Some("WELCOME 0 2"));
+    bad.send(&vec![b'x'; 5000]).await;
+    assert_eq!(
+        bad.line().await.as_deref(),
+        Some("ERR line longer than 4096 bytes")
+    );
+    // Within the patience bound, far below the 30 s deadline.
+    assert_eq!(
+        good.line().await.as_deref(),
+        Some("FAILED pending node 1 disconnected")
+    );
+    let mut back = BarrierNode::connect(c.local_addr(), Some(NodeId(1)))
+        .await
+        .expect("node 1 may come back");
+    good.send(b"BARRIER after\n").await;
+    back.barrier("after").await.unwrap();
+    assert_eq!(good.line().await.as_deref(), Some("OK after"));
+}
+
+/// A connection that closes before its first line was one of the members:
+/// the others are told at once instead of waiting out the deadline.
+#[tokio::test]
+async fn a_member_that_dies_before_speaking_fails_the_barrier_at_once() {
+    let c = controller(3, Duration::from_secs(30)).await;
+    let addr = c.local_addr();
+    let silent = Raw::connect(addr).await;
+    let mut a = Raw::connect(addr).await;
+    let mut b = Raw::connect(addr).await;
+    a.send(b"BARRIER start\n").await;
+    b.send(b"BARRIER start\n").await;
+    drop(silent);
+    let want = "FAILED start a connection closed before identifying itself; \
+                2 of 3 members remain connected";
+    assert_eq!(a.line().await.as_deref(), Some(want));
+    assert_eq!(b.line().await.as_deref(), Some(want));
+}
+
+/// Connections that never speak, opened before the members, hold no slot.
+#[tokio::test]
+async fn idle_connections_do_not_squat_membership() {
+    let c = controller(3, Duration::from_secs(30)).await;
+    let addr = c.local_addr();
+    let mut squatters = Vec::new();
+    for _ in 0..3 {
+        squatters.push(Raw::connect(addr).await);
+    }
+    let mut nodes = Vec::new();
+    for id in 0..3 {
+        nodes.push(BarrierNode::connect(addr, Some(NodeId(id))).await.unwrap());
+    }
+    let [x, y, z] = &mut nodes[..] else {
+        unreachable!()
+    };
+    let (x, y, z) = tokio::join!(x.barrier("go"), y.barrier("go"), z.barrier("go"));
+    x.unwrap();
+    y.unwrap();
+    z.unwrap();
+    drop(squatters);
+}
+
+/// The reference protocol took the rest of the line as the label.
+#[tokio::test]
+async fn labels_of_several_words_pass_and_fail_by_their_whole_label() {
+    let c = controller(2, Duration::from_secs(30)).await;
+    let addr = c.local_addr();
+    let mut raw = Raw::connect(addr).await;
+    let mut node = BarrierNode::connect(addr, None).await.unwrap();
+    raw.send(b"BARRIER phase one\n").await;
+    node.barrier("phase one").await.unwrap();
+    assert_eq!(raw.line().await.as_deref(), Some("OK phase one"));
+
+    // A failure names the whole label, and the client reads it as its own.
+    let waiting = tokio::spawn(async move { node.barrier("phase two starts").await });
+    raw.send(b"BARRIER phase two starts\n").await;
+    drop(raw);
+    let err = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect_err("the other member is gone");
+    match err {
+        multinode_barrier::BarrierError::Failed { label, cause } => {
+            assert_eq!(label.as_str(), "phase two starts");
+            assert!(cause.contains("disconnected"), "{cause}");
+        }
+        other => panic!("{other}"),
+    }
 }

@@ -311,20 +311,64 @@ fn line_codec_caps_and_survives_bad_utf8() {
 
 #[test]
 fn labels_are_bounded_and_clean() {
-    use multinode_wire::{Label, MAX_LABEL_LEN};
+    use multinode_wire::{Label, MAX_LABEL_LEN, Reply};
     assert!(Label::new("x".repeat(MAX_LABEL_LEN)).is_ok());
     assert!(Label::new("x".repeat(MAX_LABEL_LEN + 1)).is_err());
+    assert!(Label::new(format!("a {}", "x".repeat(MAX_LABEL_LEN - 2))).is_ok());
+    assert!(Label::new(format!("a {}", "x".repeat(MAX_LABEL_LEN - 1))).is_err());
+    for good in ["phase one", "a b c", "é → ok"] {
+        assert!(Label::new(good).is_ok(), "{good:?} refused");
+    }
     for bad in [
         "",
-        "a b",
+        "a  b",
         "a\tb",
         "a\u{0}b",
         "a\u{85}b",
         "trailing ",
+        " leading",
         "\u{2003}",
+        "a missing=1",
     ] {
         assert!(Label::new(bad).is_err(), "{bad:?} accepted");
     }
+    // Every reply that carries the longest label still fits a line.
+    let label = Label::new(format!("a {}", "x".repeat(MAX_LABEL_LEN - 2))).unwrap();
+    let failed = Reply::Failed {
+        label: label.clone(),
+        cause: "y".repeat(5000),
+    };
+    let timeout = Reply::Timeout {
+        label,
+        missing: (0..1000)
+            .map(|i| multinode_wire::NodeId(u64::from(u32::MAX) - i))
+            .collect(),
+    };
+    for reply in [failed, timeout] {
+        let line = reply.to_string();
+        assert!(
+            line.len() <= multinode_wire::DEFAULT_MAX_LINE,
+            "{}",
+            line.len()
+        );
+    }
+}
+
+#[test]
+fn a_failed_line_about_a_label_of_several_words_reads_by_the_label_awaited() {
+    use multinode_wire::{Label, Reply};
+    let label = Label::new("phase two").unwrap();
+    let line = "FAILED phase two node 1 disconnected";
+    assert_eq!(
+        Reply::parse_about(line, &label).unwrap(),
+        Reply::Failed {
+            label: label.clone(),
+            cause: "node 1 disconnected".into()
+        }
+    );
+    // Another label's failure stays about that label.
+    let other = Reply::parse_about("FAILED phase node 1 disconnected", &label).unwrap();
+    assert_eq!(other.label().map(Label::as_str), Some("phase"));
 }
 
 /// A frame header that claims a length within the cap makes the codec
