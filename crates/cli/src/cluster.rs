@@ -299,7 +299,7 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
         }
     };
     let alive = c.stop_all(outcome.is_ok()).await;
-    let mut failure = outcome.err().map(|e| format!("{e:#}"));
+    let mut failure = outcome.err().map(|e| crate::error_line(&e));
     if alive > 0 && failure.is_none() {
         failure = Some(format!(
             "{alive} node process(es) still alive after the run"

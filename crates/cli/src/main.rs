@@ -120,10 +120,28 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("multinode: {e:#}");
+            eprintln!("multinode: {}", error_line(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes on one line, each cause said once: a cause whose
+/// text its outer error already printed (thiserror's `"store: {0}"` over a
+/// `#[from]` source, say) is not repeated.
+pub(crate) fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace(['\n', '\r'], " ")
 }
 
 /// Logs to stderr at the level in `MULTINODE_LOG` (default `info`).

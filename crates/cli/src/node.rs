@@ -234,7 +234,7 @@ impl Proc {
             let answer = self
                 .execute(cmd)
                 .await
-                .unwrap_or_else(|e| format!("ERR {}", one_line(&format!("{e:#}"))));
+                .unwrap_or_else(|e| format!("ERR {}", crate::error_line(&e)));
             self.reply(&answer).await?;
         }
     }
@@ -352,10 +352,6 @@ impl Decoder for ControlLines {
             .decode_eof(buf)
             .map_or_else(bad_line, |l| Ok(l.map(Ok)))
     }
-}
-
-fn one_line(s: &str) -> String {
-    s.replace(['\n', '\r'], " ")
 }
 
 fn stats_line(node: &Node) -> String {

@@ -24,6 +24,32 @@ pub enum StoreError {
         /// What the parser objected to.
         reason: String,
     },
+    /// A file of the store changed underneath it in a way no writer of the
+    /// store makes (deleted, truncated or replaced by hand, say): what it
+    /// acknowledged may be gone. The handle is poisoned, and opening the
+    /// store refuses to start over it; the files are left as they are.
+    #[error("{} was changed underneath the store: {reason}", path.display())]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What was found, against what the store knows it wrote.
+        reason: String,
+    },
+    /// Another process held the store's lock for longer than the lock wait
+    /// (see [`crate::FileStore::open_configured`]).
+    #[error(
+        "{} is held by {} for more than {waited:?}",
+        path.display(),
+        holder.map_or_else(|| "another process".to_owned(), |p| format!("process {p}"))
+    )]
+    LockTimeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long this handle waited.
+        waited: std::time::Duration,
+        /// The process holding it, where the system tells (Linux).
+        holder: Option<u32>,
+    },
     /// The store file was written by a newer format version.
     #[error("{} has format version {found}; this build reads up to {supported}", path.display())]
     NewerFormat {

@@ -35,4 +35,7 @@ mod store;
 pub use error::StoreError;
 pub use pending::Pending;
 pub use storage::{DiskStorage, FileVersion, SimStorage, Storage};
-pub use store::{Checkpoint, FORMAT_VERSION, FileStore, Merge, PutOutcome, StateStore};
+pub use store::{
+    Checkpoint, DEFAULT_LOCK_WAIT, FORMAT_VERSION, FileStore, Merge, PutOutcome, StateStore,
+    StoreConfig,
+};

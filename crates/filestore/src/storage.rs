@@ -6,6 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -43,8 +44,10 @@ pub trait Storage: Send + Sync + 'static {
     /// The names of the files in `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Runs `f` holding the exclusive cross-process lock on `lock_path`
-    /// (created if missing, never deleted).
-    fn with_lock(&self, lock_path: &Path, f: &mut dyn FnMut()) -> io::Result<()>;
+    /// (created if missing, never deleted), waiting at most `wait` for it;
+    /// a lock still held by another after `wait` is
+    /// [`io::ErrorKind::TimedOut`] and `f` does not run.
+    fn with_lock(&self, lock_path: &Path, wait: Duration, f: &mut dyn FnMut()) -> io::Result<()>;
 }
 
 /// Identifies one state of one file: which file (device and inode, so a
@@ -156,7 +159,7 @@ impl Storage for DiskStorage {
             .collect()
     }
 
-    fn with_lock(&self, lock_path: &Path, f: &mut dyn FnMut()) -> io::Result<()> {
+    fn with_lock(&self, lock_path: &Path, wait: Duration, f: &mut dyn FnMut()) -> io::Result<()> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -164,9 +167,28 @@ impl Storage for DiskStorage {
             .write(true)
             .open(lock_path)?;
         let mut lock = fd_lock::RwLock::new(file);
-        let _guard = lock.write()?;
-        f();
-        Ok(())
+        // flock cannot be given a deadline: try, and back off between tries
+        // (20 µs doubling to 2 ms, so a lock handed on within an fsync's
+        // time costs little latency).
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_micros(20);
+        loop {
+            match lock.try_write() {
+                Ok(_guard) => {
+                    f();
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                    std::thread::sleep(pause.min(deadline - now));
+                    pause = (pause * 2).min(Duration::from_millis(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
@@ -395,11 +417,55 @@ impl Storage for SimStorage {
             .collect())
     }
 
-    fn with_lock(&self, _lock_path: &Path, f: &mut dyn FnMut()) -> io::Result<()> {
+    fn with_lock(&self, _lock_path: &Path, wait: Duration, f: &mut dyn FnMut()) -> io::Result<()> {
         // One simulated disk lives in one process: a mutex stands in for
         // the cross-process lock.
-        let _guard = self.lock.lock();
+        let Some(_guard) = self.lock.try_lock_for(wait) else {
+            return Err(io::ErrorKind::TimedOut.into());
+        };
         f();
         Ok(())
     }
+}
+
+/// The process holding an exclusive `flock` on `lock_path`, read from
+/// `/proc/locks` by the file's device and inode (Linux only; `None`
+/// elsewhere, or when nobody holds it).
+pub(crate) fn lock_holder(lock_path: &Path) -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(lock_path).ok()?;
+        let (major, minor) = (libc_major(m.dev()), libc_minor(m.dev()));
+        let want = format!("{major:02x}:{minor:02x}:{}", m.ino());
+        let locks = fs::read_to_string("/proc/locks").ok()?;
+        locks.lines().find_map(|line| {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            if w.contains(&"->") {
+                return None; // a waiter, not the holder
+            }
+            // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+            let at = w.iter().position(|x| *x == "FLOCK")?;
+            (w.get(at + 4) == Some(&want.as_str()))
+                .then(|| w.get(at + 3)?.parse().ok())
+                .flatten()
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = lock_path;
+        None
+    }
+}
+
+/// Linux's `major()` of a `dev_t`.
+#[cfg(target_os = "linux")]
+fn libc_major(dev: u64) -> u64 {
+    ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)
+}
+
+/// Linux's `minor()` of a `dev_t`.
+#[cfg(target_os = "linux")]
+fn libc_minor(dev: u64) -> u64 {
+    ((dev >> 12) & 0xffff_ff00) | (dev & 0xff)
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::de::DeserializeOwned;
@@ -23,6 +24,36 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The log is folded into a new snapshot once it is longer than this and
 /// than the snapshot, so a put costs O(1) amortized, not O(state).
 const COMPACT_AFTER: u64 = 256 * 1024;
+
+/// How long a write cycle waits for the cross-process lock by default.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Settings of a [`FileStore`] handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// How long opening and each write cycle wait for another process's
+    /// hold on the lock before failing with [`StoreError::LockTimeout`]
+    /// (the operations of that cycle fail; the handle stays usable).
+    pub lock_wait: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            lock_wait: DEFAULT_LOCK_WAIT,
+        }
+    }
+}
+
+/// The record the lock file keeps (it is never deleted by the store): the
+/// newest generation whose log this store has started. A store whose
+/// snapshot is older than that, or whose log of that generation is gone,
+/// lost files it had written.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Marker {
+    log_generation: u64,
+}
 
 /// How a value merges with the one already stored: the per-key rule that
 /// keeps state from moving backwards.
@@ -143,6 +174,8 @@ struct Tracked<V> {
     log: LogState,
     /// Whether everything in `entries` is known to be durable.
     durable: bool,
+    /// The newest generation whose log the lock file says was started.
+    marker: u64,
 }
 
 /// What a catch-up changed, for the readers' cache.
@@ -160,6 +193,7 @@ struct Inner<V, S> {
     dir: PathBuf,
     lock_path: PathBuf,
     temp_prefix: String,
+    config: StoreConfig,
     tracked: Mutex<Tracked<V>>,
     cache: RwLock<Entries<V>>,
     poisoned: AtomicBool,
@@ -244,6 +278,20 @@ where
     /// files a killed writer left, cuts a torn tail off the log, then reads.
     /// A corrupt file is an error naming it, and is left as it is.
     pub fn open_with(path: impl AsRef<Path>, storage: S) -> Result<Self, StoreError> {
+        Self::open_configured(path, storage, StoreConfig::default())
+    }
+
+    /// [`FileStore::open_with`], with settings.
+    ///
+    /// Opening refuses a store whose files were lost underneath it
+    /// ([`StoreError::Damaged`]): a snapshot older than the generation the
+    /// lock file records, or that generation's log gone. It never starts
+    /// empty over a store that had data.
+    pub fn open_configured(
+        path: impl AsRef<Path>,
+        storage: S,
+        config: StoreConfig,
+    ) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let name = path
             .file_name()
@@ -257,6 +305,7 @@ where
             log_path: dir.join(format!("{name}.log")),
             lock_path: dir.join(format!("{name}.lock")),
             temp_prefix: format!(".{name}.tmp-"),
+            config,
             path,
             dir,
             storage,
@@ -268,6 +317,7 @@ where
                 generation: 0,
                 log: LogState::Missing,
                 durable: false,
+                marker: 0,
             }),
             cache: RwLock::new(BTreeMap::new()),
             poisoned: AtomicBool::new(false),
@@ -276,15 +326,14 @@ where
             wake: Condvar::new(),
         });
         let mut result = Ok(());
-        let locked = inner.storage.with_lock(&inner.lock_path, &mut || {
+        inner.locked(&mut || {
             result = inner.sweep().and_then(|()| {
                 let mut t = inner.tracked.lock();
                 inner.catch_up(&mut t)?;
                 *inner.cache.write() = t.entries.clone();
                 Ok(())
             });
-        });
-        locked.map_err(|e| StoreError::io(&inner.lock_path, e))?;
+        })?;
         result?;
         let worker = Arc::clone(&inner);
         let thread = std::thread::Builder::new()
@@ -380,6 +429,58 @@ where
         }
     }
 
+    /// Runs `f` under the cross-process lock, waiting at most the
+    /// configured lock wait.
+    fn locked(&self, f: &mut dyn FnMut()) -> Result<(), StoreError> {
+        let wait = self.config.lock_wait;
+        self.storage
+            .with_lock(&self.lock_path, wait, f)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::TimedOut => StoreError::LockTimeout {
+                    path: self.lock_path.clone(),
+                    waited: wait,
+                    holder: crate::storage::lock_holder(&self.lock_path),
+                },
+                _ => StoreError::io(&self.lock_path, e),
+            })
+    }
+
+    fn damaged(&self, path: &Path, reason: impl ToString) -> StoreError {
+        StoreError::Damaged {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The generation the lock file records, 0 for a store that predates
+    /// the record (or has never written).
+    fn read_marker(&self) -> Result<u64, StoreError> {
+        let bytes = self
+            .storage
+            .read(&self.lock_path)
+            .map_err(at(&self.lock_path))?
+            .unwrap_or_default();
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(0);
+        }
+        let marker: Marker =
+            serde_json::from_slice(&bytes).map_err(|e| self.corrupt(&self.lock_path, e))?;
+        Ok(marker.log_generation)
+    }
+
+    /// Records (durably) that the log of `generation` exists.
+    fn write_marker(&self, generation: u64) -> Result<(), StoreError> {
+        let mut json = serde_json::to_vec(&Marker {
+            log_generation: generation,
+        })
+        .map_err(encode)?;
+        json.push(b'\n');
+        let s = &self.storage;
+        s.write(&self.lock_path, &json)
+            .map_err(at(&self.lock_path))?;
+        s.sync_file(&self.lock_path).map_err(at(&self.lock_path))
+    }
+
     fn corrupt(&self, path: &Path, reason: impl ToString) -> StoreError {
         StoreError::Corrupt {
             path: path.to_path_buf(),
@@ -426,6 +527,9 @@ where
     fn catch_up_inner(&self, t: &mut Tracked<V>) -> Result<Delta, StoreError> {
         let s = &self.storage;
         let snapshot = s.version(&self.path).map_err(at(&self.path))?;
+        if t.valid && t.snapshot.is_some() && snapshot.is_none() {
+            return Err(self.damaged(&self.path, "the snapshot was deleted"));
+        }
         if !t.valid || snapshot != t.snapshot {
             return self.reload(t);
         }
@@ -438,6 +542,23 @@ where
             // the same file and length has no line this handle has not read.
             (LogState::Live(was, end), Some(v)) if Some(was) == id && v.len == end => {
                 Ok(Delta::Keys(Vec::new()))
+            }
+            (LogState::Live(was, end), Some(v)) if Some(was) == id && v.len < end => Err(self
+                .damaged(
+                    &self.log_path,
+                    format!(
+                        "it is {} bytes, shorter than the {end} bytes the store wrote and read",
+                        v.len
+                    ),
+                )),
+            // No writer replaces or removes the live log of a snapshot that
+            // stays: only a compaction does, and it writes a new snapshot
+            // first.
+            (LogState::Live(..), None) => {
+                Err(self.damaged(&self.log_path, "the live log was deleted"))
+            }
+            (LogState::Live(was, _), Some(_)) if Some(was) != id => {
+                Err(self.damaged(&self.log_path, "the live log was replaced by another file"))
             }
             (LogState::Live(was, end), Some(v)) if Some(was) == id && v.len > end => {
                 let tail = s
@@ -528,6 +649,24 @@ where
             }
             _ => LogState::Missing,
         };
+        let marker = self.read_marker()?;
+        if generation < marker || generation < t.generation {
+            let known = marker.max(t.generation);
+            let found = match snapshot {
+                None => "the file is missing".to_owned(),
+                Some(_) => format!("it holds generation {generation}"),
+            };
+            return Err(self.damaged(
+                &self.path,
+                format!("the store had written generation {known}, but {found}"),
+            ));
+        }
+        if generation == marker && marker > 0 && !matches!(state, LogState::Live(..)) {
+            return Err(self.damaged(
+                &self.log_path,
+                format!("the log of generation {marker} is missing or not that generation's"),
+            ));
+        }
         *t = Tracked {
             entries,
             valid: true,
@@ -536,6 +675,7 @@ where
             generation,
             log: state,
             durable: false,
+            marker,
         };
         Ok(Delta::All)
     }
@@ -547,18 +687,27 @@ where
         }
         let mut outcome = Err(StoreError::Poisoned);
         let mut ops = Some(ops);
-        let locked = self.storage.with_lock(&self.lock_path, &mut || {
+        self.locked(&mut || {
             if let Some(ops) = ops.take() {
                 outcome = self.locked_cycle(ops);
             }
-        });
-        locked.map_err(at(&self.lock_path))?;
+        })?;
         outcome
     }
 
     fn locked_cycle(&self, ops: Vec<Op<V>>) -> Result<Vec<PutOutcome>, StoreError> {
         let mut t = self.tracked.lock();
-        let delta = self.catch_up(&mut t)?;
+        let delta = match self.catch_up(&mut t) {
+            Ok(delta) => delta,
+            Err(e) => {
+                if matches!(e, StoreError::Damaged { .. }) {
+                    // What this handle acknowledged may be gone: refuse to
+                    // acknowledge anything more.
+                    self.poisoned.store(true, Ordering::Release);
+                }
+                return Err(e);
+            }
+        };
         let mut record: Entries<V> = BTreeMap::new();
         let mut compact = false;
         let outcomes = ops
@@ -634,6 +783,26 @@ where
             .map_err(at(&self.log_path))?;
         s.sync_file(&self.log_path).map_err(at(&self.log_path))?;
         let end = end + line.len() as u64;
+        // The append went to whatever file is at the path now: make sure it
+        // is still the log we know, whole, before acknowledging.
+        match s.version(&self.log_path).map_err(at(&self.log_path))? {
+            Some(v) if (v.device, v.inode) == id && v.len == end => {}
+            Some(v) if (v.device, v.inode) == id => {
+                return Err(self.damaged(
+                    &self.log_path,
+                    format!(
+                        "it is {} bytes after an append that should end at {end}",
+                        v.len
+                    ),
+                ));
+            }
+            _ => {
+                return Err(self.damaged(
+                    &self.log_path,
+                    "the live log was deleted or replaced during an append",
+                ));
+            }
+        }
         t.log = LogState::Live(id, end);
         if !t.durable {
             // Earlier lines read this cycle may be another writer's that
@@ -684,6 +853,10 @@ where
             .ok_or_else(|| StoreError::io(&self.log_path, io::ErrorKind::NotFound.into()))?;
         let pos = ((v.device, v.inode), line.len() as u64);
         t.log = LogState::Live(pos.0, pos.1);
+        if t.marker < t.generation {
+            self.write_marker(t.generation)?;
+            t.marker = t.generation;
+        }
         Ok(pos)
     }
 

@@ -141,6 +141,48 @@ fn an_acknowledged_write_survives_sigkill_of_the_node_process() {
     assert!(status.success(), "{status}");
 }
 
+#[test]
+fn a_store_whose_files_vanish_refuses_writes_and_restarts_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut n, _) = Ctl::start(dir.path(), &[]);
+    for k in 0..300 {
+        let ok = n.call(&format!("SET k{k} v{k}"));
+        assert!(ok.starts_with("OK "), "{ok}");
+    }
+    for name in ["lww.json", "lww.json.log"] {
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
+    let refused = n.call("SET after x");
+    assert!(
+        refused.starts_with("ERR "),
+        "acknowledged on lost files: {refused}"
+    );
+    assert!(refused.contains("lww.json"), "names the file: {refused}");
+    assert!(refused.contains("changed underneath"), "{refused}");
+    // The cause is said once, not once per layer of the error chain.
+    let cause = "was changed underneath the store";
+    assert_eq!(refused.matches(cause).count(), 1, "{refused}");
+    let again = n.call("SET again y");
+    assert!(again.starts_with("ERR "), "{again}");
+    drop(n.stdin);
+    wait_exit(&mut n.proc);
+
+    // Restarting over the lost files refuses to start empty.
+    let out = Command::new(BIN)
+        .args(["node", "--id", "0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("MULTINODE_BARRIER_ADDR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started over lost files");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("READY"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lww.json"), "{stderr}");
+    assert!(stderr.contains("generation"), "{stderr}");
+}
+
 #[cfg(unix)]
 #[test]
 fn sigterm_stops_the_node_cleanly_even_mid_session() {

@@ -1,3 +1,4 @@
 //! `multinode-filestore` integration tests.
 
+mod damage;
 mod store;

@@ -390,9 +390,14 @@ impl Storage for CountingDisk {
         self.call();
         DiskStorage.list(dir)
     }
-    fn with_lock(&self, lock: &Path, f: &mut dyn FnMut()) -> std::io::Result<()> {
+    fn with_lock(
+        &self,
+        lock: &Path,
+        wait: std::time::Duration,
+        f: &mut dyn FnMut(),
+    ) -> std::io::Result<()> {
         self.call();
-        DiskStorage.with_lock(lock, f)
+        DiskStorage.with_lock(lock, wait, f)
     }
 }
 
