@@ -195,3 +195,48 @@ fn ctrl_c_leaves_no_node_process_behind() {
         "node processes outlived the run: {alive:?}"
     );
 }
+
+/// A node whose wall clock is 600 s ahead (libfaketime, the `faketime`
+/// package, which `.ci/run` installs) cannot converge with the others: the
+/// run fails, and the first cause it names is the clock, not a symptom.
+#[test]
+fn a_node_with_a_skewed_clock_fails_the_run_naming_the_clock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = [
+        "--nodes",
+        "3",
+        "--keys",
+        "40",
+        "--seed",
+        "11",
+        "--skew",
+        "1=600",
+        "--converge-timeout",
+        "5",
+    ];
+    let (out, report) = test_cluster(dir.path(), &args);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(report["passed"], false);
+    assert_eq!(report["processes_alive"], 0, "{report}");
+    assert!(
+        text.contains("FAILED: clock offset: node 1's clock is"),
+        "the clock is not the first cause named:\n{text}"
+    );
+    assert!(text.contains("ahead of the cluster's"), "{text}");
+    assert!(
+        text.contains("--skew 1=600"),
+        "no replay of the skew:\n{text}"
+    );
+}
+
+/// Within half the drift bound a skewed clock costs nothing: the run passes.
+#[test]
+fn a_node_with_a_small_skew_converges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = [
+        "--nodes", "3", "--keys", "40", "--seed", "12", "--skew", "2=-20",
+    ];
+    let (out, report) = test_cluster(dir.path(), &args);
+    assert_eq!(report["passed"], true, "{}", stdout(&out));
+}

@@ -61,6 +61,50 @@ pub(crate) struct ClusterArgs {
     /// Where run directories go (default: the system's temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Runs node NODE with its wall clock SECS seconds ahead (negative:
+    /// behind), through libfaketime (Debian package `faketime`), as
+    /// `NODE=SECS`; repeatable.
+    #[arg(long = "skew", value_parser = parse_skew)]
+    skews: Vec<(usize, i64)>,
+}
+
+fn parse_skew(s: &str) -> Result<(usize, i64), String> {
+    let (node, secs) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NODE=SECS"))?;
+    let node = node
+        .parse()
+        .map_err(|_| format!("{node:?} is not a node index"))?;
+    let secs = secs
+        .trim_start_matches('+')
+        .parse()
+        .map_err(|_| format!("{secs:?} is not a whole number of seconds"))?;
+    Ok((node, secs))
+}
+
+/// Where Debian (and most distributions) put libfaketime; `MULTINODE_LIBFAKETIME`
+/// overrides.
+fn libfaketime() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MULTINODE_LIBFAKETIME") {
+        return Ok(PathBuf::from(p));
+    }
+    let arch = std::env::consts::ARCH;
+    let candidates = [
+        format!("/usr/lib/{arch}-linux-gnu/faketime/libfaketime.so.1"),
+        "/usr/lib/faketime/libfaketime.so.1".to_owned(),
+        "/usr/local/lib/faketime/libfaketime.so.1".to_owned(),
+    ];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            anyhow!(
+                "--skew needs libfaketime, which is not installed (looked in {}): \
+                 install it (Debian: apt-get install faketime) or set MULTINODE_LIBFAKETIME",
+                candidates.join(", ")
+            )
+        })
 }
 
 fn probability(s: &str) -> Result<f64, String> {
@@ -147,6 +191,19 @@ impl NodeProc {
                     .ok_or_else(|| anyhow!("node {}: bad DUMP line {line:?}", self.index))?,
             );
         }
+    }
+
+    /// A `STATS` line, skipping replies to commands still in flight when a
+    /// phase failed (at most a window of them).
+    async fn stats_after_failure(&mut self) -> Option<String> {
+        self.send("STATS").await.ok()?;
+        for _ in 0..=WINDOW {
+            let line = self.recv().await.ok()?;
+            if line.starts_with("STATS ") {
+                return Some(line);
+            }
+        }
+        None
     }
 
     async fn sent(&mut self) -> Result<(u64, u64)> {
@@ -240,6 +297,29 @@ struct Conductor {
     converged_entries: usize,
     /// Acknowledged writes when the phase began.
     acked_base: usize,
+    /// The run's cluster secret, a file every node is given.
+    secret: PathBuf,
+    /// libfaketime, when some node runs with a skewed clock.
+    faketime: Option<PathBuf>,
+}
+
+/// A fresh random cluster secret for one run, in a file only its owner
+/// reads.
+fn write_secret(dir: &std::path::Path) -> Result<PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| anyhow!("no randomness for a cluster secret: {e}"))?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join("cluster.secret");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{hex}").with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
 }
 
 pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
@@ -256,6 +336,13 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
             args.nodes
         );
     }
+    if let Some((node, _)) = args.skews.iter().find(|(node, _)| *node >= n) {
+        bail!("--skew {node}=…: there is no node {node} among {n}");
+    }
+    let faketime = match args.skews.is_empty() {
+        true => None,
+        false => Some(libfaketime()?),
+    };
     let plan = Plan::new(seed, n, keys, args.kills as usize, args.partition);
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&parent)
@@ -273,6 +360,7 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
         plan.digest()
     );
     println!("run directory: {}", dir.path().display());
+    let secret = write_secret(dir.path())?;
     let mut c = Conductor {
         args: args.clone(),
         seed,
@@ -289,6 +377,8 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
         base: Vec::new(),
         converged_entries: 0,
         acked_base: 0,
+        secret,
+        faketime,
     };
     let mut interrupted = false;
     let outcome = tokio::select! {
@@ -298,8 +388,15 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
             Err(anyhow!("{why}"))
         }
     };
-    let alive = c.stop_all(outcome.is_ok()).await;
     let mut failure = outcome.err().map(|e| crate::error_line(&e));
+    if let Some(f) = &mut failure {
+        // A clock off the cluster's makes everything after it fail: say so
+        // first, whatever the symptom was.
+        if let Some(clock) = c.clock_cause().await {
+            *f = format!("{clock}; then: {f}");
+        }
+    }
+    let alive = c.stop_all(failure.is_none()).await;
     if alive > 0 && failure.is_none() {
         failure = Some(format!(
             "{alive} node process(es) still alive after the run"
@@ -346,6 +443,9 @@ fn replay_command(a: &ClusterArgs, seed: u64) -> String {
     if a.round_ms != 100 {
         let _ = write!(s, " --round-ms {}", a.round_ms);
     }
+    for (node, secs) in &a.skews {
+        let _ = write!(s, " --skew {node}={secs}");
+    }
     if a.converge_timeout != 20.0 {
         let _ = write!(s, " --converge-timeout {}", a.converge_timeout);
     }
@@ -368,6 +468,8 @@ impl Conductor {
             .env(ENV_ADDR, ctl.to_string())
             .env(ENV_INDEX, index.to_string())
             .env(ENV_NODES, self.args.nodes.to_string())
+            .arg("--secret-file")
+            .arg(&self.secret)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -375,6 +477,14 @@ impl Conductor {
             .kill_on_drop(true);
         if no_join {
             cmd.arg("--no-join");
+        }
+        let skew = self.args.skews.iter().find(|(n, _)| *n == index);
+        if let (Some((_, secs)), Some(lib)) = (skew, &self.faketime) {
+            // Only the wall clock: timers and timeouts keep real time.
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME", format!("{secs:+}s"))
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("FAKETIME_NO_CACHE", "1");
         }
         let mut child = cmd
             .spawn()
@@ -388,6 +498,53 @@ impl Conductor {
             stdin,
             stdout,
         })
+    }
+
+    /// The first node whose clock is off the cluster's by more than it
+    /// takes writes at, or that sees a peer's clock beyond the drift bound
+    /// (from each live node's `STATS`), in words.
+    async fn clock_cause(&mut self) -> Option<String> {
+        let mut seen = None;
+        for n in &mut self.nodes {
+            let asked = tokio::time::timeout(Duration::from_secs(2), n.stats_after_failure());
+            let Ok(Some(stats)) = asked.await else {
+                continue;
+            };
+            let signed = |name: &str| -> Option<i64> {
+                let key = format!("{name}=");
+                stats
+                    .split(' ')
+                    .find_map(|w| w.strip_prefix(key.as_str()))
+                    .and_then(|v| v.parse().ok())
+            };
+            let limit = field(&stats, "clock_limit_ms").unwrap_or(u64::MAX);
+            let peers = field(&stats, "clock_peers").unwrap_or(0);
+            let secs = |ms: i64| ms.unsigned_abs() as f64 / 1000.0;
+            let side = |ms: i64| if ms > 0 { "ahead of" } else { "behind" };
+            if field(&stats, "clock_off") == Some(1) {
+                let ahead = signed("clock_ahead_ms").unwrap_or(0);
+                return Some(format!(
+                    "clock offset: node {}'s clock is {:.1} s {} the cluster's (the median of \
+                     its clock and {peers} measured peer(s); writes need it within {:.1} s)",
+                    n.index,
+                    secs(ahead),
+                    side(ahead),
+                    limit as f64 / 1000.0
+                ));
+            }
+            let worst = signed("peer_clock_max_ms").unwrap_or(0);
+            if seen.is_none() && worst.unsigned_abs() > limit.saturating_mul(2) {
+                seen = Some(format!(
+                    "clock offset: node {} sees a peer's clock {:.1} s {} its own \
+                     (beyond the {:.1} s drift bound)",
+                    n.index,
+                    secs(worst),
+                    side(worst),
+                    limit.saturating_mul(2) as f64 / 1000.0
+                ));
+            }
+        }
+        seen
     }
 
     fn say(&self, phase: &str, what: &str) {

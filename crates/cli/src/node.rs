@@ -52,6 +52,27 @@ pub(crate) struct NodeArgs {
     /// The data-carrying barrier that exchanges listen addresses at start.
     #[arg(long, default_value = "join")]
     join_label: String,
+    /// A file holding the cluster secret (16 to 4,096 bytes; a final line
+    /// end is ignored): every peer must prove it in the handshake. Required
+    /// with a non-loopback `--bind`.
+    #[arg(long, env = "MULTINODE_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+}
+
+/// Reads the cluster secret, refusing a file too large to be one before
+/// reading it.
+fn read_secret(path: &std::path::Path) -> Result<multinode_wire::Secret> {
+    let what = || format!("cannot read the cluster secret from {}", path.display());
+    let len = std::fs::metadata(path).with_context(what)?.len();
+    if len > multinode_wire::MAX_SECRET_LEN as u64 + 2 {
+        bail!(
+            "{}: {len} bytes is too large for a cluster secret (at most {})",
+            path.display(),
+            multinode_wire::MAX_SECRET_LEN
+        );
+    }
+    let bytes = std::fs::read(path).with_context(what)?;
+    multinode_wire::Secret::from_file_contents(&bytes).with_context(what)
 }
 
 fn parse_peer(s: &str) -> Result<(NodeId, SocketAddr), String> {
@@ -87,6 +108,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
     let inbox = Inbox::new(4096);
     let mut tcp = TcpTransportConfig::new(ClusterId(args.cluster), id);
     tcp.bind = args.bind;
+    tcp.secret = args.secret_file.as_deref().map(read_secret).transpose()?;
     let transport = TcpTransport::bind(tcp, inbox.sink()).await?;
     let addr = transport.local_addr();
     let seed = args.seed.unwrap_or(id.0);
@@ -255,16 +277,17 @@ impl Proc {
                 Some(LwwEntry { version, .. }) => format!("GONE {version}"),
             },
             Command::Digest => {
-                let (fp, live, all, resync) = node.with_replica(|r| {
+                let (fp, live, all, resync, clock) = node.with_replica(|r| {
                     (
                         r.fingerprint(),
                         r.len(),
                         r.entries().count(),
                         r.is_resyncing(),
+                        clock_ahead(r),
                     )
                 });
                 format!(
-                    "DIGEST {fp:016x} live={live} entries={all} resyncing={}",
+                    "DIGEST {fp:016x} live={live} entries={all} resyncing={} clock_ahead_ms={clock}",
                     u8::from(resync)
                 )
             }
@@ -354,6 +377,13 @@ impl Decoder for ControlLines {
     }
 }
 
+/// How far this node's clock is ahead of its cluster's (ms), or `-` before
+/// any peer's clock was measured.
+fn clock_ahead(r: &multinode_lww::Replica) -> String {
+    r.clock_offset()
+        .map_or_else(|| "-".to_owned(), |o| o.ahead_ms.to_string())
+}
+
 fn stats_line(node: &Node) -> String {
     let s = node.stats();
     let t = node.transport().stats();
@@ -367,11 +397,27 @@ fn stats_line(node: &Node) -> String {
         drops += p.drops.total();
     }
     let r = &s.replica;
+    let (clock, clock_peers, limit, off, peer_max) = node.with_replica(|rep| {
+        let worst = rep
+            .peer_clock_offsets()
+            .values()
+            .copied()
+            .max_by_key(|o| o.unsigned_abs());
+        (
+            clock_ahead(rep),
+            rep.peer_clock_offsets().len(),
+            rep.clock_limit_ms(),
+            rep.clock_is_off().is_some(),
+            worst.map_or_else(|| "-".to_owned(), |o| o.to_string()),
+        )
+    });
     format!(
         "STATS rounds={} frames_sent={frames_sent} bytes_sent={bytes_sent} \
          frames_received={frames_received} bytes_received={bytes_received} \
          entries_sent={} entries_applied={} transport_drops={drops} fault_drops={} \
-         send_failed={} inbox_full={} resyncs={} retries={}",
+         send_failed={} inbox_full={} resyncs={} retries={} rejected={} \
+         clock_ahead_ms={clock} clock_peers={clock_peers} clock_limit_ms={limit} \
+         clock_off={} peer_clock_max_ms={peer_max}",
         r.rounds,
         r.entries_sent,
         r.entries_applied,
@@ -379,6 +425,8 @@ fn stats_line(node: &Node) -> String {
         s.send_failed,
         s.inbox_full,
         r.resyncs,
-        r.retries
+        r.retries,
+        r.rejected,
+        u8::from(off)
     )
 }

@@ -499,6 +499,8 @@ impl GossipTransport for InProcessTransport {
             refused_handshakes: 0,
             bad_connections: 0,
             over_limit: 0,
+            auth_failures: 0,
+            idle_closed: 0,
         }
     }
 }

@@ -38,10 +38,12 @@
 
 mod backoff;
 mod error;
+mod handshake;
 mod inproc;
 mod outbox;
 mod stats;
 mod tcp;
+mod throttle;
 mod transport;
 
 pub use error::{GossipError, SendError};

@@ -62,6 +62,9 @@ pub struct PeerStats {
     pub restarts: u64,
     /// The peer's incarnation as last seen, if it was seen.
     pub incarnation: Option<u64>,
+    /// How far the peer's wall clock was ahead of ours (negative: behind)
+    /// at its last handshake, in ms, to within the one-way delay (TCP).
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// A snapshot of a transport's counters.
@@ -84,6 +87,12 @@ pub struct TransportStats {
     /// Inbound connections closed at once because the inbound limit or the
     /// limit on tracked peers was reached (TCP).
     pub over_limit: u64,
+    /// Handshakes refused for a missing or wrong proof of the cluster
+    /// secret, either way (TCP).
+    pub auth_failures: u64,
+    /// Inbound connections closed after `idle_timeout` without a frame, or
+    /// replaced by a newer connection from the same node (TCP).
+    pub idle_closed: u64,
 }
 
 impl TransportStats {
@@ -110,6 +119,7 @@ pub(crate) struct PeerCounters {
     pub(crate) bad_frames: AtomicU64,
     restarts: AtomicU64,
     incarnation: Mutex<Option<u64>>,
+    clock_offset_ms: Mutex<Option<i64>>,
 }
 
 /// Adds `n` to a counter.
@@ -128,6 +138,11 @@ impl PeerCounters {
             add(&self.restarts, 1);
         }
         restarted
+    }
+
+    /// Records how far the peer's clock is ahead of ours (ms).
+    pub(crate) fn observe_clock(&self, offset_ms: i64) {
+        *self.clock_offset_ms.lock() = Some(offset_ms);
     }
 
     /// Whether anything was ever counted for this peer.
@@ -158,6 +173,7 @@ impl PeerCounters {
             bad_frames: get(&self.bad_frames),
             restarts: get(&self.restarts),
             incarnation: *self.incarnation.lock(),
+            clock_offset_ms: *self.clock_offset_ms.lock(),
         }
     }
 }

@@ -7,24 +7,25 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use futures_util::{SinkExt, StreamExt};
 use multinode_wire::{
-    ClusterFrame, ClusterId, DEFAULT_MAX_FRAME, Hello, MessageCodec, NodeId, Session, WireError,
+    ClusterFrame, ClusterId, DEFAULT_MAX_FRAME, Hello, NodeId, Secret, WireError,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
-use tokio_util::codec::{Decoder, Framed};
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
+use crate::handshake::{DialError, Local, Shaken, handshake};
 use crate::outbox::{Outbox, Partial, Refused};
 use crate::stats::{PeerCounters, add};
+use crate::throttle::Warnings;
 use crate::transport::dispatch;
 use crate::{GossipError, GossipTransport, Ready, RemoteMessageSink, SendError, TransportStats};
 
@@ -69,6 +70,14 @@ pub struct TcpTransportConfig {
     pub max_tracked_peers: usize,
     /// Seeds the reconnect jitter; default: the node id and incarnation.
     pub seed: Option<u64>,
+    /// The cluster secret every handshake must prove, both ways (see
+    /// `docs/wire-format.md`). Required when `bind` is not a loopback
+    /// address. Default: none.
+    pub secret: Option<Secret>,
+    /// An inbound connection that carries no frame for this long is closed
+    /// (gossip is periodic: silence means the peer is gone; it redials when
+    /// it has something to send). Default 60 s.
+    pub idle_timeout: Duration,
 }
 
 impl TcpTransportConfig {
@@ -90,6 +99,8 @@ impl TcpTransportConfig {
             max_inbound: 256,
             max_tracked_peers: 4096,
             seed: None,
+            secret: None,
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -118,6 +129,13 @@ struct Shared {
     refused_handshakes: AtomicU64,
     bad_connections: AtomicU64,
     over_limit: AtomicU64,
+    auth_failures: AtomicU64,
+    idle_closed: AtomicU64,
+    /// The live inbound connection of each node id (its number and how to
+    /// close it): a newer connection from the same node replaces it.
+    inbound: Mutex<HashMap<NodeId, (u64, CancellationToken)>>,
+    next_inbound: AtomicU64,
+    warnings: Warnings,
 }
 
 /// One peer we send to.
@@ -159,6 +177,13 @@ impl TcpTransport {
                 "queue_frames and max_inbound must be at least 1".into(),
             ));
         }
+        if !config.bind.ip().is_loopback() && config.secret.is_none() {
+            return Err(GossipError::Config(format!(
+                "binding {} (not loopback) needs a cluster secret: anyone who can reach it \
+                 could otherwise join as a member",
+                config.bind
+            )));
+        }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| GossipError::NoRuntime)?;
         let listener =
             TcpListener::bind(config.bind)
@@ -182,6 +207,11 @@ impl TcpTransport {
             refused_handshakes: AtomicU64::new(0),
             bad_connections: AtomicU64::new(0),
             over_limit: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
+            idle_closed: AtomicU64::new(0),
+            inbound: Mutex::default(),
+            next_inbound: AtomicU64::new(0),
+            warnings: Warnings::default(),
             config,
         });
         let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
@@ -319,16 +349,25 @@ impl Shared {
         Some(Arc::clone(all.entry(node).or_default()))
     }
 
-    /// Records `peer`'s incarnation and tells the sink if it restarted.
-    fn observe(&self, peer: NodeId, counters: &PeerCounters, incarnation: u64) {
+    /// Records `peer`'s incarnation and clock offset from its handshake,
+    /// and tells the sink if it restarted.
+    fn observe(&self, peer: NodeId, counters: &PeerCounters, shaken: &Shaken) {
+        counters.observe_clock(shaken.clock_offset_ms);
+        let incarnation = shaken.session.incarnation;
         if counters.observe(incarnation) {
             tracing::info!(%peer, incarnation, "peer restarted");
             self.sink.on_peer_restarted(peer, incarnation);
         }
     }
 
-    fn hello(&self) -> Hello {
-        Hello::new(self.config.cluster_id, self.config.node_id)
+    /// What this transport brings to a handshake.
+    fn local(&self) -> Local<'_> {
+        Local {
+            hello: Hello::new(self.config.cluster_id, self.config.node_id),
+            incarnation: self.incarnation,
+            secret: self.config.secret.as_ref(),
+            max_frame: self.config.max_frame,
+        }
     }
 }
 
@@ -431,68 +470,10 @@ impl GossipTransport for TcpTransport {
             refused_handshakes: s.refused_handshakes.load(Relaxed),
             bad_connections: s.bad_connections.load(Relaxed),
             over_limit: s.over_limit.load(Relaxed),
+            auth_failures: s.auth_failures.load(Relaxed),
+            idle_closed: s.idle_closed.load(Relaxed),
         }
     }
-}
-
-/// Why a connection attempt failed.
-#[derive(Debug, thiserror::Error)]
-enum DialError {
-    #[error("connect timed out after {0:?}")]
-    ConnectTimeout(Duration),
-    #[error("handshake timed out after {0:?}")]
-    HandshakeTimeout(Duration),
-    #[error("connection closed during the handshake")]
-    Closed,
-    #[error(transparent)]
-    Wire(#[from] WireError),
-    #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-impl DialError {
-    fn is_refusal(&self) -> bool {
-        matches!(self, DialError::Wire(WireError::Handshake { .. }))
-    }
-}
-
-/// Both sides send `Hello` and `Session` at once, then read and check the
-/// peer's. Returns the peer's `Hello` and `Session` and the framed stream,
-/// which may already hold frames the peer sent after its `Session`.
-async fn handshake(
-    shared: &Shared,
-    stream: TcpStream,
-    expected: Option<NodeId>,
-) -> Result<
-    (
-        Hello,
-        Session,
-        Framed<TcpStream, MessageCodec<ClusterFrame>>,
-    ),
-    DialError,
-> {
-    let _ = stream.set_nodelay(true);
-    let ours = shared.hello();
-    // Hello and Session are a few bytes each: a small cap for both.
-    // Reads of up to 64 KiB: the default 8 KiB costs a syscall per 8 KiB.
-    let mut conn = Framed::with_capacity(stream, MessageCodec::<Hello>::with_max(64), READ_BUF);
-    conn.feed(ours).await?;
-    let mut conn = conn.map_codec(|_| MessageCodec::<Session>::with_max(64));
-    conn.send(Session {
-        incarnation: shared.incarnation,
-    })
-    .await?;
-    let mut conn = conn.map_codec(|_| MessageCodec::<Hello>::with_max(64));
-    let theirs = conn.next().await.ok_or(DialError::Closed)??;
-    ours.check(&theirs, expected)?;
-    let mut conn = conn.map_codec(|_| MessageCodec::<Session>::with_max(64));
-    let session = conn.next().await.ok_or(DialError::Closed)??;
-    let max = shared.config.max_frame;
-    Ok((
-        theirs,
-        session,
-        conn.map_codec(|_| MessageCodec::with_max(max)),
-    ))
 }
 
 /// Frames decoded (and counted) at a time before they go to the sink. Each
@@ -535,14 +516,15 @@ impl ReadSize {
 }
 
 /// Dials a peer and shakes hands, within the configured timeouts.
-async fn dial(shared: &Shared, peer: &Peer) -> Result<(Session, TcpStream), DialError> {
+async fn dial(shared: &Shared, peer: &Peer) -> Result<(Shaken, TcpStream), DialError> {
     let cfg = &shared.config;
     let stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(peer.addr))
         .await
         .map_err(|_| DialError::ConnectTimeout(cfg.connect_timeout))??;
-    let (_, session, conn) = tokio::time::timeout(
+    let local = shared.local();
+    let (shaken, conn) = tokio::time::timeout(
         cfg.handshake_timeout,
-        handshake(shared, stream, Some(peer.id)),
+        handshake(&local, stream, Some(peer.id)),
     )
     .await
     .map_err(|_| DialError::HandshakeTimeout(cfg.handshake_timeout))??;
@@ -552,7 +534,7 @@ async fn dial(shared: &Shared, peer: &Peer) -> Result<(Session, TcpStream), Dial
             reason: "the peer sent frames on a connection it accepted".into(),
         }));
     }
-    Ok((session, parts.io))
+    Ok((shaken, parts.io))
 }
 
 /// How a connection's pump ended.
@@ -581,18 +563,26 @@ async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>) {
             r = dial(&shared, &peer) => r,
         };
         let ended = match dialled {
-            Ok((session, stream)) => {
+            Ok((shaken, stream)) => {
                 add(&c.connects, 1);
                 backoff.reset();
-                shared.observe(peer.id, c, session.incarnation);
+                shared.observe(peer.id, c, &shaken);
                 tracing::debug!(peer = %peer.id, addr = %peer.addr, "connected");
                 conns += 1;
                 pump(&shared, &peer, stream, conns).await
             }
             Err(e) => {
-                if e.is_refusal() {
+                if e.is_auth() {
+                    add(&shared.auth_failures, 1);
                     add(&c.refused, 1);
-                    tracing::warn!(peer = %peer.id, addr = %peer.addr, "peer refused: {e}");
+                    if let Some(skipped) = shared.warnings.auth.allow(Instant::now()) {
+                        tracing::warn!(peer = %peer.id, addr = %peer.addr, skipped, "{e}");
+                    }
+                } else if e.is_refusal() {
+                    add(&c.refused, 1);
+                    if let Some(skipped) = shared.warnings.refused.allow(Instant::now()) {
+                        tracing::warn!(peer = %peer.id, addr = %peer.addr, skipped, "peer refused: {e}");
+                    }
                 } else {
                     add(&c.connect_failures, 1);
                     tracing::debug!(peer = %peer.id, addr = %peer.addr, "cannot connect: {e}");
@@ -814,7 +804,9 @@ async fn accept_loop(
         };
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             add(&shared.over_limit, 1);
-            tracing::warn!(%from, "inbound connection limit reached: closing");
+            if let Some(skipped) = shared.warnings.over_limit.allow(Instant::now()) {
+                tracing::warn!(%from, skipped, "inbound connection limit reached: closing");
+            }
             continue;
         };
         let (shared, cancel) = (Arc::clone(&shared), cancel.clone());
@@ -831,35 +823,97 @@ async fn accept_loop(
 }
 
 /// One inbound connection: handshake, then frames to the sink until the
-/// peer closes or sends something invalid.
+/// peer closes, sends something invalid, goes quiet past the idle timeout,
+/// or connects again (the newer connection replaces this one).
 async fn serve(shared: &Shared, stream: TcpStream, from: SocketAddr) {
     let timeout = shared.config.handshake_timeout;
-    let (hello, session, conn) =
-        match tokio::time::timeout(timeout, handshake(shared, stream, None)).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) if e.is_refusal() => {
-                add(&shared.refused_handshakes, 1);
-                tracing::warn!(%from, "refused a connection: {e}");
-                return;
+    let local = shared.local();
+    let shook = tokio::time::timeout(timeout, handshake(&local, stream, None)).await;
+    let now = Instant::now;
+    let w = &shared.warnings;
+    let (shaken, conn) = match shook {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) if e.is_auth() => {
+            add(&shared.auth_failures, 1);
+            if let Some(skipped) = w.auth.allow(now()) {
+                tracing::warn!(%from, skipped, "refused a connection: {e}");
             }
-            Ok(Err(e)) => {
-                add(&shared.bad_connections, 1);
-                tracing::warn!(%from, "bad connection: {e}");
-                return;
+            return;
+        }
+        Ok(Err(e)) if e.is_refusal() => {
+            add(&shared.refused_handshakes, 1);
+            if let Some(skipped) = w.refused.allow(now()) {
+                tracing::warn!(%from, skipped, "refused a connection: {e}");
             }
-            Err(_) => {
-                add(&shared.bad_connections, 1);
-                tracing::warn!(%from, ?timeout, "no handshake in time: closing");
-                return;
+            return;
+        }
+        Ok(Err(e)) => {
+            add(&shared.bad_connections, 1);
+            if let Some(skipped) = w.bad_connection.allow(now()) {
+                tracing::warn!(%from, skipped, "bad connection: {e}");
             }
-        };
-    let node = hello.node_id;
+            return;
+        }
+        Err(_) => {
+            add(&shared.bad_connections, 1);
+            if let Some(skipped) = w.bad_connection.allow(now()) {
+                tracing::warn!(%from, ?timeout, skipped, "no handshake in time: closing");
+            }
+            return;
+        }
+    };
+    let node = shaken.hello.node_id;
+    {
+        let peers = shared.peers.read();
+        if !peers.is_empty() && !peers.contains_key(&node) {
+            drop(peers);
+            add(&shared.refused_handshakes, 1);
+            if let Some(skipped) = w.refused.allow(now()) {
+                tracing::warn!(%from, peer = %node, skipped, "refused a node that is not a peer");
+            }
+            return;
+        }
+    }
     let Some(c) = shared.tracked_counters(node) else {
         add(&shared.over_limit, 1);
-        tracing::warn!(%from, peer = %node, "too many distinct peers: closing");
+        if let Some(skipped) = w.over_limit.allow(now()) {
+            tracing::warn!(%from, peer = %node, skipped, "too many distinct peers: closing");
+        }
         return;
     };
-    shared.observe(node, &c, session.incarnation);
+    shared.observe(node, &c, &shaken);
+    // One live inbound connection per node: this one replaces any older.
+    let number = shared.next_inbound.fetch_add(1, Relaxed);
+    let replaced = CancellationToken::new();
+    if let Some((_, old)) = shared
+        .inbound
+        .lock()
+        .insert(node, (number, replaced.clone()))
+    {
+        old.cancel();
+    }
+    tokio::select! {
+        biased;
+        () = replaced.cancelled() => {
+            add(&shared.idle_closed, 1);
+            tracing::debug!(peer = %node, %from, "replaced by a newer connection");
+        }
+        () = read_frames(shared, conn, node, &c, from) => {}
+    }
+    let mut inbound = shared.inbound.lock();
+    if inbound.get(&node).is_some_and(|(n, _)| *n == number) {
+        inbound.remove(&node);
+    }
+}
+
+/// Hands the frames of one handshaken inbound connection to the sink.
+async fn read_frames(
+    shared: &Shared,
+    conn: crate::handshake::Conn,
+    node: NodeId,
+    c: &PeerCounters,
+    from: SocketAddr,
+) {
     let parts = conn.into_parts();
     let (mut io, mut codec, mut buf) = (parts.io, parts.codec, parts.read_buf);
     let mut batch = Vec::new();
@@ -892,7 +946,9 @@ async fn serve(shared: &Shared, stream: TcpStream, from: SocketAddr) {
         }
         if let Some(e) = bad {
             add(&c.bad_frames, 1);
-            tracing::warn!(peer = %node, %from, "closing the connection: {e}");
+            if let Some(skipped) = shared.warnings.bad_frame.allow(Instant::now()) {
+                tracing::warn!(peer = %node, %from, skipped, "closing the connection: {e}");
+            }
             return;
         }
         if more {
@@ -906,11 +962,19 @@ async fn serve(shared: &Shared, stream: TcpStream, from: SocketAddr) {
             buf.reserve(want);
         }
         let offered = buf.capacity() - buf.len();
-        match io.read_buf(&mut buf).await {
+        let idle = shared.config.idle_timeout;
+        let Ok(read) = tokio::time::timeout(idle, io.read_buf(&mut buf)).await else {
+            add(&shared.idle_closed, 1);
+            tracing::debug!(peer = %node, %from, ?idle, "closing an idle connection");
+            return;
+        };
+        match read {
             Ok(0) if buf.is_empty() => return,
             Ok(0) => {
                 add(&c.bad_frames, 1);
-                tracing::warn!(peer = %node, %from, "connection closed mid-frame");
+                if let Some(skipped) = shared.warnings.bad_frame.allow(Instant::now()) {
+                    tracing::warn!(peer = %node, %from, skipped, "connection closed mid-frame");
+                }
                 return;
             }
             Ok(n) => size.after(offered, n),

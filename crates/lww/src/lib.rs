@@ -29,6 +29,7 @@ mod config;
 mod error;
 mod liveness;
 mod node;
+mod offsets;
 mod replica;
 mod sim;
 
@@ -37,5 +38,6 @@ pub use error::LwwError;
 pub use liveness::PeerStatus;
 pub use multinode_wire::{LwwEntry, Timestamp};
 pub use node::{Inbox, LwwNode, NodeConfig, NodeStats};
+pub use offsets::ClockOffset;
 pub use replica::{NO_DIGEST, Outgoing, Received, Replica, ReplicaStats, Round};
 pub use sim::{SimStats, Simulator, wire_len};

@@ -12,7 +12,8 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::liveness::{Detector, PeerStatus};
-use crate::{LwwError, ReplicaConfig};
+use crate::offsets::Offsets;
+use crate::{ClockOffset, LwwError, ReplicaConfig};
 
 /// The `answers` of a sync that answers no digest: a round opener that
 /// pushes recent writes. No epoch takes this value.
@@ -111,6 +112,7 @@ pub struct Replica {
     unsynced: bool,
     live: usize,
     fingerprint: u64,
+    offsets: Offsets,
     stats: ReplicaStats,
 }
 
@@ -139,6 +141,7 @@ impl Replica {
             unsynced: true,
             live: 0,
             fingerprint: 0,
+            offsets: Offsets::default(),
             stats: ReplicaStats::default(),
             cfg,
         })
@@ -167,6 +170,33 @@ impl Replica {
     /// Stops gossiping with a peer. Its writes stay.
     pub fn remove_peer(&mut self, peer: NodeId) {
         self.peers.remove(&peer);
+        self.offsets.forget(peer);
+    }
+
+    /// This replica's clock against the cluster's median, once a peer's
+    /// clock is measured (every message carries its send time).
+    pub fn clock_offset(&self) -> Option<ClockOffset> {
+        self.offsets.ours()
+    }
+
+    /// Whether this replica refuses writes for its clock: at least half of
+    /// its cluster is measured more than [`Self::clock_limit_ms`] away, on
+    /// one side.
+    pub fn clock_is_off(&self) -> Option<ClockOffset> {
+        self.offsets
+            .off(self.peers.len() + 1, self.clock_limit_ms())
+    }
+
+    /// The largest offset from the cluster's clock at which this replica
+    /// stamps writes: half the drift bound, so any two replicas that stamp
+    /// writes are within the bound of each other.
+    pub fn clock_limit_ms(&self) -> u64 {
+        self.cfg.max_drift_ms / 2
+    }
+
+    /// How far each measured peer's clock is ahead of ours, in ms.
+    pub fn peer_clock_offsets(&self) -> &BTreeMap<NodeId, i64> {
+        self.offsets.all()
     }
 
     /// The peers, in id order.
@@ -268,6 +298,14 @@ impl Replica {
         now_ms: u64,
     ) -> Result<LwwEntry, LwwError> {
         self.now_ms = self.now_ms.max(now_ms);
+        let limit_ms = self.clock_limit_ms();
+        if let Some(o) = self.offsets.off(self.peers.len() + 1, limit_ms) {
+            return Err(LwwError::ClockOffset {
+                ahead_ms: o.ahead_ms,
+                peers: o.peers,
+                limit_ms,
+            });
+        }
         let e = LwwEntry {
             key: key.to_owned(),
             value,
@@ -376,10 +414,19 @@ impl Replica {
         let hot = self.hot(&watermarks);
         let mut out = Outgoing::with_capacity(peers.len());
         for to in peers {
+            let hot: Vec<LwwEntry> = match self.refused_above(to) {
+                Some(limit) => hot
+                    .iter()
+                    .filter(|e| e.version.physical_ms <= limit)
+                    .cloned()
+                    .collect(),
+                None => hot.clone(),
+            };
             let m = if hot.is_empty() {
                 LwwMessage::Digest {
                     epoch: self.epoch,
                     watermarks: watermarks.clone(),
+                    sent_ms: self.now_ms,
                 }
             } else {
                 LwwMessage::Sync {
@@ -387,8 +434,9 @@ impl Replica {
                     epoch: self.epoch,
                     answers: NO_DIGEST,
                     watermarks: watermarks.clone(),
-                    entries: hot.clone(),
+                    entries: hot,
                     partial: Vec::new(),
+                    sent_ms: self.now_ms,
                 }
             };
             self.count_sent(&m);
@@ -405,12 +453,19 @@ impl Replica {
         self.stats.bytes_received += msg.encoded_len() as u64;
         if let Some(d) = self.peers.get_mut(&from) {
             d.heartbeat(now_ms);
+            let sent_ms = match &msg {
+                LwwMessage::Digest { sent_ms, .. } | LwwMessage::Sync { sent_ms, .. } => *sent_ms,
+            };
+            let (me, bound) = (self.cfg.node, self.cfg.max_drift_ms);
+            self.offsets.observe(me, from, sent_ms, now_ms, bound);
         }
         let mut out = Received::default();
         match msg {
-            LwwMessage::Digest { epoch, watermarks } => {
+            LwwMessage::Digest {
+                epoch, watermarks, ..
+            } => {
                 self.maybe_resync(&watermarks);
-                let reply = self.sync(true, epoch, &watermarks);
+                let reply = self.sync(from, true, epoch, &watermarks);
                 out.replies.push((from, reply));
             }
             LwwMessage::Sync {
@@ -420,6 +475,7 @@ impl Replica {
                 watermarks,
                 entries,
                 partial,
+                ..
             } => {
                 if reply && answers != NO_DIGEST {
                     if let Some(waiting) = self.opened.get_mut(&from) {
@@ -443,7 +499,7 @@ impl Replica {
                 };
                 if answers == NO_DIGEST {
                     // A round opener: answer it as a digest.
-                    let m = self.sync(true, epoch, &watermarks);
+                    let m = self.sync(from, true, epoch, &watermarks);
                     out.replies.push((from, m));
                     return out;
                 }
@@ -451,7 +507,7 @@ impl Replica {
                     self.advance(&watermarks, &partial, &rejected);
                 }
                 if reply {
-                    let m = self.sync(false, epoch, &watermarks);
+                    let m = self.sync(from, false, epoch, &watermarks);
                     out.replies.push((from, m));
                 }
             }
@@ -493,7 +549,7 @@ impl Replica {
             self.hot.pop_front();
         }
         // An eighth of the budget: pushes duplicate what most peers have.
-        let fixed = 2 + 5 + 5 + stamps_len(watermarks) + 9 + 9;
+        let fixed = 2 + 5 + 5 + stamps_len(watermarks) + 9 + 9 + 9;
         let mut left = (self.cfg.delta_budget / 8).min(self.cfg.delta_budget.saturating_sub(fixed));
         let mut out = Vec::new();
         for (_, version, key) in self.hot.iter().rev() {
@@ -510,12 +566,21 @@ impl Replica {
         out
     }
 
-    /// A sync for a peer whose watermarks (of epoch `answers`) are `theirs`.
-    fn sync(&mut self, reply: bool, answers: u32, theirs: &[Timestamp]) -> LwwMessage {
+    /// The physical time above which `peer` refuses a version (its clock
+    /// plus the drift bound, by its last measured offset), if known.
+    fn refused_above(&self, peer: NodeId) -> Option<u64> {
+        let offset = self.offsets.of(peer)?;
+        let theirs = self.now_ms.saturating_add_signed(offset);
+        Some(theirs.saturating_add(self.cfg.max_drift_ms))
+    }
+
+    /// A sync for `to`, whose watermarks (of epoch `answers`) are `theirs`.
+    fn sync(&mut self, to: NodeId, reply: bool, answers: u32, theirs: &[Timestamp]) -> LwwMessage {
         let watermarks = self.digest();
-        let fixed = 2 + 5 + 5 + stamps_len(&watermarks) * 2 + 9 + 9;
+        let fixed = 2 + 5 + 5 + stamps_len(&watermarks) * 2 + 9 + 9 + 9;
         let room = self.cfg.delta_budget.saturating_sub(fixed);
-        let (entries, partial) = self.delta(theirs, room);
+        let refused_above = self.refused_above(to);
+        let (entries, partial) = self.delta(theirs, room, refused_above);
         let m = LwwMessage::Sync {
             reply,
             epoch: self.epoch,
@@ -523,6 +588,7 @@ impl Replica {
             watermarks,
             entries,
             partial,
+            sent_ms: self.now_ms,
         };
         self.count_sent(&m);
         m
@@ -531,7 +597,15 @@ impl Replica {
     /// The entries a peer with watermarks `theirs` lacks, within `room`
     /// bytes: origins take turns, one entry each, from a seeded starting
     /// origin, so a large backlog of one origin never starves the others.
-    fn delta(&mut self, theirs: &[Timestamp], room: usize) -> (Vec<LwwEntry>, Vec<Timestamp>) {
+    /// An origin stops short (as at the budget) at its first version past
+    /// `refused_above`: the peer would refuse it, and sending it again each
+    /// round would cost bytes and change nothing.
+    fn delta(
+        &mut self,
+        theirs: &[Timestamp],
+        room: usize,
+        refused_above: Option<u64>,
+    ) -> (Vec<LwwEntry>, Vec<Timestamp>) {
         let theirs: HashMap<NodeId, Timestamp> = theirs.iter().map(|t| (t.node, *t)).collect();
         let mut cursors = Vec::new();
         // Everything held above their watermark: up to ours it completes a
@@ -568,7 +642,8 @@ impl Replica {
             };
             let e = &self.entries[key];
             let len = e.encoded_len();
-            if len > left {
+            let refused = refused_above.is_some_and(|limit| version.physical_ms > limit);
+            if len > left || refused {
                 done[i] = true;
                 open -= 1;
                 // Cut short: this origin's range ends at the last entry
@@ -642,11 +717,18 @@ impl Replica {
             if rejected.contains(&o) || (o == me && !own_pull) {
                 continue;
             }
-            if w.physical_ms > limit {
-                self.stats.rejected += 1;
-                continue;
-            }
-            let to = partial.get(&o).copied().unwrap_or(*w);
+            // A watermark past our clock plus the drift bound (a peer whose
+            // clock is ahead) vouches for what we hold only up to that
+            // bound: nothing of its origin past it was sent to us (the
+            // sender stops there) or would have been taken. Moving that
+            // far, not refusing the watermark outright, keeps the sender
+            // from sending again each round what we already hold.
+            let cap = Timestamp {
+                physical_ms: limit,
+                logical: u32::MAX,
+                node: o,
+            };
+            let to = partial.get(&o).copied().unwrap_or(*w).min(cap);
             let cur = self.watermarks.get(&o).copied();
             if cur.is_none_or(|c| to > c) {
                 self.watermarks.insert(o, to);

@@ -46,6 +46,8 @@ pub struct Simulator {
     round_ms: u64,
     loss: f64,
     groups: Option<Vec<usize>>,
+    /// How far each replica's wall clock is from virtual time, in ms.
+    skew: Vec<i64>,
     totals: SimStats,
 }
 
@@ -83,6 +85,7 @@ impl Simulator {
             round_ms: round_ms.max(1),
             loss: 0.0,
             groups: None,
+            skew: vec![0; n],
             totals: SimStats::default(),
         })
     }
@@ -122,10 +125,21 @@ impl Simulator {
         self.totals
     }
 
-    /// Writes at replica `i` (`None` if it is crashed); the write is
-    /// durable there, as with a persistent store.
+    /// Sets replica `i`'s wall clock `ms` ahead of virtual time (behind if
+    /// negative), as a skewed machine clock would be.
+    pub fn set_clock_offset(&mut self, i: usize, ms: i64) {
+        self.skew[i] = ms;
+    }
+
+    /// Replica `i`'s wall clock at virtual time `now`.
+    fn clock(&self, i: usize, now: u64) -> u64 {
+        now.saturating_add_signed(self.skew[i])
+    }
+
+    /// Writes at replica `i` (`None` if it is crashed, or it refused the
+    /// write); the write is durable there, as with a persistent store.
     pub fn set(&mut self, i: usize, key: &str, value: &[u8]) -> Option<LwwEntry> {
-        let now = self.now_ms;
+        let now = self.clock(i, self.now_ms);
         let e = self.replicas[i]
             .as_mut()?
             .set(key, Bytes::copy_from_slice(value), now)
@@ -136,7 +150,7 @@ impl Simulator {
 
     /// Deletes at replica `i`.
     pub fn delete(&mut self, i: usize, key: &str) -> Option<LwwEntry> {
-        let now = self.now_ms;
+        let now = self.clock(i, self.now_ms);
         let e = self.replicas[i].as_mut()?.delete(key, now).ok()?;
         self.durable[i].push(e.clone());
         Some(e)
@@ -179,7 +193,7 @@ impl Simulator {
         if wipe {
             self.durable[i].clear();
         } else {
-            r.restore(self.durable[i].iter().cloned(), self.now_ms);
+            r.restore(self.durable[i].iter().cloned(), self.clock(i, self.now_ms));
         }
         self.replicas[i] = Some(r);
         Ok(())
@@ -203,8 +217,9 @@ impl Simulator {
         };
         let mut queue = VecDeque::new();
         for i in 0..self.replicas.len() {
+            let local = self.clock(i, now);
             if let Some(r) = self.replicas[i].as_mut() {
-                let round = r.tick(now);
+                let round = r.tick(local);
                 for (to, m) in round.messages {
                     queue.push_back((i, to.0 as usize, m));
                 }
@@ -216,8 +231,9 @@ impl Simulator {
             // Spaced through the round, as a node spaces them.
             let at = now + self.round_ms * u64::from(pass) / u64::from(passes + 1);
             for i in 0..self.replicas.len() {
+                let local = self.clock(i, at);
                 if let Some(r) = self.replicas[i].as_mut() {
-                    for (to, m) in r.retry(at) {
+                    for (to, m) in r.retry(local) {
                         queue.push_back((i, to.0 as usize, m));
                     }
                 }
@@ -242,6 +258,7 @@ impl Simulator {
             stats.bytes += wire_len(&m);
             let cut = self.groups.as_ref().is_some_and(|g| g[from] != g[to]);
             let dropped = self.loss > 0.0 && self.rng.random_bool(self.loss);
+            let local = self.clock(to, now);
             let Some(r) = self.replicas.get_mut(to).and_then(Option::as_mut) else {
                 stats.lost += 1;
                 continue;
@@ -250,7 +267,7 @@ impl Simulator {
                 stats.lost += 1;
                 continue;
             }
-            let got = r.receive(NodeId(from as u64), m, now);
+            let got = r.receive(NodeId(from as u64), m, local);
             for (next, reply) in got.replies {
                 queue.push_back((to, next.0 as usize, reply));
             }

@@ -190,6 +190,7 @@ impl Message for crate::ClusterFrame {
 }
 impl Message for crate::Timestamp {}
 impl Message for crate::Session {}
+impl Message for crate::Proof {}
 
 /// Bytes a bincode-standard varint of `v` takes.
 #[inline]
@@ -256,18 +257,23 @@ impl crate::LwwMessage {
             varint_len(v.len() as u64) + v.iter().map(|t| t.encoded_len()).sum::<usize>()
         }
         match self {
-            crate::LwwMessage::Digest { epoch, watermarks } => {
-                1 + varint_len(u64::from(*epoch)) + stamps(watermarks)
-            }
+            crate::LwwMessage::Digest {
+                epoch,
+                watermarks,
+                sent_ms,
+            } => 1 + varint_len(u64::from(*epoch)) + stamps(watermarks) + varint_len(*sent_ms),
             crate::LwwMessage::Sync {
                 epoch,
                 answers,
                 watermarks,
                 entries,
                 partial,
+                sent_ms,
                 ..
             } => {
-                1 + 1
+                varint_len(*sent_ms)
+                    + 1
+                    + 1
                     + varint_len(u64::from(*epoch))
                     + varint_len(u64::from(*answers))
                     + stamps(watermarks)

@@ -54,6 +54,13 @@ pub enum WireError {
         /// What the peer sent, rendered for humans.
         got: String,
     },
+    /// Peer authentication failed: a wrong or missing proof of the cluster
+    /// secret, or a secret that is not usable.
+    #[error("authentication failed: {reason}")]
+    Auth {
+        /// What was wrong, for humans.
+        reason: String,
+    },
     /// A remote timestamp is further ahead of the local clock than allowed.
     #[error(
         "remote timestamp {remote_ms} ms is {} ms ahead of local time {local_ms} ms (max drift {max_drift_ms} ms)",

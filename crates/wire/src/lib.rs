@@ -52,6 +52,7 @@
 //! # fn main() {}
 //! ```
 
+mod auth;
 mod blocking;
 pub mod bounded;
 mod channel;
@@ -63,6 +64,7 @@ mod hello;
 mod line;
 mod message;
 
+pub use auth::{CHALLENGE_LEN, Exchange, MAX_SECRET_LEN, MIN_SECRET_LEN, Proof, Secret};
 pub use blocking::{BlockingReader, BlockingWriter};
 pub use channel::{ChannelCodec, ChannelFrame};
 pub use clock::{HybridClock, Timestamp};

@@ -67,6 +67,9 @@ pub enum LwwMessage {
         /// One per origin the sender knows.
         #[serde(deserialize_with = "crate::bounded::seq")]
         watermarks: Vec<Timestamp>,
+        /// The sender's wall clock as it sent this, in ms since the Unix
+        /// epoch: how the receiver keeps track of each peer's clock offset.
+        sent_ms: u64,
     },
     /// Entries the receiver lacks by its last digest, with the sender's
     /// watermarks; the receiver's watermark for an origin moves up to the
@@ -91,6 +94,8 @@ pub enum LwwMessage {
         /// far they reach.
         #[serde(deserialize_with = "crate::bounded::seq")]
         partial: Vec<Timestamp>,
+        /// The sender's wall clock as it sent this (as in `Digest`).
+        sent_ms: u64,
     },
 }
 
@@ -122,4 +127,10 @@ pub struct RemoteTell {
 pub struct Session {
     /// The sender's incarnation.
     pub incarnation: u64,
+    /// The sender's wall clock when it sent this, in milliseconds since the
+    /// Unix epoch: the receiver learns how far apart the two clocks are.
+    pub wall_ms: u64,
+    /// With a cluster secret in force, a fresh random challenge the peer
+    /// must answer with a [`Proof`](crate::Proof); `None` without one.
+    pub challenge: Option<[u8; crate::CHALLENGE_LEN]>,
 }

@@ -2,6 +2,7 @@
 //! transports, then what is particular to each.
 
 mod conformance;
+mod guard;
 mod inproc;
 mod support;
 mod tcp;

@@ -4,12 +4,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use multinode_gossip::{
     GossipTransport, InProcessConfig, InProcessNetwork, InProcessTransport, Inbound, RecordingSink,
     SendError, TcpTransport, TcpTransportConfig,
 };
-use multinode_wire::{ClusterFrame, ClusterId, GossipPdu, NodeId, RemoteTell};
+use multinode_wire::{
+    ClusterFrame, ClusterId, GossipPdu, Hello, MessageCodec, NodeId, PROTOCOL_VERSION, RemoteTell,
+    Session,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Encoder, Framed};
 
 /// Long enough for any honest wait on a loaded 2-core machine.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(20);
@@ -246,4 +253,71 @@ pub(crate) async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+pub(crate) fn handshake_bytes(cluster: ClusterId, node: NodeId, version: u16) -> BytesMut {
+    let mut buf = BytesMut::new();
+    let mut hello = Hello::new(cluster, node);
+    hello.protocol_version = version;
+    MessageCodec::<Hello>::new()
+        .encode(hello, &mut buf)
+        .expect("encode hello");
+    MessageCodec::<Session>::new()
+        .encode(
+            Session {
+                incarnation: 1,
+                wall_ms: wall_ms(),
+                challenge: None,
+            },
+            &mut buf,
+        )
+        .expect("encode session");
+    buf
+}
+
+pub(crate) fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Connects as node `node` and completes the handshake by hand.
+pub(crate) async fn raw_peer(addr: SocketAddr, node: NodeId) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&handshake_bytes(CLUSTER, node, PROTOCOL_VERSION))
+        .await
+        .expect("write handshake");
+    let mut f = Framed::new(s, MessageCodec::<Hello>::new());
+    f.next().await.expect("their hello").expect("valid hello");
+    let mut f = f.map_codec(|_| MessageCodec::<Session>::new());
+    f.next()
+        .await
+        .expect("their session")
+        .expect("valid session");
+    let parts = f.into_parts();
+    assert!(parts.read_buf.is_empty());
+    parts.io
+}
+
+/// Whether the other end closed `s` (EOF or reset) before the deadline.
+pub(crate) async fn closed_by_peer(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A cluster frame as it goes on the wire.
+pub(crate) fn frame_bytes(frame: &ClusterFrame) -> BytesMut {
+    let mut buf = BytesMut::new();
+    MessageCodec::<ClusterFrame>::new()
+        .encode(frame.clone(), &mut buf)
+        .expect("encode");
+    buf
 }

@@ -75,6 +75,7 @@ fn every_golden_marker_is_checked() {
         "tell-sender",
         "session",
         "session-wide",
+        "proof",
         "timestamp",
         "channel-data",
         "channel-bye",
@@ -96,7 +97,7 @@ fn hello_frames() {
         "hello-wide",
         Hello {
             magic: MAGIC,
-            protocol_version: 1,
+            protocol_version: 2,
             cluster_id: ClusterId(0xc0ffee),
             node_id: NodeId(300),
         },
@@ -105,11 +106,26 @@ fn hello_frames() {
 
 #[test]
 fn session_frames() {
-    check_frame("session", Session { incarnation: 9 });
+    check_frame(
+        "session",
+        Session {
+            incarnation: 9,
+            wall_ms: 1_767_225_600_000,
+            challenge: None,
+        },
+    );
     check_frame(
         "session-wide",
         Session {
             incarnation: 0x0123_4567_89ab_cdef,
+            wall_ms: 1_767_225_600_000,
+            challenge: Some([0xab; multinode_wire::CHALLENGE_LEN]),
+        },
+    );
+    check_frame(
+        "proof",
+        multinode_wire::Proof {
+            mac: [0xcd; multinode_wire::CHALLENGE_LEN],
         },
     );
 }
@@ -299,6 +315,7 @@ fn lww_frames() {
         lww(LwwMessage::Digest {
             epoch: 0,
             watermarks: vec![at(1_767_225_600_000, 0, 1), at(1_767_225_600_000, 3, 2)],
+            sent_ms: 1_767_225_600_001,
         }),
     );
     let sync = lww(LwwMessage::Sync {
@@ -319,6 +336,7 @@ fn lww_frames() {
             },
         ],
         partial: vec![],
+        sent_ms: 1_767_225_600_001,
     });
     assert_eq!(sync.payload_len() + 4, golden("lww-sync").len());
     check_frame("lww-sync", sync);

@@ -37,6 +37,7 @@ fn samples() -> Vec<BytesMut> {
                 version: stamp(1),
             }],
             partial: vec![stamp(2)],
+            sent_ms: 1_767_225_600_000,
         })),
     ];
     frames

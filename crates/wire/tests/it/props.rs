@@ -70,24 +70,32 @@ fn lww(bytes: impl Strategy<Value = Bytes> + Clone) -> impl Strategy<Value = Lww
             }
         });
     prop_oneof![
-        (any::<u32>(), stamps.clone())
-            .prop_map(|(epoch, watermarks)| LwwMessage::Digest { epoch, watermarks }),
+        (any::<u32>(), stamps.clone(), any::<u64>()).prop_map(|(epoch, watermarks, sent_ms)| {
+            LwwMessage::Digest {
+                epoch,
+                watermarks,
+                sent_ms,
+            }
+        }),
         (
-            (any::<bool>(), any::<u32>(), any::<u32>()),
+            (any::<bool>(), any::<u32>(), any::<u32>(), any::<u64>()),
             stamps.clone(),
             proptest::collection::vec(entry, 0..6),
             stamps
         )
-            .prop_map(|((reply, epoch, answers), watermarks, entries, partial)| {
-                LwwMessage::Sync {
-                    reply,
-                    epoch,
-                    answers,
-                    watermarks,
-                    entries,
-                    partial,
+            .prop_map(
+                |((reply, epoch, answers, sent_ms), watermarks, entries, partial)| {
+                    LwwMessage::Sync {
+                        reply,
+                        epoch,
+                        answers,
+                        watermarks,
+                        entries,
+                        partial,
+                        sent_ms,
+                    }
                 }
-            }),
+            ),
     ]
 }
 
