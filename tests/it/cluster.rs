@@ -199,6 +199,7 @@ fn ctrl_c_leaves_no_node_process_behind() {
 /// A node whose wall clock is 600 s ahead (libfaketime, the `faketime`
 /// package, which `.ci/run` installs) cannot converge with the others: the
 /// run fails, and the first cause it names is the clock, not a symptom.
+#[cfg(target_os = "linux")]
 #[test]
 fn a_node_with_a_skewed_clock_fails_the_run_naming_the_clock() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -231,6 +232,7 @@ fn a_node_with_a_skewed_clock_fails_the_run_naming_the_clock() {
 }
 
 /// Within half the drift bound a skewed clock costs nothing: the run passes.
+#[cfg(target_os = "linux")]
 #[test]
 fn a_node_with_a_small_skew_converges() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -6,6 +6,9 @@
 //! - the in-process transport, one sender to one receiver, against a bare
 //!   tokio `mpsc::channel(4096)` carrying the same frames to a task.
 //!
+//! - connection set-up with the cluster secret (HMAC challenge-response
+//!   both ways) against the same transports without one.
+//!
 //! Both sides of each comparison run on the same 2-worker runtime. A
 //! sender refused for a full queue waits as each API offers: ours with
 //! `GossipTransport::ready`, the mpsc baseline by yielding, the plain TCP
@@ -70,6 +73,63 @@ fn main() {
         Better::Higher,
         Some(0.5),
     );
+    let conns = if quick { 100 } else { 1000 };
+    let (ours, base) = interleaved(
+        reps,
+        || rt.block_on(handshakes(true, conns)),
+        || rt.block_on(handshakes(false, conns)),
+    );
+    record(
+        "gossip",
+        "tcp_connect_with_secret",
+        "conns/s",
+        ours,
+        base,
+        "the same dial and handshake without a cluster secret",
+        Better::Higher,
+        Some(0.5),
+    );
+}
+
+/// Connections per second: a transport dials a peer, both sides shake
+/// hands (with the secret: challenge, HMAC proof and check, both ways),
+/// then the peer is removed and dialled again.
+async fn handshakes(secret: bool, conns: u64) -> f64 {
+    let key = secret
+        .then(|| multinode_wire::Secret::new(*b"a benchmark cluster secret").expect("secret"));
+    let mut cb = TcpTransportConfig::new(ClusterId(5), NodeId(1));
+    cb.secret = key.clone();
+    let b = TcpTransport::bind(cb, Arc::new(Nothing))
+        .await
+        .expect("bind");
+    let mut ca = TcpTransportConfig::new(ClusterId(5), NodeId(0));
+    ca.secret = key;
+    let a = TcpTransport::bind(ca, Arc::new(Nothing))
+        .await
+        .expect("bind");
+    let started = Instant::now();
+    for i in 1..=conns {
+        a.add_peer(NodeId(1), b.local_addr()).expect("add");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.stats().peer(NodeId(1)).connects < i {
+            assert!(Instant::now() < deadline, "connection {i} never came up");
+            tokio::task::yield_now().await;
+        }
+        a.remove_peer(NodeId(1));
+    }
+    let rate = conns as f64 / started.elapsed().as_secs_f64();
+    a.shutdown().await;
+    b.shutdown().await;
+    rate
+}
+
+/// A sink that drops what it is given.
+struct Nothing;
+
+impl RemoteMessageSink for Nothing {
+    fn on_gossip(&self, _: NodeId, _: GossipPdu) {}
+    fn on_tell(&self, _: NodeId, _: RemoteTell) {}
+    fn on_peer_restarted(&self, _: NodeId, _: u64) {}
 }
 
 fn frame(size: usize) -> ClusterFrame {
