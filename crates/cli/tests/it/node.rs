@@ -183,6 +183,104 @@ fn a_store_whose_files_vanish_refuses_writes_and_restarts_loudly() {
     assert!(stderr.contains("generation"), "{stderr}");
 }
 
+/// The bytes of a stranger that speaks the protocol without the secret:
+/// a `Hello` and `Session` as node 1, then a sync carrying a write to `k`
+/// stamped 55 s ahead (within the drift bound, so a node takes it).
+fn stranger_write() -> Vec<u8> {
+    use multinode_wire::{
+        ClusterFrame, ClusterId, GossipPdu, Hello, LwwEntry, LwwMessage, MessageCodec, NodeId,
+        Session, Timestamp,
+    };
+    use tokio_util::codec::Encoder;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut buf = bytes::BytesMut::new();
+    let hello = Hello::new(ClusterId(1), NodeId(1));
+    MessageCodec::<Hello>::new()
+        .encode(hello, &mut buf)
+        .unwrap();
+    let session = Session {
+        incarnation: 1,
+        wall_ms: now,
+        challenge: None,
+    };
+    MessageCodec::<Session>::new()
+        .encode(session, &mut buf)
+        .unwrap();
+    let entry = LwwEntry {
+        key: "k".into(),
+        value: Some(bytes::Bytes::from_static(b"evil")),
+        version: Timestamp {
+            physical_ms: now + 55_000,
+            logical: 0,
+            node: NodeId(1),
+        },
+    };
+    let sync = LwwMessage::Sync {
+        reply: false,
+        epoch: 0,
+        answers: multinode_lww::NO_DIGEST,
+        watermarks: Vec::new(),
+        entries: vec![entry],
+        partial: Vec::new(),
+        sent_ms: now,
+    };
+    let frame = ClusterFrame::Gossip(GossipPdu::Lww(sync));
+    MessageCodec::<ClusterFrame>::new()
+        .encode(frame, &mut buf)
+        .unwrap();
+    buf.to_vec()
+}
+
+/// Sends the stranger's write to `ready`'s node and waits until the node
+/// closes the connection or has read it all.
+fn send_as_stranger(ready: &str) {
+    use std::io::Read;
+    let addr: std::net::SocketAddr = ready.split(' ').nth(2).unwrap().parse().unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    s.write_all(&stranger_write()).unwrap();
+    let mut sink = [0u8; 256];
+    // The node's own handshake comes back; then it closes (refused) or,
+    // without a secret, keeps the connection open until the timeout.
+    while let Ok(n) = s.read(&mut sink) {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_stranger_without_the_cluster_secret_cannot_write_into_a_node() {
+    // Control: without a secret a loopback node takes the stranger's write.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut open, ready) = Ctl::start(&dir.path().join("open"), &[]);
+    send_as_stranger(&ready);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let got = open.call("GET k");
+        if got.ends_with(" evil") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{got}");
+        std::thread::yield_now();
+    }
+    // With a secret, the same bytes write nothing.
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a cluster secret of some length\n").unwrap();
+    let (mut guarded, ready) = Ctl::start(
+        &dir.path().join("guarded"),
+        &["--secret-file", secret.to_str().unwrap()],
+    );
+    send_as_stranger(&ready);
+    // Anything the node took from that connection it took before the close.
+    assert_eq!(guarded.call("GET k"), "NONE");
+    assert_eq!(guarded.call("PING"), "PONG");
+}
+
 /// The node's peak resident memory, from `/proc`.
 #[cfg(target_os = "linux")]
 fn peak_rss_kib(pid: u32) -> u64 {
