@@ -75,8 +75,8 @@ pub struct TcpTransportConfig {
     /// address. Default: none.
     pub secret: Option<Secret>,
     /// An inbound connection that carries no frame for this long is closed
-    /// (gossip is periodic: silence means the peer is gone; it redials when
-    /// it has something to send). Default 60 s.
+    /// (gossip is periodic: silence means the peer is gone, or has nothing
+    /// for us; its connection task dials again). Default 60 s.
     pub idle_timeout: Duration,
 }
 
@@ -565,11 +565,18 @@ async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>) {
         let ended = match dialled {
             Ok((shaken, stream)) => {
                 add(&c.connects, 1);
-                backoff.reset();
                 shared.observe(peer.id, c, &shaken);
                 tracing::debug!(peer = %peer.id, addr = %peer.addr, "connected");
                 conns += 1;
-                pump(&shared, &peer, stream, conns).await
+                let since = Instant::now();
+                let ended = pump(&shared, &peer, stream, conns).await;
+                // Only a connection that lasted starts the delays afresh: a
+                // peer that accepts and at once closes (it does not list us
+                // as a peer yet, say) is dialled less and less often.
+                if since.elapsed() >= cfg.backoff_max {
+                    backoff.reset();
+                }
+                ended
             }
             Err(e) => {
                 if e.is_auth() {
