@@ -51,6 +51,16 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Checks that a run failed as a failed run must (exit 1, reported as
+/// failed, nothing left alive) and returns what it printed.
+fn failed_run(out: &Output, report: &serde_json::Value) -> String {
+    let text = stdout(out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(report["passed"], false);
+    assert_eq!(report["processes_alive"], 0, "{report}");
+    text
+}
+
 #[test]
 fn three_node_processes_survive_a_kill_and_converge() {
     let seed = multinode_testkit::seed("three_node_processes_survive_a_kill_and_converge");
@@ -119,10 +129,7 @@ fn a_failed_run_names_its_cause_and_keeps_its_logs() {
         "0.001",
     ];
     let (out, report) = test_cluster(dir.path(), &args);
-    let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    assert_eq!(report["passed"], false);
-    assert_eq!(report["processes_alive"], 0, "{report}");
+    let text = failed_run(&out, &report);
     assert!(text.contains("FAILED: no agreement within"), "{text}");
     assert!(text.contains("seed: 5"), "{text}");
     assert!(
@@ -216,10 +223,7 @@ fn a_node_with_a_skewed_clock_fails_the_run_naming_the_clock() {
         "5",
     ];
     let (out, report) = test_cluster(dir.path(), &args);
-    let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    assert_eq!(report["passed"], false);
-    assert_eq!(report["processes_alive"], 0, "{report}");
+    let text = failed_run(&out, &report);
     assert!(
         text.contains("FAILED: clock offset: node 1's clock is"),
         "the clock is not the first cause named:\n{text}"

@@ -6,19 +6,9 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use multinode_filestore::{
-    Checkpoint, DiskStorage, FileStore, StateStore, StoreConfig, StoreError,
-};
+use multinode_filestore::{DiskStorage, StateStore, StoreConfig, StoreError};
 
-type Cp = Checkpoint<String>;
-type Disk = FileStore<Cp>;
-
-fn cp(sequence: u64) -> Cp {
-    Checkpoint {
-        sequence,
-        data: format!("at {sequence}"),
-    }
-}
+use crate::store::{Disk, cp};
 
 /// A store with `n` acknowledged writes, and its directory.
 fn written(n: u64) -> (tempfile::TempDir, PathBuf, Disk) {

@@ -11,10 +11,10 @@ use multinode_testkit::proptest_config;
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 
-type Cp = Checkpoint<String>;
-type Disk = FileStore<Cp>;
+pub(crate) type Cp = Checkpoint<String>;
+pub(crate) type Disk = FileStore<Cp>;
 
-fn cp(sequence: u64) -> Cp {
+pub(crate) fn cp(sequence: u64) -> Cp {
     Checkpoint {
         sequence,
         data: format!("at {sequence}"),
