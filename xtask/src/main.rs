@@ -2,6 +2,7 @@
 //! wherever cargo does.
 
 mod bench;
+mod sans_io;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Exactly what CI checks: fmt, clippy -D warnings, tests, docs -D warnings.
+    /// Exactly what CI checks: the sans-IO rule, fmt, clippy -D warnings,
+    /// tests, docs -D warnings, a short test-cluster.
     Ci,
     /// Run every crate's benchmarks and print the figures against their baselines.
     Bench(bench::Args),
@@ -142,6 +144,7 @@ fn test_cluster(args: &[String]) -> Result<()> {
 }
 
 fn ci() -> Result<()> {
+    sans_io::check(&root())?;
     cargo("fmt", &["fmt", "--all", "--check"], &[])?;
     cargo(
         "clippy",

@@ -2,8 +2,8 @@
 //! command per line in, one reply per command out. Keys and values are
 //! tokens, percent-encoded both ways, so any bytes travel as one word.
 
+use core::net::SocketAddr;
 use std::fmt;
-use std::net::SocketAddr;
 
 use multinode_wire::{NodeId, Timestamp};
 
