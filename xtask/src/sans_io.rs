@@ -28,6 +28,7 @@ pub(crate) const FILES: &[&str] = &[
     "crates/lww/src/offsets.rs",
     "crates/lww/src/replica.rs",
     "crates/lww/src/sim.rs",
+    "crates/filestore/src/format.rs",
     "crates/filestore/src/log.rs",
     "crates/cli/src/control.rs",
     "crates/cli/src/scenario.rs",

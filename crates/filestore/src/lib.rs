@@ -26,6 +26,7 @@
 //! and what the tests prove: `docs/crash-safety.md`.
 
 mod error;
+mod format;
 pub mod killfuzz;
 mod log;
 mod pending;
@@ -33,9 +34,9 @@ mod storage;
 mod store;
 
 pub use error::StoreError;
+pub use format::FORMAT_VERSION;
 pub use pending::Pending;
 pub use storage::{DiskStorage, FileVersion, SimStorage, Storage};
 pub use store::{
-    Checkpoint, DEFAULT_LOCK_WAIT, FORMAT_VERSION, FileStore, Merge, PutOutcome, StateStore,
-    StoreConfig,
+    Checkpoint, DEFAULT_LOCK_WAIT, FileStore, Merge, PutOutcome, StateStore, StoreConfig,
 };
