@@ -27,6 +27,8 @@ pub(crate) const FILES: &[&str] = &[
     "crates/lww/src/liveness.rs",
     "crates/lww/src/offsets.rs",
     "crates/lww/src/replica.rs",
+    "crates/lww/src/replica/exchange.rs",
+    "crates/lww/src/replica/resync.rs",
     "crates/lww/src/sim.rs",
     "crates/filestore/src/format.rs",
     "crates/filestore/src/log.rs",

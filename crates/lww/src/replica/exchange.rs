@@ -1,0 +1,354 @@
+//! Anti-entropy: a round's opening digests (with recent writes riding
+//! along), the syncs that answer them, the deltas they carry within the
+//! byte budget, and how received entries and watermarks are taken in.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
+
+use multinode_wire::{LwwEntry, LwwMessage, NodeId, Timestamp};
+use rand::RngExt;
+
+use super::{HOT_ROUNDS, NO_DIGEST, Outgoing, Received, Replica, before};
+
+impl Replica {
+    /// Opens an exchange with each of `peers`: a digest, or a sync when
+    /// recent changes ride along with it (rumour mongering over
+    /// anti-entropy: one lost message then delays them less).
+    pub(super) fn open(&mut self, peers: Vec<NodeId>) -> Outgoing {
+        if peers.is_empty() {
+            return Outgoing::new();
+        }
+        let watermarks = self.digest();
+        let hot = self.hot(&watermarks);
+        let mut out = Outgoing::with_capacity(peers.len());
+        for to in peers {
+            let hot: Vec<LwwEntry> = match self.refused_above(to) {
+                Some(limit) => hot
+                    .iter()
+                    .filter(|e| e.version.physical_ms <= limit)
+                    .cloned()
+                    .collect(),
+                None => hot.clone(),
+            };
+            let m = if hot.is_empty() {
+                LwwMessage::Digest {
+                    epoch: self.epoch,
+                    watermarks: watermarks.clone(),
+                    sent_ms: self.now_ms,
+                }
+            } else {
+                LwwMessage::Sync {
+                    reply: true,
+                    epoch: self.epoch,
+                    answers: NO_DIGEST,
+                    watermarks: watermarks.clone(),
+                    entries: hot,
+                    partial: Vec::new(),
+                    sent_ms: self.now_ms,
+                }
+            };
+            self.count_sent(&m);
+            self.opened.insert(to, true);
+            out.push((to, m));
+        }
+        out
+    }
+
+    /// Takes in a message from `from` at wall time `now_ms`.
+    pub fn receive(&mut self, from: NodeId, msg: LwwMessage, now_ms: u64) -> Received {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.stats.messages_received += 1;
+        self.stats.bytes_received += msg.encoded_len() as u64;
+        if let Some(d) = self.peers.get_mut(&from) {
+            d.heartbeat(now_ms);
+            let sent_ms = match &msg {
+                LwwMessage::Digest { sent_ms, .. } | LwwMessage::Sync { sent_ms, .. } => *sent_ms,
+            };
+            let (me, bound) = (self.cfg.node, self.cfg.max_drift_ms);
+            self.offsets.observe(me, from, sent_ms, now_ms, bound);
+        }
+        let mut out = Received::default();
+        match msg {
+            LwwMessage::Digest {
+                epoch, watermarks, ..
+            } => {
+                self.maybe_resync(&watermarks);
+                let reply = self.sync(from, true, epoch, &watermarks);
+                out.replies.push((from, reply));
+            }
+            LwwMessage::Sync {
+                reply,
+                epoch,
+                answers,
+                watermarks,
+                entries,
+                partial,
+                ..
+            } => {
+                if reply && answers != NO_DIGEST {
+                    if let Some(waiting) = self.opened.get_mut(&from) {
+                        *waiting = false;
+                    }
+                }
+                let reset = self.maybe_resync(&watermarks);
+                // Resynchronising, from a peer that has not seen what the
+                // dropped entries were: what it holds may have been deleted
+                // since. Its entries (and watermarks) wait until it has
+                // caught up; the exchange goes on.
+                let stale = self
+                    .resync
+                    .as_ref()
+                    .is_some_and(|r| !self.covers(&watermarks, &r.target, true));
+                let rejected = if stale {
+                    self.stats.rejected += entries.len() as u64;
+                    BTreeSet::new()
+                } else {
+                    self.apply(entries, &mut out.changes)
+                };
+                if answers == NO_DIGEST {
+                    // A round opener: answer it as a digest.
+                    let m = self.sync(from, true, epoch, &watermarks);
+                    out.replies.push((from, m));
+                    return out;
+                }
+                if !reset && !stale && answers == self.epoch {
+                    self.advance(&watermarks, &partial, &rejected);
+                }
+                if reply {
+                    let m = self.sync(from, false, epoch, &watermarks);
+                    out.replies.push((from, m));
+                }
+            }
+        }
+        out
+    }
+
+    /// Our watermark for ourselves: the clock, held below any write still
+    /// being made durable, or (while resynchronising) what was pulled back.
+    pub(super) fn own_watermark(&self) -> Option<Timestamp> {
+        let me = self.cfg.node;
+        if self.resync.as_ref().is_some_and(|r| r.own_floor.is_some()) {
+            return self.watermarks.get(&me).copied();
+        }
+        Some(match self.inflight.first() {
+            Some(t) => before(*t),
+            None => self.clock.last(),
+        })
+    }
+
+    fn digest(&mut self) -> Vec<Timestamp> {
+        let me = self.cfg.node;
+        match self.own_watermark() {
+            Some(w) => {
+                self.watermarks.insert(me, w);
+            }
+            None => {
+                self.watermarks.remove(&me);
+            }
+        }
+        self.watermarks.values().copied().collect()
+    }
+
+    /// The entries changed in the last few rounds, newest first, within an
+    /// eighth of the delta budget.
+    fn hot(&mut self, watermarks: &[Timestamp]) -> Vec<LwwEntry> {
+        let oldest = self.round.saturating_sub(HOT_ROUNDS);
+        while self.hot.front().is_some_and(|(r, _, _)| *r < oldest) {
+            self.hot.pop_front();
+        }
+        // An eighth of the budget: pushes duplicate what most peers have.
+        let fixed = 2 + 5 + 5 + stamps_len(watermarks) + 9 + 9 + 9;
+        let mut left = (self.cfg.delta_budget / 8).min(self.cfg.delta_budget.saturating_sub(fixed));
+        let mut out = Vec::new();
+        for (_, version, key) in self.hot.iter().rev() {
+            let Some(e) = self.entries.get(key).filter(|e| e.version == *version) else {
+                continue;
+            };
+            let len = e.encoded_len();
+            if len > left {
+                break;
+            }
+            left -= len;
+            out.push(e.clone());
+        }
+        out
+    }
+
+    /// The physical time above which `peer` refuses a version (its clock
+    /// plus the drift bound, by its last measured offset), if known.
+    fn refused_above(&self, peer: NodeId) -> Option<u64> {
+        let offset = self.offsets.of(peer)?;
+        let theirs = self.now_ms.saturating_add_signed(offset);
+        Some(theirs.saturating_add(self.cfg.max_drift_ms))
+    }
+
+    /// A sync for `to`, whose watermarks (of epoch `answers`) are `theirs`.
+    fn sync(&mut self, to: NodeId, reply: bool, answers: u32, theirs: &[Timestamp]) -> LwwMessage {
+        let watermarks = self.digest();
+        let fixed = 2 + 5 + 5 + stamps_len(&watermarks) * 2 + 9 + 9 + 9;
+        let room = self.cfg.delta_budget.saturating_sub(fixed);
+        let refused_above = self.refused_above(to);
+        let (entries, partial) = self.delta(theirs, room, refused_above);
+        let m = LwwMessage::Sync {
+            reply,
+            epoch: self.epoch,
+            answers,
+            watermarks,
+            entries,
+            partial,
+            sent_ms: self.now_ms,
+        };
+        self.count_sent(&m);
+        m
+    }
+
+    /// The entries a peer with watermarks `theirs` lacks, within `room`
+    /// bytes: origins take turns, one entry each, from a seeded starting
+    /// origin, so a large backlog of one origin never starves the others.
+    /// An origin stops short (as at the budget) at its first version past
+    /// `refused_above`: the peer would refuse it, and sending it again each
+    /// round would cost bytes and change nothing.
+    fn delta(
+        &mut self,
+        theirs: &[Timestamp],
+        room: usize,
+        refused_above: Option<u64>,
+    ) -> (Vec<LwwEntry>, Vec<Timestamp>) {
+        let theirs: HashMap<NodeId, Timestamp> = theirs.iter().map(|t| (t.node, *t)).collect();
+        let mut cursors = Vec::new();
+        // Everything held above their watermark: up to ours it completes a
+        // range; past ours (writes pushed to us ahead of our watermark) it
+        // rides along, vouched for by nothing.
+        for (origin, index) in &self.by_origin {
+            let from = theirs.get(origin).copied();
+            let lo = from.map_or(Bound::Unbounded, Bound::Excluded);
+            let mut range = index.range((lo, Bound::Unbounded)).peekable();
+            if range.peek().is_some() {
+                cursors.push((*origin, from, range, None::<Timestamp>));
+            }
+        }
+        let mut entries = Vec::new();
+        let mut partial = Vec::new();
+        if cursors.is_empty() {
+            return (entries, partial);
+        }
+        let mut left = room;
+        let mut turn = self.rng.random_range(0..cursors.len());
+        let mut open = cursors.len();
+        let mut done = vec![false; cursors.len()];
+        while open > 0 {
+            let i = turn % cursors.len();
+            turn += 1;
+            if done[i] {
+                continue;
+            }
+            let (_, _, range, last) = &mut cursors[i];
+            let Some((version, key)) = range.next() else {
+                done[i] = true;
+                open -= 1;
+                continue;
+            };
+            let e = &self.entries[key];
+            let len = e.encoded_len();
+            let refused = refused_above.is_some_and(|limit| version.physical_ms > limit);
+            if len > left || refused {
+                done[i] = true;
+                open -= 1;
+                // Cut short: this origin's range ends at the last entry
+                // sent, and never past our own watermark.
+                let (origin, from, _, last) = &cursors[i];
+                if let Some(mine) = self.watermarks.get(origin) {
+                    let reached = last.or(*from).unwrap_or(Timestamp {
+                        physical_ms: 0,
+                        logical: 0,
+                        node: *origin,
+                    });
+                    partial.push(reached.min(*mine));
+                }
+                continue;
+            }
+            left -= len;
+            *last = Some(*version);
+            entries.push(e.clone());
+        }
+        (entries, partial)
+    }
+
+    fn count_sent(&mut self, m: &LwwMessage) {
+        self.stats.messages_sent += 1;
+        self.stats.bytes_sent += m.encoded_len() as u64;
+        if let LwwMessage::Sync { entries, .. } = m {
+            self.stats.entries_sent += entries.len() as u64;
+        }
+    }
+
+    /// Merges received entries; returns the origins some of whose entries
+    /// were refused, whose watermarks must then not move.
+    fn apply(&mut self, entries: Vec<LwwEntry>, changes: &mut Vec<LwwEntry>) -> BTreeSet<NodeId> {
+        let limit = self.now_ms.saturating_add(self.cfg.max_drift_ms);
+        let mut rejected = BTreeSet::new();
+        let mut newest: Option<Timestamp> = None;
+        for e in entries {
+            self.stats.entries_received += 1;
+            if e.version.physical_ms > limit {
+                self.stats.rejected += 1;
+                rejected.insert(e.version.node);
+                continue;
+            }
+            newest = newest.max(Some(e.version));
+            if self.merge(e.clone()) {
+                self.stats.entries_applied += 1;
+                changes.push(e);
+            }
+        }
+        if let Some(v) = newest {
+            // Checked against the drift bound above: never refused.
+            let _ = self.clock.observe(v, self.now_ms);
+        }
+        rejected
+    }
+
+    /// Moves watermarks up to a sync's (or its `partial` ones).
+    fn advance(
+        &mut self,
+        theirs: &[Timestamp],
+        partial: &[Timestamp],
+        rejected: &BTreeSet<NodeId>,
+    ) {
+        let me = self.cfg.node;
+        // Both lists come from the peer: look up, never scan, per watermark.
+        let partial: HashMap<NodeId, Timestamp> = partial.iter().map(|p| (p.node, *p)).collect();
+        let limit = self.now_ms.saturating_add(self.cfg.max_drift_ms);
+        let own_pull = self.resync.as_ref().is_some_and(|r| r.own_floor.is_some());
+        for w in theirs {
+            let o = w.node;
+            if rejected.contains(&o) || (o == me && !own_pull) {
+                continue;
+            }
+            // A watermark past our clock plus the drift bound (a peer whose
+            // clock is ahead) vouches for what we hold only up to that
+            // bound: nothing of its origin past it was sent to us (the
+            // sender stops there) or would have been taken. Moving that
+            // far, not refusing the watermark outright, keeps the sender
+            // from sending again each round what we already hold.
+            let cap = Timestamp {
+                physical_ms: limit,
+                logical: u32::MAX,
+                node: o,
+            };
+            let to = partial.get(&o).copied().unwrap_or(*w).min(cap);
+            let cur = self.watermarks.get(&o).copied();
+            if cur.is_none_or(|c| to > c) {
+                self.watermarks.insert(o, to);
+                if let Some(d) = self.peers.get_mut(&o) {
+                    d.heartbeat(self.now_ms);
+                }
+            }
+        }
+        self.resync_progress();
+    }
+}
+
+fn stamps_len(v: &[Timestamp]) -> usize {
+    9 + v.iter().map(|t| t.encoded_len()).sum::<usize>()
+}
