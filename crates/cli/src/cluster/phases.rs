@@ -1,0 +1,272 @@
+//! The scenario's phases: join, write (with kills), write again, delete
+//! (healing any partition), converge and check, each between barriers.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures_util::future::try_join_all;
+use multinode_barrier::{Config, Controller};
+
+use super::{Conductor, NodeProc};
+use crate::scenario::{
+    Ack, Op, Violation, check_digests, check_dumps, check_final, check_recovered,
+};
+
+impl Conductor {
+    pub(super) async fn scenario(&mut self) -> Result<()> {
+        let n = self.args.nodes as usize;
+        let mut config = Config::new(self.args.nodes);
+        config.timeout = Duration::from_secs(30);
+        self.controller = Some(
+            Controller::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config)
+                .await
+                .context("cannot start the barrier controller")?,
+        );
+
+        // join: every node exchanges its address at the barrier `join`.
+        let began = Instant::now();
+        for i in 0..n {
+            let node = self.spawn(i, false)?;
+            self.nodes.push(node);
+        }
+        let ready = try_join_all(self.nodes.iter_mut().map(|n| async move {
+            let line = n.recv().await?;
+            if !line.starts_with("READY ") {
+                bail!("node {}: started with {line:?}", n.index);
+            }
+            Ok(())
+        }))
+        .await?;
+        self.faults(None).await?;
+        self.base = vec![(0, 0); n];
+        let pids: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|p| p.child.id())
+            .map(|p| p.to_string())
+            .collect();
+        self.say("join", &format!("node processes: pids {}", pids.join(" ")));
+        self.end(
+            "join",
+            began,
+            None,
+            format!("{} nodes up, addresses exchanged", ready.len()),
+        )
+        .await?;
+
+        // write: concurrent sets, some victims killed mid-stream.
+        let began = self.begin().await?;
+        let plan = self.plan.clone();
+        let mut resume = vec![0; n];
+        let mut unsure = Vec::new();
+        let mut acks = Vec::new();
+        let rate = self.args.rate;
+        let outs = try_join_all(self.nodes.iter_mut().map(|node| {
+            let i = node.index;
+            let victim = plan.victims.iter().find(|v| v.node == i);
+            let ops = &plan.writes[i];
+            let until = if victim.is_some() {
+                ops.len()
+            } else {
+                ops.len() / 2
+            };
+            let kill = victim.map(|v| v.after);
+            async move {
+                let mut acked = Vec::new();
+                let (lost, next) = node.run_ops(ops, 0, until, kill, rate, &mut acked).await?;
+                Ok::<_, anyhow::Error>((i, acked, lost, next))
+            }
+        }))
+        .await?;
+        for (i, acked, lost, next) in outs {
+            resume[i] = next;
+            unsure.extend(lost.into_iter().map(|op| (i, op)));
+            acks.extend(acked);
+        }
+        let killed: Vec<usize> = plan.victims.iter().map(|v| v.node).collect();
+        self.reaped += killed.len() as u32;
+        self.history.acked.extend(acks);
+        let in_flight = unsure.len();
+        self.history.unsure.extend(unsure);
+        let began_write = began;
+        self.say(
+            "write",
+            &format!(
+                "{} writes acknowledged; SIGKILL to node(s) {killed:?} with {in_flight} in flight",
+                self.history.acked.len()
+            ),
+        );
+
+        // restart: the victims come back from their data directories.
+        let keep: Vec<NodeProc> = std::mem::take(&mut self.nodes)
+            .into_iter()
+            .filter(|p| !killed.contains(&p.index))
+            .collect();
+        self.nodes = keep;
+        let mut back = Vec::new();
+        for &i in &killed {
+            // Held by the conductor at once, so every exit path reaps it.
+            let node = self.spawn(i, true)?;
+            self.nodes.push(node);
+            let node = self.nodes.last_mut().expect("just pushed");
+            let line = node.recv().await?;
+            if !line.starts_with("READY ") {
+                bail!("node {i}: restarted with {line:?}");
+            }
+            // Read before any peer can reach it: only its disk speaks.
+            let state = node.dump().await?;
+            let bad = check_recovered(i, &self.history.acked, &state);
+            if let Some(v) = bad.first() {
+                bail!("{v}");
+            }
+            let own = self.history.acked.iter().filter(|a| a.node == i).count();
+            back.push(format!(
+                "node {i} (pid {}): {own} acknowledged writes recovered",
+                node.child.id().unwrap_or(0)
+            ));
+        }
+        self.nodes.sort_by_key(|p| p.index);
+        self.faults(Some(&killed)).await?;
+        self.all("JOIN rejoin").await?;
+        self.end(
+            "write",
+            began_write,
+            None,
+            format!(
+                "{} acknowledged, {} kill(s); {}",
+                self.history.acked.len(),
+                killed.len(),
+                if back.is_empty() {
+                    "no restarts".into()
+                } else {
+                    back.join("; ")
+                }
+            ),
+        )
+        .await?;
+
+        // write: the rest of the writes.
+        let began = self.begin().await?;
+        let before = self.history.acked.len();
+        let acks = self.run_phase(&plan.writes, &resume).await?;
+        self.history.acked.extend(acks);
+        self.end(
+            "write-2",
+            began,
+            None,
+            format!("{} writes acknowledged", self.history.acked.len() - before),
+        )
+        .await?;
+
+        // delete: mostly deletes, some racing overwrites.
+        let began = self.begin().await?;
+        let before = self.history.acked.len();
+        let acks = self.run_phase(&plan.deletes, &vec![0; n]).await?;
+        self.history.acked.extend(acks);
+        if plan.side.is_some() {
+            self.all("UNBLOCK").await?;
+        }
+        self.end(
+            "delete",
+            began,
+            None,
+            format!(
+                "{} deletes and overwrites acknowledged{}",
+                self.history.acked.len() - before,
+                if plan.side.is_some() {
+                    "; partition healed"
+                } else {
+                    ""
+                }
+            ),
+        )
+        .await?;
+
+        // converge: poll digests until every node agrees.
+        let began = self.begin().await?;
+        let deadline = began + Duration::from_secs_f64(self.args.converge_timeout);
+        let digests = loop {
+            let digests: Vec<(usize, String)> =
+                try_join_all(self.nodes.iter_mut().map(|n| async move {
+                    let d = n.call("DIGEST").await?;
+                    // Compare the fingerprint and counts, not the
+                    // transient resync flag.
+                    let d = d.split(' ').take(4).collect::<Vec<_>>().join(" ");
+                    Ok::<_, anyhow::Error>((n.index, d))
+                }))
+                .await?;
+            if check_digests(&digests).is_none() || Instant::now() >= deadline {
+                break digests;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if let Some(v) = check_digests(&digests) {
+            bail!("no agreement within {} s: {v}", self.args.converge_timeout);
+        }
+        let converge = began.elapsed();
+        let entries = digests[0]
+            .1
+            .split(' ')
+            .find_map(|w| w.strip_prefix("entries="))
+            .unwrap_or("?")
+            .to_string();
+        self.end(
+            "converge",
+            began,
+            Some(converge),
+            format!(
+                "all {n} digests equal: {} ({entries} entries)",
+                digests[0].1.split(' ').nth(1).unwrap_or("?")
+            ),
+        )
+        .await?;
+
+        // check: every node's full state, against the history.
+        let began = self.begin().await?;
+        let dumps = try_join_all(self.nodes.iter_mut().map(NodeProc::dump)).await?;
+        if let Some(v) = check_dumps(&dumps) {
+            bail!("{v}");
+        }
+        let bad: Vec<Violation> = check_final(&self.history, &dumps[0]);
+        if let Some(v) = bad.first() {
+            bail!("{v} ({} violation(s) in all)", bad.len());
+        }
+        self.converged_entries = dumps[0].len();
+        let deletes = self
+            .history
+            .acked
+            .iter()
+            .filter(|a| a.op.value.is_none())
+            .count();
+        self.end(
+            "check",
+            began,
+            None,
+            format!(
+                "{} acknowledged writes ({deletes} deletes) hold; {} in-flight writes unsure",
+                self.history.acked.len(),
+                self.history.unsure.len()
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Every node runs its script from `from[i]` to the end, concurrently.
+    async fn run_phase(&mut self, scripts: &[Vec<Op>], from: &[usize]) -> Result<Vec<Ack>> {
+        let rate = self.args.rate;
+        let outs = try_join_all(self.nodes.iter_mut().map(|node| {
+            let i = node.index;
+            let ops = &scripts[i];
+            async move {
+                let mut acked = Vec::new();
+                node.run_ops(ops, from[i], ops.len(), None, rate, &mut acked)
+                    .await?;
+                Ok::<_, anyhow::Error>(acked)
+            }
+        }))
+        .await?;
+        Ok(outs.into_iter().flatten().collect())
+    }
+}

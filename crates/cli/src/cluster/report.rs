@@ -1,0 +1,93 @@
+//! The run's summary: a table of phases on stdout, and the same as JSON.
+
+use std::time::Duration;
+
+use super::Conductor;
+
+/// One row of the summary.
+#[derive(Debug, Clone)]
+pub(super) struct Phase {
+    pub(super) name: &'static str,
+    pub(super) took: Duration,
+    pub(super) converge: Option<Duration>,
+    pub(super) frames: u64,
+    pub(super) bytes: u64,
+    /// Writes acknowledged during the phase.
+    pub(super) writes: usize,
+    pub(super) result: String,
+}
+
+impl Conductor {
+    pub(super) fn print_summary(&self, failure: &Option<String>, alive: u32) {
+        println!();
+        println!(
+            "{:<9} {:>9} {:>9} {:>8} {:>11}  result",
+            "phase", "duration", "converge", "frames", "bytes"
+        );
+        for p in &self.phases {
+            println!(
+                "{:<9} {:>7.2} s {:>9} {:>8} {:>11}  {}",
+                p.name,
+                p.took.as_secs_f64(),
+                p.converge
+                    .map_or_else(|| "-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+                p.frames,
+                p.bytes,
+                p.result
+            );
+        }
+        let total = self.t0.elapsed().as_secs_f64();
+        match failure {
+            None => println!(
+                "PASSED in {total:.1} s: {} nodes agree on {} entries; {} acknowledged writes checked; {} processes started, {alive} alive",
+                self.args.nodes,
+                self.converged_entries,
+                self.history.acked.len(),
+                self.started
+            ),
+            Some(_) => println!(
+                "stopped after {total:.1} s; {} processes started, {alive} alive",
+                self.started
+            ),
+        }
+    }
+
+    pub(super) fn json(&self, failure: &Option<String>, alive: u32, replay: &str) -> String {
+        let phases: Vec<serde_json::Value> = self
+            .phases
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "phase": p.name,
+                    "duration_ms": p.took.as_millis() as u64,
+                    "converge_ms": p.converge.map(|d| d.as_millis() as u64),
+                    "frames_sent": p.frames,
+                    "bytes_sent": p.bytes,
+                    "writes": p.writes,
+                    "result": p.result,
+                })
+            })
+            .collect();
+        let report = serde_json::json!({
+            "passed": failure.is_none(),
+            "first_failure": failure,
+            "seed": self.seed,
+            "plan": format!("{:016x}", self.plan.digest()),
+            "nodes": self.args.nodes,
+            "keys": self.args.keys,
+            "kills": self.args.kills,
+            "loss": self.args.loss,
+            "partition": self.args.partition,
+            "acknowledged_writes": self.history.acked.len(),
+            "unsure_writes": self.history.unsure.len(),
+            "entries": self.converged_entries,
+            "processes_started": self.started,
+            "processes_alive": alive,
+            "duration_ms": self.t0.elapsed().as_millis() as u64,
+            "phases": phases,
+            "replay": replay,
+            "run_directory": self.dir.display().to_string(),
+        });
+        serde_json::to_string_pretty(&report).expect("a JSON value serializes") + "\n"
+    }
+}
