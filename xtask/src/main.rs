@@ -22,6 +22,9 @@ enum Cmd {
     /// Exactly what CI checks: the sans-IO rule, fmt, clippy -D warnings,
     /// tests, docs -D warnings, a short test-cluster.
     Ci,
+    /// The workspace's tests alone (`cargo test --workspace --locked`), with
+    /// one closing line of totals: what a CI matrix runs on each platform.
+    Test,
     /// Run every crate's benchmarks and print the figures against their baselines.
     Bench(bench::Args),
     /// A long kill-during-write campaign on multinode-filestore: each cycle
@@ -46,6 +49,11 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Ci => ci(),
+        Cmd::Test => {
+            let (passed, failed) = cargo_test(&["test", "--workspace", "--locked"])?;
+            println!("tests: {passed} passed, {failed} failed");
+            Ok(())
+        }
         Cmd::Bench(args) => bench::run(&args),
         Cmd::TestCluster { args } => test_cluster(&args),
         Cmd::KillFuzz { cycles } => {
