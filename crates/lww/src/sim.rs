@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use multinode_wire::{FRAME_HEADER_LEN, LwwEntry, LwwMessage, NodeId};
+use multinode_wire::{LwwEntry, LwwMessage, NodeId};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -308,6 +308,5 @@ impl Simulator {
 
 /// A message's size as a TCP frame: header, `ClusterFrame` and PDU tags.
 pub fn wire_len(m: &LwwMessage) -> u64 {
-    // One byte each for `ClusterFrame::Gossip` and `GossipPdu::Lww`.
-    (FRAME_HEADER_LEN + 2 + m.encoded_len()) as u64
+    m.frame_len() as u64
 }

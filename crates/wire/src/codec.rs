@@ -192,6 +192,9 @@ impl Message for crate::Timestamp {}
 impl Message for crate::Session {}
 impl Message for crate::Proof {}
 
+/// The widest a varint gets (a `0xfd` tag and a `u64`).
+const MAX_VARINT: usize = 9;
+
 /// Bytes a bincode-standard varint of `v` takes.
 #[inline]
 fn varint_len(v: u64) -> usize {
@@ -251,6 +254,23 @@ impl crate::LwwEntry {
 }
 
 impl crate::LwwMessage {
+    /// The most bytes a `Sync` whose watermarks (and `partial`, at most as
+    /// long) are `watermarks` takes besides its entries: its tag and
+    /// `reply`, `epoch`, `answers` and `sent_ms` and every count at their
+    /// widest, both timestamp lists, and the frame header and PDU tags. A
+    /// byte budget for a sync's entries is what is left of it after this.
+    pub fn sync_overhead(watermarks: &[crate::Timestamp]) -> usize {
+        let stamps = MAX_VARINT + watermarks.iter().map(|t| t.encoded_len()).sum::<usize>();
+        let header = crate::FRAME_HEADER_LEN + 2;
+        2 + 5 + 5 + 2 * stamps + MAX_VARINT + MAX_VARINT + header
+    }
+
+    /// Bytes this message takes as a TCP frame: the frame header, the
+    /// `ClusterFrame` and `GossipPdu` tags, and the message.
+    pub fn frame_len(&self) -> usize {
+        crate::FRAME_HEADER_LEN + 2 + self.encoded_len()
+    }
+
     /// Bytes this message takes inside a frame, computed without encoding.
     pub fn encoded_len(&self) -> usize {
         fn stamps(v: &[crate::Timestamp]) -> usize {

@@ -157,7 +157,7 @@ impl Replica {
             self.hot.pop_front();
         }
         // An eighth of the budget: pushes duplicate what most peers have.
-        let fixed = 2 + 5 + 5 + stamps_len(watermarks) + 9 + 9 + 9;
+        let fixed = LwwMessage::sync_overhead(watermarks);
         let mut left = (self.cfg.delta_budget / 8).min(self.cfg.delta_budget.saturating_sub(fixed));
         let mut out = Vec::new();
         for (_, version, key) in self.hot.iter().rev() {
@@ -185,7 +185,7 @@ impl Replica {
     /// A sync for `to`, whose watermarks (of epoch `answers`) are `theirs`.
     fn sync(&mut self, to: NodeId, reply: bool, answers: u32, theirs: &[Timestamp]) -> LwwMessage {
         let watermarks = self.digest();
-        let fixed = 2 + 5 + 5 + stamps_len(&watermarks) * 2 + 9 + 9 + 9;
+        let fixed = LwwMessage::sync_overhead(&watermarks);
         let room = self.cfg.delta_budget.saturating_sub(fixed);
         let refused_above = self.refused_above(to);
         let (entries, partial) = self.delta(theirs, room, refused_above);
@@ -347,8 +347,4 @@ impl Replica {
         }
         self.resync_progress();
     }
-}
-
-fn stamps_len(v: &[Timestamp]) -> usize {
-    9 + v.iter().map(|t| t.encoded_len()).sum::<usize>()
 }

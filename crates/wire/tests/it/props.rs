@@ -184,6 +184,33 @@ fn payload_len_matches_the_encoder() {
     }
 }
 
+/// What the replica budgets for a sync besides its entries is never less
+/// than such a sync takes as a frame, at the widest of every field; and an
+/// LWW message's frame length is what the codec writes.
+#[test]
+fn a_sync_fits_its_overhead_and_frame_len_is_exact() {
+    let s = (proptest::collection::vec(stamp(), 0..40), any::<bool>());
+    run("a_sync_fits_its_overhead", 128, s, |(watermarks, reply)| {
+        let m = LwwMessage::Sync {
+            reply,
+            epoch: u32::MAX,
+            answers: u32::MAX,
+            watermarks: watermarks.clone(),
+            entries: Vec::new(),
+            partial: watermarks.clone(),
+            sent_ms: u64::MAX,
+        };
+        prop_assert!(m.frame_len() <= LwwMessage::sync_overhead(&watermarks));
+        let frame = ClusterFrame::Gossip(GossipPdu::Lww(m.clone()));
+        let mut wire = BytesMut::new();
+        MessageCodec::<ClusterFrame>::new()
+            .encode(&frame, &mut wire)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(m.frame_len(), wire.len());
+        Ok(())
+    });
+}
+
 #[test]
 fn hello_round_trips_and_checks() {
     let s = (any::<u16>(), any::<u64>(), node(), node());
