@@ -21,11 +21,11 @@ pub enum ChannelError {
     PeerCrashed(usize),
     /// The handle belongs to an earlier life of its node or link (before a
     /// crash and restart): take a new one.
-    #[error("stale channel handle: generation {held}, current {current}")]
+    #[error("stale channel handle: incarnation {held}, current {current}")]
     Stale {
-        /// The generation the handle was taken in.
+        /// The incarnation the handle was taken in.
         held: u64,
-        /// The node's generation now.
+        /// The node's incarnation now.
         current: u64,
     },
     /// The link's queue is at capacity; the message was not sent.

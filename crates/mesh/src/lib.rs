@@ -6,7 +6,7 @@
 //!   message-oriented link, with exact semantics for close and crash.
 //! - [`InMemoryGroup`] (and [`InMemoryTransport`]'s `new_pair`/`new_group`):
 //!   N nodes, a bounded FIFO per link, node state kept apart from link
-//!   state, `crash`/`restart` with generations, and seeded faults.
+//!   state, `crash`/`restart` with incarnations, and seeded faults.
 //! - [`TcpChannel`] and [`TcpChannelListener`]: the same trait over
 //!   `multinode-wire` channel frames after a `Hello` handshake.
 //! - [`FaultModel`]: the sans-IO fault model both the mesh and the

@@ -121,7 +121,7 @@ impl Pair {
 struct Shared {
     n: usize,
     config: MeshConfig,
-    /// Each node's generation (a mirror of the control state, for handles).
+    /// Each node's incarnation (a mirror of the control state, for handles).
     gens: Box<[AtomicU64]>,
     links: Box<[LinkState]>,
     control: Mutex<Control>,
@@ -180,7 +180,7 @@ impl Shared {
 /// Node state (up or crashed) is kept apart from link state (faults, cuts,
 /// holds): crashing a node touches only that node's connections, and a link
 /// comes back only when both of its nodes are up. Each restart raises the
-/// node's generation; a handle from an earlier life fails with
+/// node's incarnation; a handle from an earlier life fails with
 /// [`ChannelError::Stale`], so it can never silently talk into the void.
 ///
 /// Faults use the kit's vocabulary and one seeded [`FaultModel`]:
@@ -312,7 +312,7 @@ impl InMemoryGroup {
     ///
     /// # Panics
     /// If `node` is outside the group.
-    pub fn generation(&self, node: usize) -> u64 {
+    pub fn incarnation(&self, node: usize) -> u64 {
         self.shared.check_node(node);
         self.shared.gens[node].load(Acquire)
     }
@@ -332,7 +332,7 @@ impl InMemoryGroup {
     }
 
     /// Brings `node` back (crashing it first if it is up) with its
-    /// generation raised by one. Handles from its earlier life, and its
+    /// incarnation raised by one. Handles from its earlier life, and its
     /// peers' handles to that life, fail with [`ChannelError::Stale`] once
     /// they have nothing left to deliver; new handles come from
     /// [`InMemoryGroup::channel`]. A link to a node that is still crashed

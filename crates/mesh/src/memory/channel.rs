@@ -37,7 +37,7 @@ impl std::fmt::Debug for InMemoryChannel {
         f.debug_struct("InMemoryChannel")
             .field("local", &self.local())
             .field("peer", &self.peer())
-            .field("generation", &self.generation())
+            .field("incarnation", &self.incarnation())
             .field("open", &self.is_open())
             .finish()
     }
@@ -70,8 +70,8 @@ impl InMemoryChannel {
         self.conn.nodes[1 - self.side]
     }
 
-    /// The generation of the local node this handle was taken in.
-    pub fn generation(&self) -> u64 {
+    /// The incarnation of the local node this handle was taken in.
+    pub fn incarnation(&self) -> u64 {
         self.conn.gens[self.side]
     }
 

@@ -140,7 +140,7 @@ impl End {
 pub(super) struct Conn {
     /// The two nodes, lower index first; side `i` belongs to `nodes[i]`.
     pub(super) nodes: [usize; 2],
-    /// Each node's generation when the connection opened.
+    /// Each node's incarnation when the connection opened.
     pub(super) gens: [u64; 2],
     /// `CLOSED` and `CRASHED` bits per side.
     pub(super) state: AtomicU8,

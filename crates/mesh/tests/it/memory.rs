@@ -58,7 +58,7 @@ fn defect_a_one_node_group_can_crash_and_restart() {
     assert!(!g.is_node_live(0));
     g.restart(0);
     assert!(g.is_node_live(0));
-    assert_eq!(g.generation(0), 1);
+    assert_eq!(g.incarnation(0), 1);
     assert!(matches!(
         g.channel(0, 0),
         Err(ChannelError::NoSuchLink {
@@ -109,9 +109,9 @@ fn defect_messages_in_flight_at_a_crash_still_reach_the_survivor() {
 fn defect_stale_handles_are_detectable_and_accessors_never_panic() {
     let g = InMemoryTransport::new_group(2);
     let (a, b) = (ch(&g, 0, 1), ch(&g, 1, 0));
-    assert_eq!((a.generation(), g.generation(0)), (0, 0));
+    assert_eq!((a.incarnation(), g.incarnation(0)), (0, 0));
     g.restart(0);
-    assert_eq!(g.generation(0), 1);
+    assert_eq!(g.incarnation(0), 1);
     assert!(matches!(
         a.send(b"x"),
         Err(ChannelError::Stale {
@@ -127,7 +127,7 @@ fn defect_stale_handles_are_detectable_and_accessors_never_panic() {
         })
     ));
     let (a2, b2) = (ch(&g, 0, 1), ch(&g, 1, 0));
-    assert_eq!(a2.generation(), 1);
+    assert_eq!(a2.incarnation(), 1);
     a2.send(b"new life").expect("send");
     assert_eq!(recv(&b2), b"new life");
     g.crash(1);
