@@ -138,8 +138,12 @@ async fn a_member_that_dies_before_speaking_fails_the_barrier_at_once() {
     let silent = Raw::connect(addr).await;
     let mut a = Raw::connect(addr).await;
     let mut b = Raw::connect(addr).await;
-    a.send(b"BARRIER start\n").await;
-    b.send(b"BARRIER start\n").await;
+    // The HELLO after each arrival is answered only once the arrival is in.
+    for member in [&mut a, &mut b] {
+        member.send(b"BARRIER start\nHELLO\n").await;
+        let welcome = member.line().await.expect("a welcome");
+        assert!(welcome.starts_with("WELCOME "), "{welcome}");
+    }
     drop(silent);
     let want = "FAILED start a connection closed before identifying itself; \
                 2 of 3 members remain connected";

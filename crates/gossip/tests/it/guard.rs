@@ -120,6 +120,15 @@ async fn a_node_with_a_peer_list_accepts_only_its_peers() {
 async fn a_second_connection_from_one_node_replaces_the_first() {
     let (b, _) = with_secret(1, None).await;
     let mut first = raw_peer(b.local_addr(), NodeId(5)).await;
+    // Heard on the first connection: the node has taken it in.
+    first
+        .write_all(&crate::support::frame_bytes(&pdu(1)))
+        .await
+        .unwrap();
+    eventually("the first connection is heard", || {
+        b.stats().peer(NodeId(5)).frames_received == 1
+    })
+    .await;
     let _second = raw_peer(b.local_addr(), NodeId(5)).await;
     assert!(
         closed_by_peer(&mut first).await,
