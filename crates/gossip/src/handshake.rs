@@ -105,7 +105,9 @@ pub(crate) async fn handshake(
     local.hello.check(&hello, expected)?;
     let mut conn = conn.map_codec(|_| MessageCodec::<Session>::with_max(128));
     let session = conn.next().await.ok_or(DialError::Closed)??;
-    let clock_offset_ms = session.wall_ms as i64 - wall_ms() as i64;
+    // Peer input: any u64. The difference saturates instead of overflowing.
+    let diff = i128::from(session.wall_ms) - i128::from(wall_ms());
+    let clock_offset_ms = i64::try_from(diff).unwrap_or(if diff < 0 { i64::MIN } else { i64::MAX });
     let peer = hello.node_id;
     let max = local.max_frame;
     let conn = match (local.secret.zip(ours), session.challenge) {

@@ -164,3 +164,35 @@ async fn silent_connections_are_closed_and_free_their_slots() {
     }
     assert!(b.stats().idle_closed >= 3, "{:?}", b.stats());
 }
+
+/// A peer's clock is peer input: a wall clock past `i64::MAX` ms is
+/// recorded (saturating), never an overflow that kills the reader.
+#[tokio::test]
+async fn an_absurd_peer_clock_is_recorded_not_a_panic() {
+    use bytes::BytesMut;
+    use multinode_wire::{Hello, MessageCodec, Session};
+    use tokio_util::codec::Encoder;
+    let (b, _) = with_secret(1, None).await;
+    let mut bytes = BytesMut::new();
+    MessageCodec::<Hello>::new()
+        .encode(Hello::new(CLUSTER, NodeId(7)), &mut bytes)
+        .unwrap();
+    let session = Session {
+        incarnation: 1,
+        wall_ms: 1 << 63,
+        challenge: None,
+    };
+    MessageCodec::<Session>::new()
+        .encode(session, &mut bytes)
+        .unwrap();
+    bytes.extend_from_slice(&crate::support::frame_bytes(&pdu(9)));
+    let mut s = TcpStream::connect(b.local_addr()).await.unwrap();
+    s.write_all(&bytes).await.unwrap();
+    eventually("the peer's frame is heard", || {
+        b.stats().peer(NodeId(7)).frames_received == 1
+    })
+    .await;
+    let offset = b.stats().peer(NodeId(7)).clock_offset_ms.expect("recorded");
+    let now = crate::support::wall_ms() as i64;
+    assert!(offset > i64::MAX - now - 60_000, "{offset}");
+}
