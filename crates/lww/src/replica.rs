@@ -22,7 +22,7 @@ use crate::offsets::Offsets;
 use crate::{ClockOffset, LwwError, ReplicaConfig};
 
 /// The `answers` of a sync that answers no digest: a round opener that
-/// pushes recent writes. No epoch takes this value.
+/// pushes recent writes. No era takes this value.
 pub const NO_DIGEST: u32 = u32::MAX;
 
 /// Rounds a changed key is pushed to the peers a round opens with.
@@ -95,7 +95,7 @@ pub struct Replica {
     by_origin: BTreeMap<NodeId, BTreeMap<Timestamp, String>>,
     tombstones: BTreeMap<Timestamp, String>,
     watermarks: BTreeMap<NodeId, Timestamp>,
-    epoch: u32,
+    era: u32,
     peers: BTreeMap<NodeId, Detector>,
     inflight: BTreeSet<Timestamp>,
     hot: VecDeque<(u64, Timestamp, String)>,
@@ -124,7 +124,7 @@ impl Replica {
             by_origin: BTreeMap::new(),
             tombstones: BTreeMap::new(),
             watermarks: BTreeMap::new(),
-            epoch: 0,
+            era: 0,
             peers: BTreeMap::new(),
             inflight: BTreeSet::new(),
             hot: VecDeque::new(),

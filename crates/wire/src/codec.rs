@@ -256,7 +256,7 @@ impl crate::LwwEntry {
 impl crate::LwwMessage {
     /// The most bytes a `Sync` whose watermarks (and `partial`, at most as
     /// long) are `watermarks` takes besides its entries: its tag and
-    /// `reply`, `epoch`, `answers` and `sent_ms` and every count at their
+    /// `reply`, `era`, `answers` and `sent_ms` and every count at their
     /// widest, both timestamp lists, and the frame header and PDU tags. A
     /// byte budget for a sync's entries is what is left of it after this.
     pub fn sync_overhead(watermarks: &[crate::Timestamp]) -> usize {
@@ -278,12 +278,12 @@ impl crate::LwwMessage {
         }
         match self {
             crate::LwwMessage::Digest {
-                epoch,
+                era,
                 watermarks,
                 sent_ms,
-            } => 1 + varint_len(u64::from(*epoch)) + stamps(watermarks) + varint_len(*sent_ms),
+            } => 1 + varint_len(u64::from(*era)) + stamps(watermarks) + varint_len(*sent_ms),
             crate::LwwMessage::Sync {
-                epoch,
+                era,
                 answers,
                 watermarks,
                 entries,
@@ -294,7 +294,7 @@ impl crate::LwwMessage {
                 varint_len(*sent_ms)
                     + 1
                     + 1
-                    + varint_len(u64::from(*epoch))
+                    + varint_len(u64::from(*era))
                     + varint_len(u64::from(*answers))
                     + stamps(watermarks)
                     + varint_len(entries.len() as u64)

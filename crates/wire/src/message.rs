@@ -61,9 +61,9 @@ pub struct LwwEntry {
 pub enum LwwMessage {
     /// Opens a round: the sender's watermarks.
     Digest {
-        /// The sender's watermark epoch: raised each time it drops its
+        /// The sender's watermark era: raised each time it drops its
         /// watermarks to resynchronise; a sync answering this digest echoes it.
-        epoch: u32,
+        era: u32,
         /// One per origin the sender knows.
         #[serde(deserialize_with = "crate::bounded::seq")]
         watermarks: Vec<Timestamp>,
@@ -78,10 +78,10 @@ pub enum LwwMessage {
     Sync {
         /// Whether the receiver should answer with a sync of its own.
         reply: bool,
-        /// The sender's watermark epoch.
-        epoch: u32,
-        /// The receiver's epoch this sync was computed against: a receiver
-        /// whose epoch moved on since takes the entries but not the
+        /// The sender's watermark era.
+        era: u32,
+        /// The receiver's era this sync was computed against: a receiver
+        /// whose era moved on since takes the entries but not the
         /// watermarks.
         answers: u32,
         /// The sender's watermarks, one per origin it knows.

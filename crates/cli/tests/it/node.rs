@@ -220,7 +220,7 @@ fn stranger_write() -> Vec<u8> {
     };
     let sync = LwwMessage::Sync {
         reply: false,
-        epoch: 0,
+        era: 0,
         answers: multinode_lww::NO_DIGEST,
         watermarks: Vec::new(),
         entries: vec![entry],

@@ -32,14 +32,14 @@ impl Replica {
             };
             let m = if hot.is_empty() {
                 LwwMessage::Digest {
-                    epoch: self.epoch,
+                    era: self.era,
                     watermarks: watermarks.clone(),
                     sent_ms: self.now_ms,
                 }
             } else {
                 LwwMessage::Sync {
                     reply: true,
-                    epoch: self.epoch,
+                    era: self.era,
                     answers: NO_DIGEST,
                     watermarks: watermarks.clone(),
                     entries: hot,
@@ -70,15 +70,15 @@ impl Replica {
         let mut out = Received::default();
         match msg {
             LwwMessage::Digest {
-                epoch, watermarks, ..
+                era, watermarks, ..
             } => {
                 self.maybe_resync(&watermarks);
-                let reply = self.sync(from, true, epoch, &watermarks);
+                let reply = self.sync(from, true, era, &watermarks);
                 out.replies.push((from, reply));
             }
             LwwMessage::Sync {
                 reply,
-                epoch,
+                era,
                 answers,
                 watermarks,
                 entries,
@@ -107,15 +107,15 @@ impl Replica {
                 };
                 if answers == NO_DIGEST {
                     // A round opener: answer it as a digest.
-                    let m = self.sync(from, true, epoch, &watermarks);
+                    let m = self.sync(from, true, era, &watermarks);
                     out.replies.push((from, m));
                     return out;
                 }
-                if !reset && !stale && answers == self.epoch {
+                if !reset && !stale && answers == self.era {
                     self.advance(&watermarks, &partial, &rejected);
                 }
                 if reply {
-                    let m = self.sync(from, false, epoch, &watermarks);
+                    let m = self.sync(from, false, era, &watermarks);
                     out.replies.push((from, m));
                 }
             }
@@ -182,7 +182,7 @@ impl Replica {
         Some(theirs.saturating_add(self.cfg.max_drift_ms))
     }
 
-    /// A sync for `to`, whose watermarks (of epoch `answers`) are `theirs`.
+    /// A sync for `to`, whose watermarks (of era `answers`) are `theirs`.
     fn sync(&mut self, to: NodeId, reply: bool, answers: u32, theirs: &[Timestamp]) -> LwwMessage {
         let watermarks = self.digest();
         let fixed = LwwMessage::sync_overhead(&watermarks);
@@ -191,7 +191,7 @@ impl Replica {
         let (entries, partial) = self.delta(theirs, room, refused_above);
         let m = LwwMessage::Sync {
             reply,
-            epoch: self.epoch,
+            era: self.era,
             answers,
             watermarks,
             entries,

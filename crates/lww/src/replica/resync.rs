@@ -64,7 +64,7 @@ impl Replica {
             }
         }
         self.watermarks.clear();
-        self.epoch = match self.epoch.wrapping_add(1) {
+        self.era = match self.era.wrapping_add(1) {
             NO_DIGEST => 0,
             e => e,
         };

@@ -313,14 +313,14 @@ fn lww_frames() {
     check_frame(
         "lww-digest",
         lww(LwwMessage::Digest {
-            epoch: 0,
+            era: 0,
             watermarks: vec![at(1_767_225_600_000, 0, 1), at(1_767_225_600_000, 3, 2)],
             sent_ms: 1_767_225_600_001,
         }),
     );
     let sync = lww(LwwMessage::Sync {
         reply: true,
-        epoch: 1,
+        era: 1,
         answers: 0,
         watermarks: vec![at(1_767_225_600_000, 0, 1)],
         entries: vec![

@@ -28,7 +28,7 @@ fn samples() -> Vec<BytesMut> {
         }),
         ClusterFrame::Gossip(GossipPdu::Lww(LwwMessage::Sync {
             reply: true,
-            epoch: 2,
+            era: 2,
             answers: 0,
             watermarks: vec![stamp(1), stamp(2)],
             entries: vec![LwwEntry {

@@ -70,9 +70,9 @@ fn lww(bytes: impl Strategy<Value = Bytes> + Clone) -> impl Strategy<Value = Lww
             }
         });
     prop_oneof![
-        (any::<u32>(), stamps.clone(), any::<u64>()).prop_map(|(epoch, watermarks, sent_ms)| {
+        (any::<u32>(), stamps.clone(), any::<u64>()).prop_map(|(era, watermarks, sent_ms)| {
             LwwMessage::Digest {
-                epoch,
+                era,
                 watermarks,
                 sent_ms,
             }
@@ -84,10 +84,10 @@ fn lww(bytes: impl Strategy<Value = Bytes> + Clone) -> impl Strategy<Value = Lww
             stamps
         )
             .prop_map(
-                |((reply, epoch, answers, sent_ms), watermarks, entries, partial)| {
+                |((reply, era, answers, sent_ms), watermarks, entries, partial)| {
                     LwwMessage::Sync {
                         reply,
-                        epoch,
+                        era,
                         answers,
                         watermarks,
                         entries,
@@ -193,7 +193,7 @@ fn a_sync_fits_its_overhead_and_frame_len_is_exact() {
     run("a_sync_fits_its_overhead", 128, s, |(watermarks, reply)| {
         let m = LwwMessage::Sync {
             reply,
-            epoch: u32::MAX,
+            era: u32::MAX,
             answers: u32::MAX,
             watermarks: watermarks.clone(),
             entries: Vec::new(),
