@@ -151,8 +151,12 @@ fn test_cluster(args: &[String]) -> Result<()> {
     }
 }
 
+/// The cargo-deny release CI installs (`.ci/run`, the workflow).
+const CARGO_DENY: &str = "0.20.2";
+
 fn ci() -> Result<()> {
     sans_io::check(&root())?;
+    deny()?;
     cargo("fmt", &["fmt", "--all", "--check"], &[])?;
     cargo(
         "clippy",
@@ -185,6 +189,30 @@ fn ci() -> Result<()> {
     // One plain closing line with the totals of every test binary.
     println!("tests: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// `cargo deny check` of licenses, duplicate versions and sources (deny.toml
+/// says why each exception stands). Advisories need the RustSec database
+/// from GitHub, which only the workflow's `deny` job reaches.
+fn deny() -> Result<()> {
+    let bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let found = Command::new(&bin)
+        .args(["deny", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        bail!(
+            "cargo-deny is not installed: cargo install cargo-deny --version {CARGO_DENY} --locked \
+             (.ci/run does this on a fresh machine)"
+        );
+    }
+    cargo(
+        "deny",
+        &["deny", "--locked", "check", "licenses", "bans", "sources"],
+        &[],
+    )
 }
 
 /// Runs `cargo test`, echoing its output, and returns the totals summed
