@@ -10,7 +10,7 @@
 //! any two replicas that stamp writes are within the bound of each other),
 //! and sends no peer a version that peer would refuse.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use multinode_wire::NodeId;
 
@@ -31,7 +31,7 @@ pub(crate) struct Offsets {
     /// Peer → how far its clock is ahead of ours, in ms.
     by_peer: BTreeMap<NodeId, i64>,
     /// Peers whose clock was last seen beyond the bound (warned once).
-    warned: BTreeMap<NodeId, ()>,
+    warned: BTreeSet<NodeId>,
 }
 
 impl Offsets {
@@ -49,7 +49,7 @@ impl Offsets {
         let offset = clamp_diff(sent_ms, now_ms);
         self.by_peer.insert(peer, offset);
         let beyond = offset.unsigned_abs() > bound_ms;
-        if beyond && self.warned.insert(peer, ()).is_none() {
+        if beyond && self.warned.insert(peer) {
             tracing::warn!(
                 node = %me,
                 %peer,
