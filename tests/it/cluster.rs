@@ -123,6 +123,7 @@ fn a_failed_run_names_its_cause_and_keeps_its_logs() {
         "0",
         "--seed",
         "5",
+        // The older name of `--drop`: the replay line says `--drop`.
         "--loss",
         "0.99",
         "--converge-timeout",
@@ -134,7 +135,7 @@ fn a_failed_run_names_its_cause_and_keeps_its_logs() {
     assert!(text.contains("seed: 5"), "{text}");
     assert!(
         text.contains(
-            "replay: multinode test-cluster --nodes 3 --keys 40 --seed 5 --kills 1 --loss 0.99 --rate 0 --converge-timeout 0.001"
+            "replay: multinode test-cluster --nodes 3 --keys 40 --seed 5 --kills 1 --drop 0.99 --rate 0 --converge-timeout 0.001"
         ),
         "{text}"
     );

@@ -177,11 +177,22 @@ fn ci() -> Result<()> {
         &["doc", "--workspace", "--no-deps", "--locked"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
-    // A short real cluster: 5 node processes, a kill, a fresh seed each run
+    // A short real cluster: 5 node processes, a kill, a partition that
+    // heals, 10% of frames dropped, a fresh seed each run
     // (printed, with the command that replays it, if it fails).
-    let status = test_cluster_command(&["--nodes", "5", "--keys", "400", "--rate", "200"])?
-        .status()
-        .context("cannot run multinode test-cluster")?;
+    let status = test_cluster_command(&[
+        "--nodes",
+        "5",
+        "--keys",
+        "400",
+        "--rate",
+        "200",
+        "--partition",
+        "--drop",
+        "0.1",
+    ])?
+    .status()
+    .context("cannot run multinode test-cluster")?;
     if !status.success() {
         bail!("test-cluster failed ({status})");
     }

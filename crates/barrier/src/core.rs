@@ -3,9 +3,12 @@
 //! connections to close. No I/O, no clock, no tokio.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use multinode_wire::{Label, NodeId, Reply, Request, Value};
+
+pub(crate) use crate::config::Config;
+pub(crate) use crate::summary::{NodeRecord, Summary};
 
 /// Identifies one connection to the controller, assigned by the I/O layer.
 pub(crate) type ConnId = u64;
@@ -21,31 +24,6 @@ const MAX_UNIDENTIFIED_EXTRA: usize = 64;
 /// Labels whose outcome is remembered, so a late arrival at a failed label
 /// is still told it failed. The oldest outcomes are forgotten first.
 const MAX_REMEMBERED: usize = 65_536;
-
-/// Settings of a barrier controller.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// How many members every barrier waits for (node ids `0..nodes`).
-    pub nodes: u32,
-    /// How long a barrier may stay open after its first arrival.
-    pub timeout: Duration,
-    /// How long a disconnect waits for the process's exit status before it
-    /// fails the pending barriers with a plain "disconnected" cause. Zero
-    /// fails at once; the launcher sets a few milliseconds so the cause names
-    /// the exit status or signal.
-    pub disconnect_grace: Duration,
-}
-
-impl Config {
-    /// A controller for `nodes` members with the default 30 s timeout.
-    pub fn new(nodes: u32) -> Self {
-        Self {
-            nodes,
-            timeout: Duration::from_secs(30),
-            disconnect_grace: Duration::ZERO,
-        }
-    }
-}
 
 /// What the I/O layer must do.
 #[derive(Debug, PartialEq, Eq)]
@@ -85,27 +63,6 @@ enum Outcome {
     Passed,
     TimedOut(Vec<NodeId>),
     Failed(String),
-}
-
-/// One node's record, for the launcher's and the CLI's summaries.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeRecord {
-    /// Barriers this node passed.
-    pub passed: u32,
-    /// The first barrier that failed or timed out while this node was a
-    /// member, and why.
-    pub first_failure: Option<(Label, String)>,
-}
-
-/// What a controller saw over its life.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Summary {
-    /// Barriers that every member passed.
-    pub passed: u64,
-    /// Barriers that failed or timed out.
-    pub failed: u64,
-    /// Per node, indexed by node id.
-    pub nodes: Vec<NodeRecord>,
 }
 
 pub(crate) struct Core {

@@ -1,6 +1,8 @@
 //! The barrier core in virtual time: no sockets, and the clock read once
 //! for an origin that every step offsets.
 
+use std::time::Duration;
+
 use super::*;
 
 struct Harness {

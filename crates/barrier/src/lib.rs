@@ -23,15 +23,18 @@
 //! barrier state across controller restarts.
 
 mod client;
+mod config;
 mod controller;
 mod core;
 mod error;
 mod launcher;
+mod summary;
 
 pub use client::{
     BarrierNode, BlockingBarrierNode, ENV_ADDR, ENV_INDEX, ENV_NODES, Gathered, env_identity,
 };
+pub use config::Config;
 pub use controller::Controller;
-pub use core::{Config, NodeRecord, Summary};
 pub use error::BarrierError;
 pub use launcher::{LaunchReport, Launcher, MAX_CAPTURE, NodeReport, OutputMode, describe};
+pub use summary::{NodeRecord, Summary};

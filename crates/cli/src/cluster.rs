@@ -42,9 +42,10 @@ pub(crate) struct ClusterArgs {
     /// Nodes killed with SIGKILL in the middle of writing, then restarted.
     #[arg(long, default_value_t = 1)]
     kills: u32,
-    /// Probability that a node drops each gossip frame it sends.
-    #[arg(long, default_value_t = 0.0, value_parser = probability)]
-    loss: f64,
+    /// Probability that a node drops each gossip frame it sends (the
+    /// fault model's `drop`; `--loss` is an older name for it).
+    #[arg(long = "drop", alias = "loss", default_value_t = 0.0, value_parser = probability)]
+    drop: f64,
     /// Split the nodes in two halves during the writes, then heal.
     #[arg(long)]
     partition: bool,
@@ -195,9 +196,9 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot create a run directory in {}", parent.display()))?;
     let replay = replay_command(&args, seed);
     println!(
-        "test-cluster: {n} nodes, {keys} keys, {} kill(s), loss {}{}, seed {seed} (plan {:016x})",
+        "test-cluster: {n} nodes, {keys} keys, {} kill(s), drop {}{}, seed {seed} (plan {:016x})",
         args.kills,
-        args.loss,
+        args.drop,
         if args.partition { ", partition" } else { "" },
         plan.digest()
     );
@@ -273,8 +274,8 @@ fn replay_command(a: &ClusterArgs, seed: u64) -> String {
         "{prefix} --nodes {} --keys {} --seed {seed} --kills {}",
         a.nodes, a.keys, a.kills
     );
-    if a.loss > 0.0 {
-        let _ = write!(s, " --loss {}", a.loss);
+    if a.drop > 0.0 {
+        let _ = write!(s, " --drop {}", a.drop);
     }
     if a.partition {
         s.push_str(" --partition");
@@ -446,7 +447,8 @@ impl Conductor {
         Ok(())
     }
 
-    /// Applies the loss and partition settings to `nodes`.
+    /// Applies the drop and partition settings to `nodes`: a partition is
+    /// each side cutting its links to the other.
     async fn faults(&mut self, only: Option<&[usize]>) -> Result<()> {
         let side = self.plan.side.clone();
         let n = self.nodes.len();
@@ -454,8 +456,8 @@ impl Conductor {
             if only.is_some_and(|o| !o.contains(&node.index)) {
                 continue;
             }
-            if self.args.loss > 0.0 {
-                node.call(&format!("LOSS {}", self.args.loss)).await?;
+            if self.args.drop > 0.0 {
+                node.call(&format!("DROP {}", self.args.drop)).await?;
             }
             if let Some(side) = &side {
                 let mine = side.contains(&node.index);
@@ -463,7 +465,7 @@ impl Conductor {
                     .filter(|i| side.contains(i) != mine)
                     .map(|i| i.to_string())
                     .collect();
-                node.call(&format!("BLOCK {}", others.join(" "))).await?;
+                node.call(&format!("CUT {}", others.join(" "))).await?;
             }
         }
         Ok(())

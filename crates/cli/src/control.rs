@@ -7,6 +7,8 @@ use std::fmt;
 
 use multinode_wire::{NodeId, Timestamp};
 
+use crate::faulty::FaultVerb;
+
 /// The longest control line; a longer one is answered with an error.
 pub(crate) const MAX_LINE: usize = 64 * 1024;
 
@@ -23,9 +25,8 @@ pub(crate) enum Command {
     Peer(NodeId, SocketAddr),
     Join(String),
     Barrier(String),
-    Loss(f64),
-    Block(Vec<NodeId>),
-    Unblock,
+    Fault(FaultVerb),
+    Faults,
     Quit,
 }
 
@@ -99,25 +100,37 @@ impl std::str::FromStr for Command {
                 exact(1, "<label>")?;
                 Command::Barrier(args[0].to_owned())
             }
-            "LOSS" => {
+            "DROP" | "DUPLICATE" | "REORDER" | "CORRUPT" => {
                 exact(1, "<probability>")?;
-                match args[0].parse::<f64>() {
-                    Ok(p) if (0.0..=1.0).contains(&p) => Command::Loss(p),
-                    _ => {
-                        return Err(bad(
-                            "probability",
-                            format!("{:?} is not in [0, 1]", args[0]),
-                        ));
-                    }
-                }
+                let p = probability(args[0])?;
+                Command::Fault(match verb {
+                    "DROP" => FaultVerb::Drop(p),
+                    "DUPLICATE" => FaultVerb::Duplicate(p),
+                    "REORDER" => FaultVerb::Reorder(p),
+                    _ => FaultVerb::Corrupt(p),
+                })
             }
-            "BLOCK" => {
+            "DELAY" => {
+                exact(2, "<min-ms> <max-ms>")?;
+                let (lo, hi) = (millis(args[0])?, millis(args[1])?);
+                if lo > hi {
+                    return Err(bad("delay", format!("{lo} ms is more than {hi} ms")));
+                }
+                Command::Fault(FaultVerb::Delay(lo, hi))
+            }
+            "CUT" | "HOLD" | "RELEASE" => {
                 if args.is_empty() || args.iter().any(|a| a.is_empty()) {
-                    return Err(ParseError::Arity("BLOCK".into(), "<id> [<id>...]"));
+                    return Err(ParseError::Arity(verb.to_owned(), "<id> [<id>...]"));
                 }
-                Command::Block(args.iter().map(|a| node_id(a)).collect::<Result<_, _>>()?)
+                let ids = args.iter().map(|a| node_id(a)).collect::<Result<_, _>>()?;
+                Command::Fault(match verb {
+                    "CUT" => FaultVerb::Cut(ids),
+                    "HOLD" => FaultVerb::Hold(ids),
+                    _ => FaultVerb::Release(ids),
+                })
             }
-            "UNBLOCK" => exact(0, "no arguments").map(|()| Command::Unblock)?,
+            "HEAL" => exact(0, "no arguments").map(|()| Command::Fault(FaultVerb::Heal))?,
+            "FAULTS" => exact(0, "no arguments").map(|()| Command::Faults)?,
             "QUIT" => exact(0, "no arguments").map(|()| Command::Quit)?,
             other => return Err(ParseError::Unknown(truncate(other))),
         })
@@ -126,6 +139,31 @@ impl std::str::FromStr for Command {
 
 fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
+}
+
+fn probability(s: &str) -> Result<f64, ParseError> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(bad(
+            "probability",
+            format!("{:?} is not in [0, 1]", truncate(s)),
+        )),
+    }
+}
+
+/// A delay bound: whole milliseconds, at most an hour.
+fn millis(s: &str) -> Result<u64, ParseError> {
+    const HOUR_MS: u64 = 3_600_000;
+    match s.parse::<u64>() {
+        Ok(ms) if ms <= HOUR_MS => Ok(ms),
+        _ => Err(bad(
+            "delay",
+            format!(
+                "{:?} is not a whole number of ms up to {HOUR_MS}",
+                truncate(s)
+            ),
+        )),
+    }
 }
 
 fn node_id(s: &str) -> Result<NodeId, ParseError> {
@@ -252,17 +290,37 @@ mod tests {
             Ok(Command::Peer(NodeId(3), "127.0.0.1:9".parse().unwrap()))
         );
         assert_eq!(
-            "BLOCK 1 2".parse(),
-            Ok(Command::Block(vec![NodeId(1), NodeId(2)]))
+            "CUT 1 2".parse(),
+            Ok(Command::Fault(FaultVerb::Cut(vec![NodeId(1), NodeId(2)])))
         );
-        assert_eq!("LOSS 0.25".parse(), Ok(Command::Loss(0.25)));
+        assert_eq!(
+            "DROP 0.25".parse(),
+            Ok(Command::Fault(FaultVerb::Drop(0.25)))
+        );
+        assert_eq!(
+            "CORRUPT 1".parse(),
+            Ok(Command::Fault(FaultVerb::Corrupt(1.0)))
+        );
+        assert_eq!(
+            "DELAY 5 20".parse(),
+            Ok(Command::Fault(FaultVerb::Delay(5, 20)))
+        );
         let err = |l: &str| l.parse::<Command>().unwrap_err().to_string();
         assert_eq!(err(""), "empty line");
         assert_eq!(err("SET k"), "SET takes <key> <value>");
         assert_eq!(err("SET  k v"), "SET takes <key> <value>");
         assert_eq!(err("FOO"), "unknown command \"FOO\"");
-        assert_eq!(err("LOSS 2"), "bad probability: \"2\" is not in [0, 1]");
-        assert_eq!(err("LOSS NaN"), "bad probability: \"NaN\" is not in [0, 1]");
+        assert_eq!(err("DROP 2"), "bad probability: \"2\" is not in [0, 1]");
+        assert_eq!(
+            err("CORRUPT NaN"),
+            "bad probability: \"NaN\" is not in [0, 1]"
+        );
+        assert_eq!(err("DELAY 9 3"), "bad delay: 9 ms is more than 3 ms");
+        assert_eq!(
+            err("DELAY 0 -1"),
+            "bad delay: \"-1\" is not a whole number of ms up to 3600000"
+        );
+        assert_eq!(err("HOLD"), "HOLD takes <id> [<id>...]");
         assert_eq!(err("SET k %G0"), "bad value: bad escape at byte 0");
         assert_eq!(err("SET k %4"), "bad value: bad escape at byte 0");
         assert_eq!(err("GET %FF"), "bad key: not UTF-8 once decoded");

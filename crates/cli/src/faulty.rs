@@ -1,40 +1,82 @@
-//! Faults a conductor can switch on in a node process: outbound message
-//! loss with a seeded generator, and blocked peers (one side of a
-//! partition). A dropped frame is dropped as the network would drop it:
-//! `send` succeeds, and the drop is counted here.
+//! The mesh's fault model in a node process: every outbound gossip frame
+//! of this node passes [`FaultModel`] on its link (this node → the peer),
+//! switched by the control verbs (`docs/node-control.md`). A frame the
+//! model loses is lost as the network would lose it: `send` succeeds and
+//! the model counts it.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
-use multinode_gossip::{ClusterFrame, GossipTransport, Ready, SendError, TransportStats};
+use multinode_gossip::{
+    ClusterFrame, GossipTransport, Ready, SendError, TransportStats, corrupted,
+};
+use multinode_mesh::{Fate, FaultModel, LinkCounters, LinkFaults};
 use multinode_wire::NodeId;
 use parking_lot::Mutex;
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-/// A transport whose outbound frames pass through a fault switch.
+/// Frames one link may hold, or keep delayed, at once; more are lost and
+/// counted.
+const LINK_FRAMES: usize = 4096;
+
+/// A fault verb of the control protocol: the model's words, applied to
+/// this node's outbound links.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum FaultVerb {
+    Drop(f64),
+    Duplicate(f64),
+    Reorder(f64),
+    Corrupt(f64),
+    /// A delay drawn from `min..=max` ms (`0 0`: none).
+    Delay(u64, u64),
+    Cut(Vec<NodeId>),
+    Heal,
+    Hold(Vec<NodeId>),
+    Release(Vec<NodeId>),
+}
+
+/// A transport whose outbound frames pass the fault model.
 pub(crate) struct Faulty<T> {
-    inner: T,
+    inner: Arc<T>,
+    me: NodeId,
     state: Mutex<State>,
-    dropped: AtomicU64,
+    /// False while no fault is set, nothing is held and no link ever
+    /// delayed: `send` then skips the model and its lock.
+    active: AtomicBool,
+    /// Frames that passed while no fault was set.
+    passed: AtomicU64,
 }
 
 struct State {
-    loss: f64,
-    blocked: BTreeSet<NodeId>,
-    rng: ChaCha8Rng,
+    model: FaultModel,
+    /// The random faults on every outbound link.
+    faults: LinkFaults,
+    held: HashMap<NodeId, VecDeque<ClusterFrame>>,
+    /// Per delaying link: its queue, sent in order by one task.
+    delays: HashMap<NodeId, mpsc::Sender<(Instant, ClusterFrame)>>,
+    last_due: HashMap<NodeId, Instant>,
+    /// Corrupted past decoding, or past a link's bound.
+    lost: u64,
 }
 
 impl<T> Faulty<T> {
-    pub(crate) fn new(inner: T, seed: u64) -> Self {
+    pub(crate) fn new(inner: T, me: NodeId, seed: u64) -> Self {
         Self {
-            inner,
+            inner: Arc::new(inner),
+            me,
             state: Mutex::new(State {
-                loss: 0.0,
-                blocked: BTreeSet::new(),
-                rng: ChaCha8Rng::seed_from_u64(seed),
+                model: FaultModel::new(seed),
+                faults: LinkFaults::default(),
+                held: HashMap::new(),
+                delays: HashMap::new(),
+                last_due: HashMap::new(),
+                lost: 0,
             }),
-            dropped: AtomicU64::new(0),
+            active: AtomicBool::new(false),
+            passed: AtomicU64::new(0),
         }
     }
 
@@ -42,42 +84,164 @@ impl<T> Faulty<T> {
         &self.inner
     }
 
-    /// Drops each outbound frame with probability `p`.
-    pub(crate) fn set_loss(&self, p: f64) {
-        self.state.lock().loss = p;
+    /// What the faults did, on every outbound link together: the model's
+    /// counts (`sent` includes the frames that passed while no fault was
+    /// set; `lost`: corrupted past decoding or over a link's bound), and
+    /// the model's trace hash.
+    pub(crate) fn counters(&self) -> (LinkCounters, u64) {
+        let s = self.state.lock();
+        let mut c = s.model.total();
+        c.sent += self.passed.load(Relaxed);
+        c.lost = s.lost;
+        (c, s.model.trace_hash())
     }
 
-    /// Drops every frame to `peers` until [`Self::unblock`].
-    pub(crate) fn block(&self, peers: &[NodeId]) {
-        self.state.lock().blocked.extend(peers);
-    }
-
-    pub(crate) fn unblock(&self) {
-        self.state.lock().blocked.clear();
-    }
-
-    /// Frames dropped by the faults so far.
-    pub(crate) fn dropped(&self) -> u64 {
-        self.dropped.load(Relaxed)
+    /// Frames the faults kept from the network: dropped, cut, or lost.
+    pub(crate) fn kept_back(&self) -> u64 {
+        let (c, _) = self.counters();
+        c.dropped + c.cut + c.lost
     }
 }
 
-impl<T: GossipTransport> GossipTransport for Faulty<T> {
+impl<T: GossipTransport + 'static> Faulty<T> {
+    /// Applies a fault verb.
+    pub(crate) fn apply(&self, verb: FaultVerb) {
+        let mut s = self.state.lock();
+        let me = self.me;
+        let mut release = Vec::new();
+        let mut faults = s.faults.clone();
+        match verb {
+            FaultVerb::Drop(p) => faults.drop = p,
+            FaultVerb::Duplicate(p) => faults.duplicate = p,
+            FaultVerb::Reorder(p) => faults.reorder = p,
+            FaultVerb::Corrupt(p) => faults.corrupt = p,
+            FaultVerb::Delay(lo, hi) => {
+                faults.delay =
+                    (hi > 0).then(|| (Duration::from_millis(lo), Duration::from_millis(hi)));
+            }
+            FaultVerb::Cut(peers) => peers.iter().for_each(|&p| s.model.cut(me, p)),
+            FaultVerb::Heal => s.model.heal(),
+            FaultVerb::Hold(peers) => peers.iter().for_each(|&p| s.model.hold(me, p)),
+            FaultVerb::Release(peers) => {
+                for p in peers {
+                    s.model.release(me, p);
+                    release.push((p, s.held.remove(&p).unwrap_or_default()));
+                }
+            }
+        }
+        if faults != s.faults {
+            s.model.set_all_faults(&faults);
+            s.faults = faults;
+        }
+        let active = s.model.any_faulty() || !s.held.is_empty() || !s.delays.is_empty();
+        self.active.store(active, Relaxed);
+        // Released frames go first, ahead of any sent later: the lock is
+        // still held.
+        for (peer, frames) in release {
+            for frame in frames {
+                // A refusal is counted by the transport, as for any send.
+                let _ = self.inner.send(peer, &frame);
+            }
+        }
+    }
+
+    fn send_faulty(&self, to: NodeId, frame: &ClusterFrame) -> Result<(), SendError> {
+        let mut s = self.state.lock();
+        let fate = s.model.decide_len(self.me, to, frame.payload_len());
+        let (after, copies, overtake, corrupt) = match fate {
+            Fate::Dropped => return Ok(()),
+            Fate::Held => {
+                let q = s.held.entry(to).or_default();
+                if q.len() < LINK_FRAMES {
+                    q.push_back(frame.clone());
+                } else {
+                    s.lost += 1;
+                }
+                return Ok(());
+            }
+            Fate::Deliver {
+                after,
+                copies,
+                overtake,
+                corrupt,
+            } => (after, copies, overtake, corrupt),
+        };
+        let damaged;
+        let frame = match corrupt {
+            None => frame,
+            Some(flip) => match corrupted(frame, flip) {
+                Some(f) => {
+                    damaged = f;
+                    &damaged
+                }
+                None => {
+                    // The peer's decoder would refuse it.
+                    s.lost += u64::from(copies);
+                    return Ok(());
+                }
+            },
+        };
+        let now = Instant::now();
+        let waiting = s.last_due.get(&to).copied().filter(|&d| d > now);
+        if overtake || (after.is_zero() && waiting.is_none()) {
+            drop(s);
+            for _ in 0..copies {
+                self.inner.send(to, frame)?;
+            }
+            return Ok(());
+        }
+        // Delayed, or behind what the link still delays: one task per link
+        // sends them in order, each at its due time.
+        let due = (now + after).max(waiting.unwrap_or(now));
+        s.last_due.insert(to, due);
+        if !s.delays.contains_key(&to) {
+            let Some(tx) = self.pump(to) else {
+                s.lost += u64::from(copies);
+                return Ok(());
+            };
+            s.delays.insert(to, tx);
+            self.active.store(true, Relaxed);
+        }
+        for _ in 0..copies {
+            let queued = s
+                .delays
+                .get(&to)
+                .is_some_and(|tx| tx.try_send((due, frame.clone())).is_ok());
+            if !queued {
+                s.lost += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the task that sends `to`'s delayed frames; `None` outside a
+    /// runtime.
+    fn pump(&self, to: NodeId) -> Option<mpsc::Sender<(Instant, ClusterFrame)>> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (tx, mut rx) = mpsc::channel::<(Instant, ClusterFrame)>(LINK_FRAMES);
+        let inner = Arc::clone(&self.inner);
+        // Ends when this transport is dropped (and with it the sender).
+        runtime.spawn(async move {
+            while let Some((due, frame)) = rx.recv().await {
+                tokio::time::sleep_until(due).await;
+                let _ = inner.send(to, &frame);
+            }
+        });
+        Some(tx)
+    }
+}
+
+impl<T: GossipTransport + 'static> GossipTransport for Faulty<T> {
     fn local_node(&self) -> NodeId {
         self.inner.local_node()
     }
 
     fn send(&self, to: NodeId, frame: &ClusterFrame) -> Result<(), SendError> {
-        let drop_it = {
-            let mut s = self.state.lock();
-            let loss = s.loss;
-            s.blocked.contains(&to) || (loss > 0.0 && s.rng.random_bool(loss))
-        };
-        if drop_it {
-            self.dropped.fetch_add(1, Relaxed);
-            return Ok(());
+        if !self.active.load(Relaxed) {
+            self.passed.fetch_add(1, Relaxed);
+            return self.inner.send(to, frame);
         }
-        self.inner.send(to, frame)
+        self.send_faulty(to, frame)
     }
 
     fn ready(&self, to: NodeId) -> Ready<'_> {

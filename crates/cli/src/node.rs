@@ -120,7 +120,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
         replica,
         data_dir: Some(args.data_dir.clone()),
     };
-    let node = LwwNode::start(config, Faulty::new(transport, seed ^ 0x5eed), inbox)
+    let node = LwwNode::start(config, Faulty::new(transport, id, seed ^ 0x5eed), inbox)
         .await
         .with_context(|| format!("cannot start on {}", args.data_dir.display()))?;
     let restored = node.with_replica(|r| r.entries().count());
@@ -320,18 +320,11 @@ impl Proc {
                 self.barrier().await?.barrier(&label).await?;
                 format!("OK {label}")
             }
-            Command::Loss(p) => {
-                node.transport().set_loss(p);
+            Command::Fault(verb) => {
+                node.transport().apply(verb);
                 "OK".into()
             }
-            Command::Block(peers) => {
-                node.transport().block(&peers);
-                "OK".into()
-            }
-            Command::Unblock => {
-                node.transport().unblock();
-                "OK".into()
-            }
+            Command::Faults => faults_line(node),
             Command::Quit => "BYE".into(),
         })
     }
@@ -384,6 +377,15 @@ fn clock_ahead(r: &multinode_lww::Replica) -> String {
         .map_or_else(|| "-".to_owned(), |o| o.ahead_ms.to_string())
 }
 
+fn faults_line(node: &Node) -> String {
+    let (c, trace) = node.transport().counters();
+    format!(
+        "FAULTS sent={} dropped={} cut={} duplicated={} delayed={} reordered={} held={} \
+         corrupted={} lost={} trace={trace:016x}",
+        c.sent, c.dropped, c.cut, c.duplicated, c.delayed, c.reordered, c.held, c.corrupted, c.lost
+    )
+}
+
 fn stats_line(node: &Node) -> String {
     let s = node.stats();
     let t = node.transport().stats();
@@ -421,7 +423,7 @@ fn stats_line(node: &Node) -> String {
         r.rounds,
         r.entries_sent,
         r.entries_applied,
-        node.transport().dropped(),
+        node.transport().kept_back(),
         s.send_failed,
         s.inbox_full,
         r.resyncs,

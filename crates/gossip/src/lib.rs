@@ -37,6 +37,7 @@
 //! ```
 
 mod backoff;
+mod corrupt;
 mod error;
 mod handshake;
 mod inproc;
@@ -46,6 +47,7 @@ mod tcp;
 mod throttle;
 mod transport;
 
+pub use corrupt::corrupted;
 pub use error::{GossipError, SendError};
 pub use inproc::{InProcessConfig, InProcessNetwork, InProcessTransport};
 pub use multinode_wire::ClusterFrame;

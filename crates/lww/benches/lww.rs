@@ -15,6 +15,7 @@
 
 use multinode_benchkit::{Better, percentile, quick, record};
 use multinode_lww::{Fanout, Simulator};
+use multinode_mesh::LinkFaults;
 use multinode_wire::FRAME_HEADER_LEN;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -98,7 +99,10 @@ fn spread_p99(n: usize, trials: usize, loss: f64) -> (f64, f64) {
     let mut s = sim(n, 0x5eed ^ n as u64);
     // Settle the initial resynchronisations first.
     s.run_until(50, |s| s.live().all(|r| !r.is_resyncing()));
-    s.set_loss(loss);
+    s.faults().set_all_faults(&LinkFaults {
+        drop: loss,
+        ..LinkFaults::default()
+    });
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut rounds = Vec::with_capacity(trials);
     let before = s.totals();

@@ -1,15 +1,21 @@
-//! A deterministic simulator: N replicas in virtual time, one seeded
-//! generator for loss, partitions that heal, crash and restart. It counts
-//! rounds and the bytes the messages would take on the wire.
+//! A deterministic simulator: N replicas in virtual time, their links
+//! under the mesh's [`FaultModel`] (drop, duplicate, reorder, delay,
+//! corrupt, cut, partition, heal, hold, release), crash and restart. It
+//! counts rounds and the bytes the messages would take on the wire.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
-use multinode_wire::{LwwEntry, LwwMessage, NodeId};
+use multinode_gossip::corrupted;
+use multinode_mesh::{Fate, FaultModel};
+use multinode_wire::{ClusterFrame, FRAME_HEADER_LEN, GossipPdu, LwwEntry, LwwMessage, NodeId};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::{LwwError, Replica, ReplicaConfig};
+
+/// A message on its way: from, to, what.
+type Parcel = (usize, usize, LwwMessage);
 
 /// Totals of one round, or of a run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -20,7 +26,8 @@ pub struct SimStats {
     pub messages: u64,
     /// Their size as TCP frames would take it (header and PDU tags included).
     pub bytes: u64,
-    /// Messages lost to the loss rate, a partition or a crashed receiver.
+    /// Messages lost: dropped or cut by the fault model, corrupted past
+    /// decoding, or sent to a crashed replica.
     pub lost: u64,
 }
 
@@ -36,16 +43,28 @@ impl std::ops::AddAssign for SimStats {
 /// N replicas, all peers of each other, in virtual time. Each round every
 /// live replica ticks, then messages are delivered (answers included)
 /// until none is left: a round is one push-pull exchange per chosen peer.
+///
+/// Every message passes the fault model ([`Simulator::faults`]) when it is
+/// sent, replica `i` being node `NodeId(i)`: a delayed message is
+/// delivered at the first delivery at or after its due time (this round's
+/// retries, or a later round), later messages on its link waiting behind
+/// it; a held link's messages are delivered, in order and ahead of the
+/// rest, at the first delivery after its release; a corrupted message is
+/// encoded, has its byte flipped, and is decoded again (lost when the
+/// decoder refuses it).
 #[derive(Debug)]
 pub struct Simulator {
     replicas: Vec<Option<Replica>>,
     configs: Vec<ReplicaConfig>,
     durable: Vec<Vec<LwwEntry>>,
-    rng: ChaCha8Rng,
     now_ms: u64,
     round_ms: u64,
-    loss: f64,
-    groups: Option<Vec<usize>>,
+    faults: FaultModel,
+    /// Delayed messages with their due time, in send order.
+    delayed: Vec<(u64, Parcel)>,
+    /// The latest due time given on each delaying link.
+    last_due: HashMap<(usize, usize), u64>,
+    held: HashMap<(usize, usize), VecDeque<LwwMessage>>,
     /// How far each replica's wall clock is from virtual time, in ms.
     skew: Vec<i64>,
     totals: SimStats,
@@ -80,11 +99,12 @@ impl Simulator {
             durable: vec![Vec::new(); n],
             replicas,
             configs,
-            rng,
+            faults: FaultModel::new(rng.random()),
+            delayed: Vec::new(),
+            last_due: HashMap::new(),
+            held: HashMap::new(),
             now_ms: 1_767_225_600_000,
             round_ms: round_ms.max(1),
-            loss: 0.0,
-            groups: None,
             skew: vec![0; n],
             totals: SimStats::default(),
         })
@@ -156,31 +176,27 @@ impl Simulator {
         Some(e)
     }
 
-    /// Loses each message with probability `p`.
-    pub fn set_loss(&mut self, p: f64) {
-        self.loss = p.clamp(0.0, 1.0);
+    /// The fault model every message passes: its verbs set faults, its
+    /// counters say what they did.
+    pub fn faults(&mut self) -> &mut FaultModel {
+        &mut self.faults
     }
 
-    /// Splits the replicas: messages cross no group boundary. Replicas in
-    /// no group form one more group.
-    pub fn partition(&mut self, groups: &[&[usize]]) {
-        let mut of = vec![groups.len(); self.replicas.len()];
-        for (g, members) in groups.iter().enumerate() {
-            for &i in *members {
-                of[i] = g;
-            }
-        }
-        self.groups = Some(of);
-    }
-
-    /// Ends a partition.
-    pub fn heal(&mut self) {
-        self.groups = None;
-    }
-
-    /// Crashes replica `i`: its memory is gone, its durable writes stay.
+    /// Crashes replica `i`: its memory is gone, its durable writes stay,
+    /// and the messages still on their way to it (delayed or held) are
+    /// lost. What it sent before the crash still arrives.
     pub fn crash(&mut self, i: usize) {
         self.replicas[i] = None;
+        let before = self.delayed.len();
+        self.delayed.retain(|(_, (_, to, _))| *to != i);
+        let mut lost = (before - self.delayed.len()) as u64;
+        self.held.retain(|&(_, to), q| {
+            if to == i {
+                lost += q.len() as u64;
+            }
+            to != i
+        });
+        self.totals.lost += lost;
     }
 
     /// Restarts replica `i` from its durable writes (its own acknowledged
@@ -221,7 +237,7 @@ impl Simulator {
             if let Some(r) = self.replicas[i].as_mut() {
                 let round = r.tick(local);
                 for (to, m) in round.messages {
-                    queue.push_back((i, to.0 as usize, m));
+                    self.send(&mut queue, (i, to.0 as usize, m), now, &mut stats);
                 }
             }
         }
@@ -234,11 +250,11 @@ impl Simulator {
                 let local = self.clock(i, at);
                 if let Some(r) = self.replicas[i].as_mut() {
                     for (to, m) in r.retry(local) {
-                        queue.push_back((i, to.0 as usize, m));
+                        self.send(&mut queue, (i, to.0 as usize, m), at, &mut stats);
                     }
                 }
             }
-            if queue.is_empty() {
+            if queue.is_empty() && self.delayed.is_empty() && self.held.is_empty() {
                 break;
             }
             self.deliver(&mut queue, at, &mut stats);
@@ -247,29 +263,90 @@ impl Simulator {
         stats
     }
 
-    fn deliver(
-        &mut self,
-        queue: &mut VecDeque<(usize, usize, LwwMessage)>,
-        now: u64,
-        stats: &mut SimStats,
-    ) {
+    /// Puts a message on its link at `now`, as the fault model decides.
+    fn send(&mut self, queue: &mut VecDeque<Parcel>, p: Parcel, now: u64, stats: &mut SimStats) {
+        let (from, to, m) = p;
+        stats.messages += 1;
+        let len = m.frame_len();
+        stats.bytes += len as u64;
+        let link = (from, to);
+        let fate = self
+            .faults
+            .decide_len(node(from), node(to), len - FRAME_HEADER_LEN);
+        let (after, copies, overtake, corrupt) = match fate {
+            Fate::Dropped => {
+                stats.lost += 1;
+                return;
+            }
+            Fate::Held => {
+                self.held.entry(link).or_default().push_back(m);
+                return;
+            }
+            Fate::Deliver {
+                after,
+                copies,
+                overtake,
+                corrupt,
+            } => (after, copies, overtake, corrupt),
+        };
+        let m = match corrupt {
+            None => m,
+            Some(flip) => match corrupted(&ClusterFrame::Gossip(GossipPdu::Lww(m)), flip) {
+                Some(ClusterFrame::Gossip(GossipPdu::Lww(m))) => m,
+                // Refused by the decoder, or no longer an LWW message.
+                _ => {
+                    stats.lost += u64::from(copies);
+                    return;
+                }
+            },
+        };
+        let after_ms = after.as_nanos().div_ceil(1_000_000) as u64;
+        let waiting = self.last_due.get(&link).copied().filter(|&d| d > now);
+        for _ in 0..copies {
+            let m = m.clone();
+            if overtake {
+                queue.push_front((from, to, m));
+            } else if after_ms > 0 || waiting.is_some() {
+                // Behind what the link still delays.
+                let due = (now + after_ms).max(waiting.unwrap_or(0));
+                self.last_due.insert(link, due);
+                self.delayed.push((due, (from, to, m)));
+            } else {
+                queue.push_back((from, to, m));
+            }
+        }
+    }
+
+    /// Delivers until nothing is left to deliver at `now`: released held
+    /// messages first, then what is queued and what has come due.
+    fn deliver(&mut self, queue: &mut VecDeque<Parcel>, now: u64, stats: &mut SimStats) {
+        let mut released: Vec<(usize, usize)> = self
+            .held
+            .keys()
+            .copied()
+            .filter(|&(f, t)| !self.faults.is_holding(node(f), node(t)))
+            .collect();
+        released.sort_unstable();
+        for link in released.into_iter().rev() {
+            for m in self.held.remove(&link).into_iter().flatten().rev() {
+                queue.push_front((link.0, link.1, m));
+            }
+        }
+        if self.delayed.iter().any(|&(due, _)| due <= now) {
+            // Stable: in due order, send order among equals.
+            self.delayed.sort_by_key(|&(due, _)| due);
+            let ready = self.delayed.partition_point(|&(due, _)| due <= now);
+            queue.extend(self.delayed.drain(..ready).map(|(_, p)| p));
+        }
         while let Some((from, to, m)) = queue.pop_front() {
-            stats.messages += 1;
-            stats.bytes += wire_len(&m);
-            let cut = self.groups.as_ref().is_some_and(|g| g[from] != g[to]);
-            let dropped = self.loss > 0.0 && self.rng.random_bool(self.loss);
             let local = self.clock(to, now);
             let Some(r) = self.replicas.get_mut(to).and_then(Option::as_mut) else {
                 stats.lost += 1;
                 continue;
             };
-            if cut || dropped {
-                stats.lost += 1;
-                continue;
-            }
             let got = r.receive(NodeId(from as u64), m, local);
             for (next, reply) in got.replies {
-                queue.push_back((to, next.0 as usize, reply));
+                self.send(queue, (to, next.0 as usize, reply), now, stats);
             }
         }
     }
@@ -309,4 +386,9 @@ impl Simulator {
 /// A message's size as a TCP frame: header, `ClusterFrame` and PDU tags.
 pub fn wire_len(m: &LwwMessage) -> u64 {
     m.frame_len() as u64
+}
+
+/// Replica `i`'s node id.
+fn node(i: usize) -> NodeId {
+    NodeId(i as u64)
 }

@@ -88,7 +88,10 @@ fn in_memory(quick: bool) {
 
     let ours = || {
         let group = InMemoryGroup::with_config(2, MeshConfig::default().capacity(1024));
-        let (a, b) = (group.channel(0, 1).unwrap(), group.channel(1, 0).unwrap());
+        let (a, b) = (
+            group.channel(NodeId(0), NodeId(1)).unwrap(),
+            group.channel(NodeId(1), NodeId(0)).unwrap(),
+        );
         pump(count, b, || {
             a.send_timeout(&msg, Duration::from_secs(10)).unwrap();
         })

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use multinode_wire::WireError;
+use multinode_wire::{NodeId, WireError};
 
 /// Why a channel operation failed. A receive that times out is not an
 /// error: it is `Ok(None)`.
@@ -15,10 +15,10 @@ pub enum ChannelError {
     PeerClosed,
     /// This end's node is crashed.
     #[error("node {0} is crashed")]
-    Crashed(usize),
+    Crashed(NodeId),
     /// The other end's node is crashed.
     #[error("peer node {0} is crashed")]
-    PeerCrashed(usize),
+    PeerCrashed(NodeId),
     /// The handle belongs to an earlier life of its node or link (before a
     /// crash and restart): take a new one.
     #[error("stale channel handle: incarnation {held}, current {current}")]
@@ -47,9 +47,9 @@ pub enum ChannelError {
     #[error("no link from node {from} to node {to} in a group of {size}")]
     NoSuchLink {
         /// The local node asked for.
-        from: usize,
+        from: NodeId,
         /// The peer asked for.
-        to: usize,
+        to: NodeId,
         /// The group's size.
         size: usize,
     },

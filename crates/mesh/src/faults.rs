@@ -4,7 +4,10 @@
 //! sequence of calls give one trace, which [`FaultModel::trace_hash`]
 //! fingerprints.
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use multinode_wire::NodeId;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -21,11 +24,55 @@ pub struct LinkFaults {
     pub reorder: f64,
     /// A delivery delay drawn uniformly from this range, if any.
     pub delay: Option<(Duration, Duration)>,
+    /// Probability in `[0, 1]` that a delivered message has one byte
+    /// flipped ([`Flip`]).
+    pub corrupt: f64,
 }
 
 impl LinkFaults {
-    fn is_off(&self) -> bool {
-        self.drop <= 0.0 && self.duplicate <= 0.0 && self.reorder <= 0.0 && self.delay.is_none()
+    /// Whether every fault is off.
+    pub fn is_off(&self) -> bool {
+        self.drop <= 0.0
+            && self.duplicate <= 0.0
+            && self.reorder <= 0.0
+            && self.corrupt <= 0.0
+            && self.delay.is_none()
+    }
+
+    /// These faults with every probability clamped to `[0, 1]` (NaN is 0)
+    /// and the delay range in order.
+    fn clamped(mut self) -> Self {
+        for p in [
+            &mut self.drop,
+            &mut self.duplicate,
+            &mut self.reorder,
+            &mut self.corrupt,
+        ] {
+            *p = if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) };
+        }
+        if let Some((a, b)) = self.delay {
+            self.delay = Some((a.min(b), a.max(b)));
+        }
+        self
+    }
+}
+
+/// One flipped byte: the corruption of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flip {
+    /// Which byte, counted from the start of the message (its payload,
+    /// for a framed message).
+    pub at: usize,
+    /// What the byte is XORed with; never zero.
+    pub mask: u8,
+}
+
+impl Flip {
+    /// Flips the byte in `msg`; a message shorter than `at` is left alone.
+    pub fn apply(self, msg: &mut [u8]) {
+        if let Some(b) = msg.get_mut(self.at) {
+            *b ^= self.mask;
+        }
     }
 }
 
@@ -45,7 +92,19 @@ pub enum Fate {
         copies: u8,
         /// Whether it goes to the front of the link's queue.
         overtake: bool,
+        /// The byte to flip in every copy, if it is corrupted.
+        corrupt: Option<Flip>,
     },
+}
+
+impl Fate {
+    /// Immediate delivery of one intact copy: the fate on a fault-free link.
+    pub const CLEAN: Fate = Fate::Deliver {
+        after: Duration::ZERO,
+        copies: 1,
+        overtake: false,
+        corrupt: None,
+    };
 }
 
 /// What happened on one link: every fault is counted, so a test can tell a
@@ -70,32 +129,64 @@ pub struct LinkCounters {
     pub reordered: u64,
     /// Held while the link was held.
     pub held: u64,
+    /// Given a flipped byte.
+    pub corrupted: u64,
     /// Handed to a receiver (by the transport).
     pub delivered: u64,
     /// Accepted by the link but never delivered: discarded with the queue
-    /// of a node that crashed or an end that closed (by the transport).
+    /// of a node that crashed or an end that closed, or corrupted past
+    /// decoding (by the transport).
     pub lost: u64,
 }
 
-#[derive(Default)]
+impl std::ops::AddAssign for LinkCounters {
+    fn add_assign(&mut self, o: Self) {
+        self.sent += o.sent;
+        self.dropped += o.dropped;
+        self.cut += o.cut;
+        self.duplicated += o.duplicated;
+        self.delayed += o.delayed;
+        self.reordered += o.reordered;
+        self.held += o.held;
+        self.corrupted += o.corrupted;
+        self.delivered += o.delivered;
+        self.lost += o.lost;
+    }
+}
+
+#[derive(Clone, Default)]
 struct Link {
-    faults: LinkFaults,
+    /// Faults set on this link alone; `None`: the model's default.
+    faults: Option<LinkFaults>,
     cut: bool,
     holding: bool,
     counters: LinkCounters,
 }
 
-/// The fault model of an N-node network: per directed link, its random
-/// faults, whether it is cut or held, and its counters.
+/// The fault model of a network: per directed link between two nodes, its
+/// random faults, whether it is cut or held, and its counters. Any
+/// [`NodeId`] may appear; a link nothing was said of has the faults set by
+/// [`FaultModel::set_all_faults`] (none at first).
 ///
-/// Node indices are `0..n`; a method given an index outside that range
-/// panics (a bug in the caller, never peer input: the mesh checks indices
-/// before it asks).
+/// The one model of the kit: the in-memory mesh, the in-process gossip
+/// network, the LWW simulator and `multinode node` all apply it, in its
+/// words (`drop`, `duplicate`, `reorder`, `delay`, `corrupt`, `cut`,
+/// `partition`, `heal`, `hold`, `release`).
 pub struct FaultModel {
-    n: usize,
     rng: ChaCha8Rng,
-    links: Vec<Link>,
+    default: LinkFaults,
+    links: HashMap<(NodeId, NodeId), Link>,
     trace: u64,
+}
+
+impl std::fmt::Debug for FaultModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultModel")
+            .field("default", &self.default)
+            .field("links", &self.links.len())
+            .field("trace", &format_args!("{:016x}", self.trace))
+            .finish()
+    }
 }
 
 /// FNV-1a, folded one word at a time: a stable fingerprint of the decisions.
@@ -108,58 +199,51 @@ fn fold(hash: u64, word: u64) -> u64 {
 }
 
 impl FaultModel {
-    /// A model of `n` nodes with every fault off, drawing from `seed`.
-    pub fn new(n: usize, seed: u64) -> Self {
+    /// A model with every fault off, drawing from `seed`.
+    pub fn new(seed: u64) -> Self {
         Self {
-            n,
             rng: ChaCha8Rng::seed_from_u64(seed),
-            links: (0..n * n).map(|_| Link::default()).collect(),
+            default: LinkFaults::default(),
+            links: HashMap::new(),
             trace: 0xcbf2_9ce4_8422_2325,
         }
     }
 
-    /// How many nodes the model covers.
-    pub fn nodes(&self) -> usize {
-        self.n
+    fn link(&mut self, from: NodeId, to: NodeId) -> &mut Link {
+        self.links.entry((from, to)).or_default()
     }
 
-    fn link(&mut self, from: usize, to: usize) -> &mut Link {
-        assert!(
-            from < self.n && to < self.n,
-            "link {from}->{to} outside 0..{}",
-            self.n
-        );
-        &mut self.links[from * self.n + to]
+    fn faults_of<'a>(default: &'a LinkFaults, link: Option<&'a Link>) -> &'a LinkFaults {
+        link.and_then(|l| l.faults.as_ref()).unwrap_or(default)
+    }
+
+    /// The random faults of `from → to`.
+    pub fn faults(&self, from: NodeId, to: NodeId) -> &LinkFaults {
+        Self::faults_of(&self.default, self.links.get(&(from, to)))
     }
 
     /// Sets the random faults of the link `from → to`. Probabilities are
     /// clamped to `[0, 1]`; a delay range is put in order.
-    pub fn set_faults(&mut self, from: usize, to: usize, mut faults: LinkFaults) {
-        for p in [&mut faults.drop, &mut faults.duplicate, &mut faults.reorder] {
-            *p = if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) };
-        }
-        if let Some((a, b)) = faults.delay {
-            faults.delay = Some((a.min(b), a.max(b)));
-        }
-        self.link(from, to).faults = faults;
+    pub fn set_faults(&mut self, from: NodeId, to: NodeId, faults: LinkFaults) {
+        self.link(from, to).faults = Some(faults.clamped());
     }
 
-    /// Sets the same random faults on every link.
+    /// Sets the same random faults on every link, those not yet used
+    /// included, replacing any set on one link alone.
     pub fn set_all_faults(&mut self, faults: &LinkFaults) {
-        for from in 0..self.n {
-            for to in 0..self.n {
-                self.set_faults(from, to, faults.clone());
-            }
+        self.default = faults.clone().clamped();
+        for l in self.links.values_mut() {
+            l.faults = None;
         }
     }
 
     /// Cuts the link `from → to` one way: messages on it are lost.
-    pub fn cut(&mut self, from: usize, to: usize) {
+    pub fn cut(&mut self, from: NodeId, to: NodeId) {
         self.link(from, to).cut = true;
     }
 
     /// Cuts every link between set `a` and set `b`, both ways.
-    pub fn partition(&mut self, a: &[usize], b: &[usize]) {
+    pub fn partition(&mut self, a: &[NodeId], b: &[NodeId]) {
         for &x in a {
             for &y in b {
                 self.cut(x, y);
@@ -170,54 +254,65 @@ impl FaultModel {
 
     /// Restores every cut link. Random faults and holds stay as they are.
     pub fn heal(&mut self) {
-        for l in &mut self.links {
+        for l in self.links.values_mut() {
             l.cut = false;
         }
     }
 
     /// Whether `from → to` is cut.
-    pub fn is_cut(&self, from: usize, to: usize) -> bool {
-        self.links[from * self.n + to].cut
+    pub fn is_cut(&self, from: NodeId, to: NodeId) -> bool {
+        self.links.get(&(from, to)).is_some_and(|l| l.cut)
     }
 
     /// Holds the link `from → to`: from now on its messages are
     /// [`Fate::Held`], to be kept by the caller, in order, until
     /// [`FaultModel::release`].
-    pub fn hold(&mut self, from: usize, to: usize) {
+    pub fn hold(&mut self, from: NodeId, to: NodeId) {
         self.link(from, to).holding = true;
     }
 
     /// Stops holding `from → to`: the caller delivers what it held, in send
     /// order, ahead of anything sent later.
-    pub fn release(&mut self, from: usize, to: usize) {
+    pub fn release(&mut self, from: NodeId, to: NodeId) {
         self.link(from, to).holding = false;
     }
 
     /// Whether `from → to` is being held.
-    pub fn is_holding(&self, from: usize, to: usize) -> bool {
-        self.links[from * self.n + to].holding
+    pub fn is_holding(&self, from: NodeId, to: NodeId) -> bool {
+        self.links.get(&(from, to)).is_some_and(|l| l.holding)
     }
 
     /// Whether anything can happen to a message on `from → to` other than
     /// immediate delivery: it is cut, held, or has a random fault set. A
     /// transport may skip [`FaultModel::decide`] (and its counting and
     /// tracing) on a link for which this is false.
-    pub fn is_faulty(&self, from: usize, to: usize) -> bool {
-        let l = &self.links[from * self.n + to];
-        l.cut || l.holding || !l.faults.is_off()
+    pub fn is_faulty(&self, from: NodeId, to: NodeId) -> bool {
+        let link = self.links.get(&(from, to));
+        link.is_some_and(|l| l.cut || l.holding) || !Self::faults_of(&self.default, link).is_off()
+    }
+
+    /// Whether any link may be faulty: false only when every link delivers
+    /// at once.
+    pub fn any_faulty(&self) -> bool {
+        !self.default.is_off()
+            || self
+                .links
+                .values()
+                .any(|l| l.cut || l.holding || l.faults.as_ref().is_some_and(|f| !f.is_off()))
     }
 
     /// Decides the fate of `msg` sent on `from → to`; the caller delivers
     /// (or keeps) `msg` as the fate says.
-    pub fn decide(&mut self, from: usize, to: usize, msg: &[u8]) -> Fate {
+    pub fn decide(&mut self, from: NodeId, to: NodeId, msg: &[u8]) -> Fate {
         self.decide_len(from, to, msg.len())
     }
 
     /// [`FaultModel::decide`] for a message of `len` bytes that the caller
     /// holds in another form (the in-process gossip network never encodes
-    /// its frames). The same calls give the same fates and trace.
-    pub fn decide_len(&mut self, from: usize, to: usize, len: usize) -> Fate {
-        let fate = self.draw(from, to);
+    /// its frames; a [`Flip`] then falls within its encoded payload). The
+    /// same calls give the same fates and trace.
+    pub fn decide_len(&mut self, from: NodeId, to: NodeId, len: usize) -> Fate {
+        let fate = self.draw(from, to, len);
         let code = match fate {
             Fate::Dropped => 1,
             Fate::Held => 2,
@@ -225,22 +320,29 @@ impl FaultModel {
                 after,
                 copies,
                 overtake,
+                corrupt,
             } => {
+                let flip = corrupt.map_or(0, |f| ((f.at as u64) << 8) | u64::from(f.mask));
                 3 ^ (u64::from(copies) << 8)
                     ^ (u64::from(overtake) << 16)
                     ^ ((after.as_nanos() as u64) << 20)
+                    ^ flip.rotate_left(40)
             }
         };
-        let word = (from as u64) << 48 ^ (to as u64) << 32 ^ len as u64;
+        let word = from.0 << 48 ^ to.0 << 32 ^ len as u64;
         self.trace = fold(fold(self.trace, word), code);
         fate
     }
 
-    fn draw(&mut self, from: usize, to: usize) -> Fate {
-        // Borrow the generator and the link apart.
-        let Self { rng, links, n, .. } = self;
-        assert!(from < *n && to < *n, "link {from}->{to} outside 0..{n}");
-        let link = &mut links[from * *n + to];
+    fn draw(&mut self, from: NodeId, to: NodeId, len: usize) -> Fate {
+        // Borrow the generator, the default and the link apart.
+        let Self {
+            rng,
+            links,
+            default,
+            ..
+        } = self;
+        let link = links.entry((from, to)).or_default();
         link.counters.sent += 1;
         if link.cut {
             link.counters.cut += 1;
@@ -250,13 +352,9 @@ impl FaultModel {
             link.counters.held += 1;
             return Fate::Held;
         }
-        let f = &link.faults;
+        let f = link.faults.as_ref().unwrap_or(default);
         if f.is_off() {
-            return Fate::Deliver {
-                after: Duration::ZERO,
-                copies: 1,
-                overtake: false,
-            };
+            return Fate::CLEAN;
         }
         if f.drop > 0.0 && rng.random_bool(f.drop) {
             link.counters.dropped += 1;
@@ -287,16 +385,35 @@ impl FaultModel {
         if !after.is_zero() {
             link.counters.delayed += 1;
         }
+        let corrupt = (f.corrupt > 0.0 && len > 0 && rng.random_bool(f.corrupt)).then(|| {
+            link.counters.corrupted += 1;
+            Flip {
+                at: rng.random_range(0..len),
+                mask: rng.random_range(1..=u8::MAX),
+            }
+        });
         Fate::Deliver {
             after,
             copies,
             overtake,
+            corrupt,
         }
     }
 
     /// What the model did on `from → to` so far.
-    pub fn counters(&self, from: usize, to: usize) -> LinkCounters {
-        self.links[from * self.n + to].counters
+    pub fn counters(&self, from: NodeId, to: NodeId) -> LinkCounters {
+        self.links
+            .get(&(from, to))
+            .map_or_else(LinkCounters::default, |l| l.counters)
+    }
+
+    /// What the model did on every link so far, added up.
+    pub fn total(&self) -> LinkCounters {
+        let mut sum = LinkCounters::default();
+        for l in self.links.values() {
+            sum += l.counters;
+        }
+        sum
     }
 
     /// A fingerprint of every decision so far: equal for two runs with the

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64};
 use std::sync::{Arc, Weak};
 
 use crossbeam_channel::bounded;
+use multinode_wire::NodeId;
 use parking_lot::Mutex;
 
 use crate::{ChannelError, FaultModel, LinkCounters, LinkFaults};
@@ -82,7 +83,7 @@ impl InMemoryTransport {
     /// Two connected channels: node 0's end and node 1's end of one link.
     pub fn new_pair() -> (InMemoryChannel, InMemoryChannel) {
         let group = InMemoryGroup::new(2);
-        let ends = (group.channel(0, 1), group.channel(1, 0));
+        let ends = (group.channel(id(0), id(1)), group.channel(id(1), id(0)));
         match ends {
             (Ok(a), Ok(b)) => (a, b),
             // Two fresh, live, distinct nodes always connect.
@@ -136,8 +137,14 @@ impl Shared {
         a.min(b) * self.n + a.max(b)
     }
 
-    fn check_node(&self, node: usize) {
-        assert!(node < self.n, "node {node} outside the group of {}", self.n);
+    /// `node`'s index, or `None` outside the group.
+    fn index(&self, node: NodeId) -> Option<usize> {
+        usize::try_from(node.0).ok().filter(|&i| i < self.n)
+    }
+
+    fn check_node(&self, node: NodeId) -> usize {
+        self.index(node)
+            .unwrap_or_else(|| panic!("node {node} outside the group of {}", self.n))
     }
 
     /// Refreshes the fast-path flag of every link from the model.
@@ -148,7 +155,7 @@ impl Shared {
                     .tx
                     .0
                     .faulty
-                    .store(ctl.model.is_faulty(from, to), Release);
+                    .store(ctl.model.is_faulty(id(from), id(to)), Release);
             }
         }
     }
@@ -191,6 +198,7 @@ impl Shared {
 /// - a **reorder** sends a message ahead of everything queued on its link;
 /// - a **duplicate** queues it twice (a second copy that finds the queue
 ///   full is lost, and counted in `lost`);
+/// - a **corrupt** flips one byte of the message ([`Flip`](crate::Flip));
 /// - a **hold** keeps a link's messages, in order, until **release**; held
 ///   messages take room in the queue like any other.
 ///
@@ -224,7 +232,7 @@ impl InMemoryGroup {
     /// A mesh of `n` nodes with `config`.
     pub fn with_config(n: usize, config: MeshConfig) -> Self {
         let control = Control {
-            model: FaultModel::new(n, config.seed),
+            model: FaultModel::new(config.seed),
             up: vec![true; n],
             pairs: (0..n * n).map(|_| Pair::default()).collect(),
         };
@@ -254,21 +262,26 @@ impl InMemoryGroup {
     /// Fails with [`ChannelError::NoSuchLink`] for an index outside the group
     /// or `from == to`, [`ChannelError::Crashed`] if `from` is crashed and
     /// [`ChannelError::PeerCrashed`] if `to` is.
-    pub fn channel(&self, from: usize, to: usize) -> Result<InMemoryChannel, ChannelError> {
+    pub fn channel(&self, from: NodeId, to: NodeId) -> Result<InMemoryChannel, ChannelError> {
         let shared = &self.shared;
-        if from >= shared.n || to >= shared.n || from == to {
-            return Err(ChannelError::NoSuchLink {
-                from,
-                to,
-                size: shared.n,
-            });
+        let no_link = || ChannelError::NoSuchLink {
+            from,
+            to,
+            size: shared.n,
+        };
+        let (Some(from_ix), Some(to_ix)) = (shared.index(from), shared.index(to)) else {
+            return Err(no_link());
+        };
+        if from == to {
+            return Err(no_link());
         }
+        let (from, to) = (from_ix, to_ix);
         let mut ctl = shared.control.lock();
         if !ctl.up[from] {
-            return Err(ChannelError::Crashed(from));
+            return Err(ChannelError::Crashed(id(from)));
         }
         if !ctl.up[to] {
-            return Err(ChannelError::PeerCrashed(to));
+            return Err(ChannelError::PeerCrashed(id(to)));
         }
         let pair = &mut ctl.pairs[shared.pair_index(from, to)];
         let conn = match &pair.current {
@@ -303,8 +316,8 @@ impl InMemoryGroup {
     ///
     /// # Panics
     /// If `node` is outside the group.
-    pub fn is_node_live(&self, node: usize) -> bool {
-        self.shared.check_node(node);
+    pub fn is_node_live(&self, node: NodeId) -> bool {
+        let node = self.shared.check_node(node);
         self.shared.control.lock().up[node]
     }
 
@@ -312,8 +325,8 @@ impl InMemoryGroup {
     ///
     /// # Panics
     /// If `node` is outside the group.
-    pub fn incarnation(&self, node: usize) -> u64 {
-        self.shared.check_node(node);
+    pub fn incarnation(&self, node: NodeId) -> u64 {
+        let node = self.shared.check_node(node);
         self.shared.gens[node].load(Acquire)
     }
 
@@ -325,8 +338,8 @@ impl InMemoryGroup {
     ///
     /// # Panics
     /// If `node` is outside the group.
-    pub fn crash(&self, node: usize) {
-        self.shared.check_node(node);
+    pub fn crash(&self, node: NodeId) {
+        let node = self.shared.check_node(node);
         let mut ctl = self.shared.control.lock();
         self.shared.crash_locked(&mut ctl, node);
     }
@@ -340,9 +353,9 @@ impl InMemoryGroup {
     ///
     /// # Panics
     /// If `node` is outside the group.
-    pub fn restart(&self, node: usize) {
+    pub fn restart(&self, node: NodeId) {
         let shared = &self.shared;
-        shared.check_node(node);
+        let node = shared.check_node(node);
         let mut ctl = shared.control.lock();
         shared.crash_locked(&mut ctl, node);
         shared.gens[node].fetch_add(1, AcqRel);
@@ -363,7 +376,8 @@ impl InMemoryGroup {
     ///
     /// # Panics
     /// If either node is outside the group.
-    pub fn set_faults(&self, from: usize, to: usize, faults: LinkFaults) {
+    pub fn set_faults(&self, from: NodeId, to: NodeId, faults: LinkFaults) {
+        self.check_link(from, to);
         self.control(|ctl| ctl.model.set_faults(from, to, faults));
     }
 
@@ -376,7 +390,8 @@ impl InMemoryGroup {
     ///
     /// # Panics
     /// If either node is outside the group.
-    pub fn cut(&self, from: usize, to: usize) {
+    pub fn cut(&self, from: NodeId, to: NodeId) {
+        self.check_link(from, to);
         self.control(|ctl| ctl.model.cut(from, to));
     }
 
@@ -384,7 +399,10 @@ impl InMemoryGroup {
     ///
     /// # Panics
     /// If a node is outside the group.
-    pub fn partition(&self, a: &[usize], b: &[usize]) {
+    pub fn partition(&self, a: &[NodeId], b: &[NodeId]) {
+        for &node in a.iter().chain(b) {
+            self.shared.check_node(node);
+        }
         self.control(|ctl| ctl.model.partition(a, b));
     }
 
@@ -398,7 +416,8 @@ impl InMemoryGroup {
     ///
     /// # Panics
     /// If either node is outside the group.
-    pub fn hold(&self, from: usize, to: usize) {
+    pub fn hold(&self, from: NodeId, to: NodeId) {
+        self.check_link(from, to);
         self.control(|ctl| ctl.model.hold(from, to));
     }
 
@@ -407,10 +426,12 @@ impl InMemoryGroup {
     ///
     /// # Panics
     /// If either node is outside the group.
-    pub fn release(&self, from: usize, to: usize) {
+    pub fn release(&self, from: NodeId, to: NodeId) {
         let shared = &self.shared;
+        self.check_link(from, to);
         self.control(|ctl| {
             ctl.model.release(from, to);
+            let (from, to) = (ix(from), ix(to));
             shared.link(from, to).rx.0.released.fetch_add(1, AcqRel);
             if from != to {
                 for conn in ctl.pairs[shared.pair_index(from, to)].live() {
@@ -424,12 +445,11 @@ impl InMemoryGroup {
     ///
     /// # Panics
     /// If either node is outside the group.
-    pub fn counters(&self, from: usize, to: usize) -> LinkCounters {
+    pub fn counters(&self, from: NodeId, to: NodeId) -> LinkCounters {
         let shared = &self.shared;
-        shared.check_node(from);
-        shared.check_node(to);
+        self.check_link(from, to);
         let mut c = shared.control.lock().model.counters(from, to);
-        let link = shared.link(from, to);
+        let link = shared.link(ix(from), ix(to));
         c.sent += link.tx.0.sent.load(Acquire);
         c.delivered = link.rx.0.delivered.load(Acquire);
         c.lost = link.rx.0.lost.load(Acquire);
@@ -443,10 +463,25 @@ impl InMemoryGroup {
         self.shared.control.lock().model.trace_hash()
     }
 
+    fn check_link(&self, from: NodeId, to: NodeId) {
+        self.shared.check_node(from);
+        self.shared.check_node(to);
+    }
+
     fn control<R>(&self, f: impl FnOnce(&mut Control) -> R) -> R {
         let mut ctl = self.shared.control.lock();
         let r = f(&mut ctl);
         self.shared.sync_faulty(&ctl);
         r
     }
+}
+
+/// Node `i` of a group.
+pub(super) fn id(i: usize) -> NodeId {
+    NodeId(i as u64)
+}
+
+/// A node's index, for a node already checked to be in its group.
+pub(super) fn ix(node: NodeId) -> usize {
+    node.0 as usize
 }

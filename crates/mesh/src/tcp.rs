@@ -179,7 +179,7 @@ impl Inner {
         } else if state & PEER_CLOSED != 0 {
             Some(ChannelError::PeerClosed)
         } else if state & PEER_LOST != 0 {
-            Some(ChannelError::PeerCrashed(self.peer.0 as usize))
+            Some(ChannelError::PeerCrashed(self.peer))
         } else if state & BROKEN != 0 {
             let why = self.broken.lock().clone().unwrap_or_default();
             Some(ChannelError::Wire(WireError::Io(io::Error::new(

@@ -9,6 +9,7 @@ use futures_util::future::try_join_all;
 use multinode_barrier::{Config, Controller};
 
 use super::{Conductor, NodeProc};
+use crate::control::field;
 use crate::scenario::{
     Ack, Op, Violation, check_digests, check_dumps, check_final, check_recovered,
 };
@@ -164,21 +165,21 @@ impl Conductor {
         let before = self.history.acked.len();
         let acks = self.run_phase(&plan.deletes, &vec![0; n]).await?;
         self.history.acked.extend(acks);
+        let mut healed = String::new();
         if plan.side.is_some() {
-            self.all("UNBLOCK").await?;
+            // What the cuts did, from each node's fault counters.
+            let faults = try_join_all(self.nodes.iter_mut().map(|n| n.call("FAULTS"))).await?;
+            let cut: u64 = faults.iter().filter_map(|f| field(f, "cut")).sum();
+            self.all("HEAL").await?;
+            healed = format!("; partition healed ({cut} frames cut)");
         }
         self.end(
             "delete",
             began,
             None,
             format!(
-                "{} deletes and overwrites acknowledged{}",
+                "{} deletes and overwrites acknowledged{healed}",
                 self.history.acked.len() - before,
-                if plan.side.is_some() {
-                    "; partition healed"
-                } else {
-                    ""
-                }
             ),
         )
         .await?;

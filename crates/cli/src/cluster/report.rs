@@ -76,7 +76,7 @@ impl Conductor {
             "nodes": self.args.nodes,
             "keys": self.args.keys,
             "kills": self.args.kills,
-            "loss": self.args.loss,
+            "drop": self.args.drop,
             "partition": self.args.partition,
             "acknowledged_writes": self.history.acked.len(),
             "unsure_writes": self.history.unsure.len(),

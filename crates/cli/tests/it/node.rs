@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader, Lines, Write};
 use std::path::Path;
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::{BIN, Reap, wait_exit};
 
@@ -15,8 +16,19 @@ struct Ctl {
 
 impl Ctl {
     fn start(dir: &Path, extra: &[&str]) -> (Self, String) {
+        Self::start_as(0, dir, extra)
+    }
+
+    fn start_as(id: u64, dir: &Path, extra: &[&str]) -> (Self, String) {
         let mut child = Command::new(BIN)
-            .args(["node", "--id", "0", "--round-ms", "20", "--data-dir"])
+            .args([
+                "node",
+                "--id",
+                &id.to_string(),
+                "--round-ms",
+                "20",
+                "--data-dir",
+            ])
             .arg(dir)
             .args(extra)
             .env_remove("MULTINODE_BARRIER_ADDR")
@@ -52,6 +64,103 @@ impl Ctl {
         self.raw(format!("{line}\n").as_bytes());
         self.line()
     }
+
+    /// Asks `line` until the reply satisfies `done`, for at most 10 s.
+    fn poll(&mut self, line: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.call(line);
+            if done(&got) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{line}: still {got:?} after 10 s"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    /// A counter of this node's `FAULTS` reply.
+    fn fault(&mut self, name: &str) -> u64 {
+        field(&self.call("FAULTS"), name)
+    }
+}
+
+fn field(line: &str, name: &str) -> u64 {
+    line.split(' ')
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+}
+
+/// Two real node processes, peers of each other.
+fn pair(a: &Path, b: &Path) -> (Ctl, Ctl) {
+    let (mut n0, r0) = Ctl::start_as(0, a, &[]);
+    let (mut n1, r1) = Ctl::start_as(1, b, &[]);
+    let addr = |ready: &str| ready.split(' ').nth(2).expect("an address").to_owned();
+    assert_eq!(n0.call(&format!("PEER 1 {}", addr(&r1))), "OK");
+    assert_eq!(n1.call(&format!("PEER 0 {}", addr(&r0))), "OK");
+    (n0, n1)
+}
+
+#[test]
+fn the_fault_verbs_act_on_real_frames_and_are_counted() {
+    let (d0, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut n0, mut n1) = pair(d0.path(), d1.path());
+    let has = |v: &'static str| move |got: &str| got.ends_with(&format!(" {v}"));
+    assert!(n0.call("SET k1 a").starts_with("OK "));
+    n1.poll("GET k1", has("a"));
+    assert_eq!(n0.fault("held"), 0);
+
+    // A cut: nothing of node 0 reaches node 1, though node 1 still asks.
+    assert_eq!(n0.call("CUT 1"), "OK");
+    assert!(n0.call("SET k2 b").starts_with("OK "));
+    n0.poll("FAULTS", |l| field(l, "cut") >= 10);
+    assert_eq!(n1.call("GET k2"), "NONE", "a write crossed the cut");
+    assert_eq!(n0.call("HEAL"), "OK");
+    n1.poll("GET k2", has("b"));
+
+    // A hold: frames wait, then arrive in order at the release.
+    assert_eq!(n0.call("HOLD 1"), "OK");
+    assert!(n0.call("SET k3 c").starts_with("OK "));
+    n0.poll("FAULTS", |l| field(l, "held") >= 10);
+    assert_eq!(n1.call("GET k3"), "NONE", "a held frame arrived");
+    assert_eq!(n0.call("RELEASE 1"), "OK");
+    n1.poll("GET k3", has("c"));
+
+    // Duplicates and delays still converge; each is counted.
+    assert_eq!(n0.call("DUPLICATE 0.5"), "OK");
+    assert_eq!(n0.call("DELAY 30 60"), "OK");
+    assert!(n0.call("SET k4 d").starts_with("OK "));
+    n1.poll("GET k4", has("d"));
+    n0.poll("FAULTS", |l| {
+        field(l, "duplicated") > 0 && field(l, "delayed") > 0
+    });
+    assert_eq!(n0.call("DUPLICATE 0"), "OK");
+    assert_eq!(n0.call("DELAY 0 0"), "OK");
+
+    // Corruption: every frame has a byte flipped; the peer decodes it or
+    // refuses it, and neither process goes down.
+    assert_eq!(n0.call("CORRUPT 1"), "OK");
+    let before = n0.fault("corrupted");
+    n0.poll("FAULTS", |l| field(l, "corrupted") >= before + 20);
+    assert_eq!(n1.call("PING"), "PONG");
+    assert_eq!(n0.call("CORRUPT 0"), "OK");
+    let faults = n0.call("FAULTS");
+    assert!(
+        field(&faults, "sent") >= field(&faults, "corrupted"),
+        "{faults}"
+    );
+    let trace = faults.rsplit("trace=").next().unwrap();
+    assert!(
+        trace.len() == 16 && trace.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{faults}"
+    );
+    assert_eq!(n1.call("QUIT"), "BYE");
+    assert_eq!(n0.call("QUIT"), "BYE");
+    assert!(wait_exit(&mut n0.proc).success());
+    assert!(wait_exit(&mut n1.proc).success());
 }
 
 #[test]
@@ -65,7 +174,7 @@ fn bad_control_lines_get_error_lines_and_the_node_carries_on() {
         (b"SET onlykey\n", "ERR SET takes <key> <value>"),
         (b"\n", "ERR empty line"),
         (b"GET %zz\n", "ERR bad key: bad escape at byte 0"),
-        (b"LOSS 7\n", "ERR bad probability: \"7\" is not in [0, 1]"),
+        (b"DROP 7\n", "ERR bad probability: \"7\" is not in [0, 1]"),
         (b"\xff\xfe binary\n", "ERR line is not UTF-8"),
         (
             b"PEER 1 not-an-address\n",

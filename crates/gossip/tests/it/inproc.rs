@@ -176,6 +176,40 @@ async fn random_faults_act_and_every_one_is_counted() {
     assert_eq!(again.net.trace_hash(), n.net.trace_hash());
 }
 
+#[tokio::test]
+async fn corrupt_flips_a_byte_the_receiver_decodes_or_refuses_and_counts_both() {
+    let seed = multinode_testkit::seed("corrupt_flips_a_byte");
+    let n = network(2, seed);
+    n.net.set_faults(
+        A,
+        B,
+        LinkFaults {
+            corrupt: 1.0,
+            ..LinkFaults::default()
+        },
+    );
+    for i in 0..600 {
+        n.nodes[0].send(B, &pdu(i)).expect("send");
+    }
+    eventually("every frame delivered or lost", || {
+        let c = n.net.counters(A, B);
+        c.delivered + c.lost == 600
+    })
+    .await;
+    let c = n.net.counters(A, B);
+    assert_eq!((c.sent, c.corrupted), (600, 600), "{c:?}");
+    // A flip in the frame's tags or lengths is refused by the decoder (lost);
+    // one in the 8-byte body arrives changed.
+    assert!(c.lost > 0 && c.delivered > 0, "{c:?}");
+    assert_eq!(n.sinks[1].len() as u64, c.delivered);
+    let changed = seqs(&n.sinks[1]).iter().filter(|&&s| s >= 600).count() as u64;
+    assert!(
+        changed * 2 > c.delivered,
+        "{changed} of {} delivered frames changed",
+        c.delivered
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn delay_holds_frames_back_and_keeps_the_link_in_order() {
     let n = network(3, 3);

@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Select, SendTimeoutError, TrySendError};
+use multinode_wire::NodeId;
 
-use super::Shared;
 use super::link::{CLOSED, CRASHED, Conn, End, Item, Tagged};
+use super::{Shared, id};
 use crate::{Channel, ChannelError, Fate};
 
 /// One node's end of a link in an [`InMemoryGroup`](super::InMemoryGroup).
@@ -61,12 +62,20 @@ pub(super) fn ready(
 
 impl InMemoryChannel {
     /// The node this end belongs to.
-    pub fn local(&self) -> usize {
-        self.conn.nodes[self.side]
+    pub fn local(&self) -> NodeId {
+        id(self.local_ix())
     }
 
     /// The node at the other end.
-    pub fn peer(&self) -> usize {
+    pub fn peer(&self) -> NodeId {
+        id(self.peer_ix())
+    }
+
+    fn local_ix(&self) -> usize {
+        self.conn.nodes[self.side]
+    }
+
+    fn peer_ix(&self) -> usize {
         self.conn.nodes[1 - self.side]
     }
 
@@ -89,9 +98,9 @@ impl InMemoryChannel {
             return Some(if held != current {
                 ChannelError::Stale { held, current }
             } else if peer {
-                ChannelError::PeerCrashed(node)
+                ChannelError::PeerCrashed(id(node))
             } else {
-                ChannelError::Crashed(node)
+                ChannelError::Crashed(id(node))
             });
         }
         None
@@ -256,7 +265,7 @@ impl InMemoryChannel {
                 let _ctl = self.shared.control.lock();
                 let lost = self.conn.ends[1 - self.side].discard();
                 self.shared
-                    .link(self.local(), self.peer())
+                    .link(self.local_ix(), self.peer_ix())
                     .rx
                     .0
                     .lost
@@ -288,7 +297,7 @@ impl InMemoryChannel {
 
     /// The slow path: the link has a fault, cut or hold set.
     pub(super) fn send_faulty(&self, msg: &[u8]) -> Result<(), ChannelError> {
-        let (me, peer) = (self.local(), self.peer());
+        let (me, peer) = (self.local_ix(), self.peer_ix());
         let mut ctl = self.shared.control.lock();
         // Close and crash happen under this lock: decide on a settled state.
         let state = self.conn.state.load(Acquire);
@@ -301,26 +310,36 @@ impl InMemoryChannel {
             return Err(self.queue_full());
         }
         let link = self.shared.link(me, peer);
-        let (due, copies, overtake, hold) = match ctl.model.decide(me, peer, msg) {
+        let (due, copies, overtake, hold, corrupt) = match ctl.model.decide(id(me), id(peer), msg) {
             Fate::Dropped => return Ok(()),
-            Fate::Held => (None, 1, false, Some(link.rx.0.released.load(Acquire))),
+            Fate::Held => (None, 1, false, Some(link.rx.0.released.load(Acquire)), None),
             Fate::Deliver {
                 after,
                 copies,
                 overtake,
+                corrupt,
             } => {
                 let due = (!after.is_zero()).then(|| Instant::now() + after);
-                (due, copies, overtake, None)
+                (due, copies, overtake, None, corrupt)
             }
         };
         drop(ctl);
+        let mut msg = msg.to_vec();
+        if let Some(flip) = corrupt {
+            flip.apply(&mut msg);
+        }
         for copy in 0..copies {
             if copy > 0 && inbox.queued() >= capacity {
                 link.rx.0.lost.fetch_add(1, Relaxed);
                 break;
             }
             let tagged = Tagged {
-                msg: msg.to_vec(),
+                // The last copy takes the message itself.
+                msg: if copy + 1 == copies {
+                    std::mem::take(&mut msg)
+                } else {
+                    msg.clone()
+                },
                 due,
                 hold,
             };
@@ -392,7 +411,7 @@ impl InMemoryChannel {
         };
         let released = self
             .shared
-            .link(self.peer(), self.local())
+            .link(self.peer_ix(), self.local_ix())
             .rx
             .0
             .released
@@ -461,7 +480,7 @@ impl Channel for InMemoryChannel {
         if self.conn.mark(CLOSED[self.side]) {
             let lost = self.conn.ends[self.side].discard();
             self.shared
-                .link(self.peer(), self.local())
+                .link(self.peer_ix(), self.local_ix())
                 .rx
                 .0
                 .lost

@@ -6,12 +6,13 @@ use multinode_mesh::{Fate, FaultModel, LinkCounters, LinkFaults};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 
-use crate::support::{proptest_config, seed};
+use crate::support::{id, ids, proptest_config, seed};
 
 const DELIVER: Fate = Fate::Deliver {
     after: Duration::ZERO,
     copies: 1,
     overtake: false,
+    corrupt: None,
 };
 
 fn noisy() -> LinkFaults {
@@ -20,14 +21,15 @@ fn noisy() -> LinkFaults {
         duplicate: 0.2,
         reorder: 0.1,
         delay: Some((Duration::from_millis(1), Duration::from_millis(5))),
+        corrupt: 0.1,
     }
 }
 
-/// Sends `count` messages round-robin over every link; returns the fates.
-fn run(model: &mut FaultModel, count: usize) -> Vec<Fate> {
-    let n = model.nodes();
+/// Sends `count` messages round-robin over every link between `n` nodes;
+/// returns the fates.
+fn run(model: &mut FaultModel, n: usize, count: usize) -> Vec<Fate> {
     (0..count)
-        .map(|i| model.decide(i % n, (i / n) % n, &[i as u8; 3]))
+        .map(|i| model.decide(id(i % n), id((i / n) % n), &[i as u8; 3]))
         .collect()
 }
 
@@ -37,13 +39,13 @@ fn faults_off_deliver_everything_once_in_order_at_once() {
     let sends = proptest::collection::vec((0usize..4, 0usize..4, 0usize..100), 0..200);
     runner
         .run(&(any::<u64>(), sends), |(model_seed, sends)| {
-            let mut m = FaultModel::new(4, model_seed);
+            let mut m = FaultModel::new(model_seed);
             for (from, to, len) in &sends {
-                prop_assert_eq!(m.decide(*from, *to, &vec![0; *len]), DELIVER);
+                prop_assert_eq!(m.decide(id(*from), id(*to), &vec![0; *len]), DELIVER);
             }
             let sent: u64 = (0..4)
                 .flat_map(|a| (0..4).map(move |b| (a, b)))
-                .map(|(a, b)| m.counters(a, b).sent)
+                .map(|(a, b)| m.counters(id(a), id(b)).sent)
                 .sum();
             prop_assert_eq!(sent, sends.len() as u64);
             Ok(())
@@ -54,15 +56,15 @@ fn faults_off_deliver_everything_once_in_order_at_once() {
 #[test]
 fn one_seed_one_trace() {
     let s = seed("one_seed_one_trace");
-    let (mut a, mut b) = (FaultModel::new(3, s), FaultModel::new(3, s));
+    let (mut a, mut b) = (FaultModel::new(s), FaultModel::new(s));
     a.set_all_faults(&noisy());
     b.set_all_faults(&noisy());
-    assert_eq!(run(&mut a, 5000), run(&mut b, 5000));
+    assert_eq!(run(&mut a, 3, 5000), run(&mut b, 3, 5000));
     assert_eq!(a.trace_hash(), b.trace_hash());
 
-    let mut c = FaultModel::new(3, s.wrapping_add(1));
+    let mut c = FaultModel::new(s.wrapping_add(1));
     c.set_all_faults(&noisy());
-    run(&mut c, 5000);
+    run(&mut c, 3, 5000);
     assert_ne!(
         a.trace_hash(),
         c.trace_hash(),
@@ -72,10 +74,10 @@ fn one_seed_one_trace() {
 
 #[test]
 fn counters_match_the_fates() {
-    let mut m = FaultModel::new(2, seed("counters_match_the_fates"));
-    m.set_faults(0, 1, noisy());
-    let fates: Vec<Fate> = (0..20_000).map(|_| m.decide(0, 1, b"x")).collect();
-    let c = m.counters(0, 1);
+    let mut m = FaultModel::new(seed("counters_match_the_fates"));
+    m.set_faults(id(0), id(1), noisy());
+    let fates: Vec<Fate> = (0..20_000).map(|_| m.decide(id(0), id(1), b"x")).collect();
+    let c = m.counters(id(0), id(1));
     let count = |f: &dyn Fn(&Fate) -> bool| fates.iter().filter(|x| f(x)).count() as u64;
     assert_eq!(c.sent, 20_000);
     assert_eq!(c.dropped, count(&|f| *f == Fate::Dropped));
@@ -91,6 +93,16 @@ fn counters_match_the_fates() {
         c.delayed,
         count(&|f| matches!(f, Fate::Deliver { after, .. } if !after.is_zero()))
     );
+    assert_eq!(
+        c.corrupted,
+        count(&|f| matches!(
+            f,
+            Fate::Deliver {
+                corrupt: Some(_),
+                ..
+            }
+        ))
+    );
     // Every fault acted, near its rate (binomial, 20,000 draws: ±2% is > 5 sigma).
     assert!((5_400..=6_600).contains(&c.dropped), "{c:?}");
     let delivered = c.sent - c.dropped;
@@ -98,73 +110,135 @@ fn counters_match_the_fates() {
         c.duplicated * 100 >= delivered * 17 && c.duplicated * 100 <= delivered * 23,
         "{c:?}"
     );
+    assert!(
+        c.corrupted * 100 >= delivered * 8 && c.corrupted * 100 <= delivered * 12,
+        "{c:?}"
+    );
     for f in &fates {
-        if let Fate::Deliver { after, .. } = f {
+        if let Fate::Deliver { after, corrupt, .. } = f {
             assert!((Duration::from_millis(1)..=Duration::from_millis(5)).contains(after));
+            // The only byte of b"x", changed.
+            assert!(corrupt.is_none_or(|flip| flip.at == 0 && flip.mask != 0));
         }
     }
     // The other direction had no faults and saw nothing.
-    assert_eq!(m.counters(1, 0), LinkCounters::default());
+    assert_eq!(m.counters(id(1), id(0)), LinkCounters::default());
 }
 
 #[test]
 fn cut_is_one_way_and_partition_both_ways_until_heal() {
-    let mut m = FaultModel::new(4, 1);
-    m.cut(0, 1);
-    assert_eq!(m.decide(0, 1, b"a"), Fate::Dropped);
-    assert_eq!(m.decide(1, 0, b"b"), DELIVER, "a cut is one-way");
-    m.partition(&[0, 1], &[2, 3]);
+    let mut m = FaultModel::new(1);
+    m.cut(id(0), id(1));
+    assert_eq!(m.decide(id(0), id(1), b"a"), Fate::Dropped);
+    assert_eq!(m.decide(id(1), id(0), b"b"), DELIVER, "a cut is one-way");
+    m.partition(&ids(&[0, 1]), &ids(&[2, 3]));
     for (a, b) in [(0, 2), (2, 0), (1, 3), (3, 1)] {
-        assert_eq!(m.decide(a, b, b"p"), Fate::Dropped, "{a}->{b}");
+        assert_eq!(m.decide(id(a), id(b), b"p"), Fate::Dropped, "{a}->{b}");
     }
-    assert_eq!(m.decide(2, 3, b"q"), DELIVER, "inside one side");
-    assert_eq!(m.counters(0, 2).cut, 1);
+    assert_eq!(m.decide(id(2), id(3), b"q"), DELIVER, "inside one side");
+    assert_eq!(m.counters(id(0), id(2)).cut, 1);
     m.heal();
-    assert!(!m.is_cut(0, 1) && !m.is_cut(3, 1));
-    assert_eq!(m.decide(0, 1, b"a"), DELIVER);
+    assert!(!m.is_cut(id(0), id(1)) && !m.is_cut(id(3), id(1)));
+    assert_eq!(m.decide(id(0), id(1), b"a"), DELIVER);
 }
 
 #[test]
 fn hold_holds_until_release() {
-    let mut m = FaultModel::new(2, 1);
-    m.hold(0, 1);
+    let mut m = FaultModel::new(1);
+    m.hold(id(0), id(1));
     for i in 0..5u8 {
-        assert_eq!(m.decide(0, 1, &[i]), Fate::Held);
+        assert_eq!(m.decide(id(0), id(1), &[i]), Fate::Held);
     }
-    assert_eq!(m.decide(1, 0, b"other way"), DELIVER);
-    assert_eq!(m.counters(0, 1).held, 5);
-    assert!(m.is_holding(0, 1) && m.is_faulty(0, 1) && !m.is_faulty(1, 0));
-    m.release(0, 1);
-    assert!(!m.is_holding(0, 1) && !m.is_faulty(0, 1));
-    assert_eq!(m.decide(0, 1, b"after"), DELIVER);
-    assert_eq!(m.counters(0, 1).held, 5);
+    assert_eq!(m.decide(id(1), id(0), b"other way"), DELIVER);
+    assert_eq!(m.counters(id(0), id(1)).held, 5);
+    assert!(m.is_holding(id(0), id(1)) && m.is_faulty(id(0), id(1)) && !m.is_faulty(id(1), id(0)));
+    m.release(id(0), id(1));
+    assert!(!m.is_holding(id(0), id(1)) && !m.is_faulty(id(0), id(1)));
+    assert_eq!(m.decide(id(0), id(1), b"after"), DELIVER);
+    assert_eq!(m.counters(id(0), id(1)).held, 5);
 }
 
 #[test]
 fn bad_probabilities_are_clamped_not_trusted() {
-    let mut m = FaultModel::new(2, 1);
+    let mut m = FaultModel::new(1);
     m.set_faults(
-        0,
-        1,
+        id(0),
+        id(1),
         LinkFaults {
             drop: f64::NAN,
             duplicate: 7.0,
             reorder: -1.0,
             delay: Some((Duration::from_millis(5), Duration::from_millis(1))),
+            corrupt: f64::INFINITY,
         },
     );
     for _ in 0..100 {
-        match m.decide(0, 1, b"x") {
+        match m.decide(id(0), id(1), b"x") {
             Fate::Deliver {
                 copies,
                 overtake,
                 after,
+                corrupt,
             } => {
                 assert_eq!(copies, 2);
+                assert!(corrupt.is_some(), "a probability over 1 is 1");
                 assert!(!overtake);
                 assert!((Duration::from_millis(1)..=Duration::from_millis(5)).contains(&after));
             }
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[test]
+fn corrupt_flips_one_byte_inside_the_message_and_never_an_empty_one() {
+    let mut m = FaultModel::new(seed("corrupt_flips_one_byte"));
+    m.set_all_faults(&LinkFaults {
+        corrupt: 1.0,
+        ..LinkFaults::default()
+    });
+    let msg: Vec<u8> = (0..=255).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4096 {
+        let Fate::Deliver {
+            corrupt: Some(flip),
+            ..
+        } = m.decide(id(0), id(1), &msg)
+        else {
+            panic!("corrupt 1.0 left a message intact");
+        };
+        let mut got = msg.clone();
+        flip.apply(&mut got);
+        let differ: Vec<usize> = (0..msg.len()).filter(|&i| got[i] != msg[i]).collect();
+        assert_eq!(differ, [flip.at], "exactly the flipped byte changes");
+        seen.insert(flip.at);
+    }
+    assert!(
+        seen.len() > 200,
+        "flips spread over the message: {}",
+        seen.len()
+    );
+    assert_eq!(m.decide(id(0), id(1), b""), DELIVER, "an empty message");
+    assert_eq!(m.counters(id(0), id(1)).corrupted, 4096);
+}
+
+#[test]
+fn set_all_faults_reaches_links_first_used_later_and_replaces_one_link_faults() {
+    let mut m = FaultModel::new(1);
+    m.set_faults(id(0), id(1), noisy());
+    let all_drop = LinkFaults {
+        drop: 1.0,
+        ..LinkFaults::default()
+    };
+    m.set_all_faults(&all_drop);
+    assert_eq!(
+        m.faults(id(0), id(1)),
+        &all_drop,
+        "one link's faults replaced"
+    );
+    assert_eq!(m.decide(id(7), id(9), b"new link"), Fate::Dropped);
+    assert_eq!(m.total().dropped, 1);
+    m.set_all_faults(&LinkFaults::default());
+    assert!(!m.any_faulty());
+    assert_eq!(m.decide(id(7), id(9), b"new link"), DELIVER);
 }

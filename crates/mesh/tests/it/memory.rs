@@ -9,15 +9,16 @@ use multinode_mesh::{
     Channel, ChannelError, InMemoryChannel, InMemoryGroup, InMemoryTransport, LinkFaults,
     MeshConfig,
 };
+use multinode_wire::NodeId;
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 
-use crate::support::{join_soon, proptest_config, recv, seed};
+use crate::support::{id, ids, join_soon, proptest_config, recv, seed};
 
 const BRIEF: Duration = Duration::from_millis(20);
 
 fn ch(g: &InMemoryGroup, from: usize, to: usize) -> InMemoryChannel {
-    g.channel(from, to).expect("a live link")
+    g.channel(id(from), id(to)).expect("a live link")
 }
 
 // ---- The reference implementation's defects, one regression each. ----
@@ -26,8 +27,8 @@ fn ch(g: &InMemoryGroup, from: usize, to: usize) -> InMemoryChannel {
 fn defect_crashing_one_node_leaves_the_others_live() {
     let g = InMemoryTransport::new_group(3);
     let (a, b) = (ch(&g, 0, 1), ch(&g, 1, 0));
-    g.crash(2);
-    assert!(g.is_node_live(0) && g.is_node_live(1) && !g.is_node_live(2));
+    g.crash(id(2));
+    assert!(g.is_node_live(id(0)) && g.is_node_live(id(1)) && !g.is_node_live(id(2)));
     assert!(a.is_open() && b.is_open());
     a.send(b"still here").expect("a healthy link");
     assert_eq!(recv(&b), b"still here");
@@ -37,14 +38,20 @@ fn defect_crashing_one_node_leaves_the_others_live() {
 fn defect_a_link_stays_down_while_either_node_is_crashed() {
     let g = InMemoryTransport::new_group(2);
     let old = ch(&g, 0, 1);
-    g.crash(0);
-    g.crash(1);
-    g.restart(0);
-    assert!(g.is_node_live(0) && !g.is_node_live(1));
-    assert!(matches!(g.channel(0, 1), Err(ChannelError::PeerCrashed(1))));
-    assert!(matches!(g.channel(1, 0), Err(ChannelError::Crashed(1))));
+    g.crash(id(0));
+    g.crash(id(1));
+    g.restart(id(0));
+    assert!(g.is_node_live(id(0)) && !g.is_node_live(id(1)));
+    assert!(matches!(
+        g.channel(id(0), id(1)),
+        Err(ChannelError::PeerCrashed(NodeId(1)))
+    ));
+    assert!(matches!(
+        g.channel(id(1), id(0)),
+        Err(ChannelError::Crashed(NodeId(1)))
+    ));
     assert!(!old.is_open());
-    g.restart(1);
+    g.restart(id(1));
     let (a, b) = (ch(&g, 0, 1), ch(&g, 1, 0));
     a.send(b"back").expect("send");
     assert_eq!(recv(&b), b"back");
@@ -54,16 +61,16 @@ fn defect_a_link_stays_down_while_either_node_is_crashed() {
 fn defect_a_one_node_group_can_crash_and_restart() {
     let g = InMemoryTransport::new_group(1);
     assert_eq!(g.size(), 1);
-    g.crash(0);
-    assert!(!g.is_node_live(0));
-    g.restart(0);
-    assert!(g.is_node_live(0));
-    assert_eq!(g.incarnation(0), 1);
+    g.crash(id(0));
+    assert!(!g.is_node_live(id(0)));
+    g.restart(id(0));
+    assert!(g.is_node_live(id(0)));
+    assert_eq!(g.incarnation(id(0)), 1);
     assert!(matches!(
-        g.channel(0, 0),
+        g.channel(id(0), id(0)),
         Err(ChannelError::NoSuchLink {
-            from: 0,
-            to: 0,
+            from: NodeId(0),
+            to: NodeId(0),
             size: 1
         })
     ));
@@ -88,30 +95,39 @@ fn defect_messages_in_flight_at_a_crash_still_reach_the_survivor() {
         a.send(&[i]).expect("send");
     }
     b.send(b"to the doomed").expect("send");
-    g.crash(0);
+    g.crash(id(0));
     for i in 0..5u8 {
         assert_eq!(recv(&b), [i], "sent before the crash");
     }
     assert!(matches!(
         b.receive(BRIEF),
-        Err(ChannelError::PeerCrashed(0))
+        Err(ChannelError::PeerCrashed(NodeId(0)))
     ));
-    assert!(matches!(b.send(b"y"), Err(ChannelError::PeerCrashed(0))));
-    assert!(matches!(a.send(b"z"), Err(ChannelError::Crashed(0))));
-    assert!(matches!(a.receive(BRIEF), Err(ChannelError::Crashed(0))));
+    assert!(matches!(
+        b.send(b"y"),
+        Err(ChannelError::PeerCrashed(NodeId(0)))
+    ));
+    assert!(matches!(
+        a.send(b"z"),
+        Err(ChannelError::Crashed(NodeId(0)))
+    ));
+    assert!(matches!(
+        a.receive(BRIEF),
+        Err(ChannelError::Crashed(NodeId(0)))
+    ));
     // What was queued for the crashed node is gone, and counted.
-    let c = g.counters(1, 0);
+    let c = g.counters(id(1), id(0));
     assert_eq!((c.sent, c.delivered, c.lost), (1, 0, 1));
-    assert_eq!(g.counters(0, 1).delivered, 5);
+    assert_eq!(g.counters(id(0), id(1)).delivered, 5);
 }
 
 #[test]
 fn defect_stale_handles_are_detectable_and_accessors_never_panic() {
     let g = InMemoryTransport::new_group(2);
     let (a, b) = (ch(&g, 0, 1), ch(&g, 1, 0));
-    assert_eq!((a.incarnation(), g.incarnation(0)), (0, 0));
-    g.restart(0);
-    assert_eq!(g.incarnation(0), 1);
+    assert_eq!((a.incarnation(), g.incarnation(id(0))), (0, 0));
+    g.restart(id(0));
+    assert_eq!(g.incarnation(id(0)), 1);
     assert!(matches!(
         a.send(b"x"),
         Err(ChannelError::Stale {
@@ -130,10 +146,13 @@ fn defect_stale_handles_are_detectable_and_accessors_never_panic() {
     assert_eq!(a2.incarnation(), 1);
     a2.send(b"new life").expect("send");
     assert_eq!(recv(&b2), b"new life");
-    g.crash(1);
-    assert!(matches!(g.channel(0, 1), Err(ChannelError::PeerCrashed(1))));
+    g.crash(id(1));
     assert!(matches!(
-        g.channel(0, 7),
+        g.channel(id(0), id(1)),
+        Err(ChannelError::PeerCrashed(NodeId(1)))
+    ));
+    assert!(matches!(
+        g.channel(id(0), id(7)),
         Err(ChannelError::NoSuchLink { .. })
     ));
 }
@@ -150,7 +169,7 @@ fn defect_close_does_what_the_trait_says() {
     assert!(matches!(a.receive(BRIEF), Err(ChannelError::Closed)));
     assert!(matches!(b.send(b"x"), Err(ChannelError::PeerClosed)));
     assert_eq!(
-        g.counters(1, 0).lost,
+        g.counters(id(1), id(0)).lost,
         1,
         "a closed end's queue is discarded"
     );
@@ -177,19 +196,22 @@ fn defect_queues_are_bounded() {
     assert_eq!(accepted, 1000);
     assert_eq!(recv(&b), 0u32.to_le_bytes());
     a.send(b"room again").expect("one slot freed");
-    assert_eq!(g.counters(0, 1).sent, 1001);
+    assert_eq!(g.counters(id(0), id(1)).sent, 1001);
 }
 
 #[test]
 fn defect_faults_beyond_crash_exist_and_act() {
     let g = InMemoryTransport::new_group(3);
-    g.partition(&[0], &[1, 2]);
+    g.partition(&ids(&[0]), &ids(&[1, 2]));
     let (a, b) = (ch(&g, 0, 1), ch(&g, 1, 0));
     a.send(b"lost").expect("a cut loses silently");
     b.send(b"lost too").expect("both ways");
     assert_eq!(b.receive(BRIEF).expect("receive"), None);
     assert_eq!(a.receive(BRIEF).expect("receive"), None);
-    assert_eq!((g.counters(0, 1).cut, g.counters(1, 0).cut), (1, 1));
+    assert_eq!(
+        (g.counters(id(0), id(1)).cut, g.counters(id(1), id(0)).cut),
+        (1, 1)
+    );
     let (c, d) = (ch(&g, 1, 2), ch(&g, 2, 1));
     c.send(b"same side").expect("send");
     assert_eq!(recv(&d), b"same side");
@@ -204,12 +226,12 @@ fn defect_faults_beyond_crash_exist_and_act() {
 fn cut_is_one_way() {
     let g = InMemoryTransport::new_group(2);
     let (a, b) = (ch(&g, 0, 1), ch(&g, 1, 0));
-    g.cut(0, 1);
+    g.cut(id(0), id(1));
     a.send(b"x").expect("send");
     b.send(b"y").expect("send");
     assert_eq!(recv(&a), b"y");
     assert_eq!(b.receive(BRIEF).expect("receive"), None);
-    let c = g.counters(0, 1);
+    let c = g.counters(id(0), id(1));
     assert_eq!((c.sent, c.cut, c.delivered), (1, 1, 0));
 }
 
@@ -218,7 +240,7 @@ fn hold_keeps_messages_in_order_until_release_and_release_wakes() {
     let g = InMemoryGroup::with_config(2, MeshConfig::default().capacity(8));
     let (a, b) = (ch(&g, 0, 1), ch(&g, 1, 0));
     a.send(b"before").expect("send");
-    g.hold(0, 1);
+    g.hold(id(0), id(1));
     for i in 0..7u8 {
         a.send(&[i]).expect("send");
     }
@@ -233,13 +255,13 @@ fn hold_keeps_messages_in_order_until_release_and_release_wakes() {
     assert_eq!(recv(&a), b"other way");
     assert_eq!(recv(&b), b"before");
     assert_eq!(b.receive(BRIEF).expect("receive"), None, "held");
-    assert_eq!(g.counters(0, 1).held, 7);
+    assert_eq!(g.counters(id(0), id(1)).held, 7);
     let b = Arc::new(b);
     let waiting = {
         let b = Arc::clone(&b);
         thread::spawn(move || b.receive(Duration::from_secs(3600)))
     };
-    g.release(0, 1);
+    g.release(id(0), id(1));
     assert_eq!(
         join_soon(waiting, "receive across a release").expect("receive"),
         Some(vec![0])
@@ -257,8 +279,8 @@ fn delay_makes_messages_late_but_keeps_their_order() {
     let (a, b) = (ch(&g, 0, 1), ch(&g, 1, 0));
     let (lo, hi) = (Duration::from_millis(30), Duration::from_millis(60));
     g.set_faults(
-        0,
-        1,
+        id(0),
+        id(1),
         LinkFaults {
             delay: Some((lo, hi)),
             ..LinkFaults::default()
@@ -276,7 +298,7 @@ fn delay_makes_messages_late_but_keeps_their_order() {
             "message {i} visible before its delay"
         );
     }
-    assert_eq!(g.counters(0, 1).delayed, 10);
+    assert_eq!(g.counters(id(0), id(1)).delayed, 10);
 }
 
 #[test]
@@ -287,8 +309,8 @@ fn reorder_overtakes_what_is_queued() {
         a.send(&[i]).expect("send");
     }
     g.set_faults(
-        0,
-        1,
+        id(0),
+        id(1),
         LinkFaults {
             reorder: 1.0,
             ..LinkFaults::default()
@@ -299,23 +321,23 @@ fn reorder_overtakes_what_is_queued() {
     for i in 0..5u8 {
         assert_eq!(recv(&b), [i]);
     }
-    assert_eq!(g.counters(0, 1).reordered, 1);
+    assert_eq!(g.counters(id(0), id(1)).reordered, 1);
 }
 
 #[test]
 fn duplicate_and_drop_act_and_are_counted() {
     let g = InMemoryTransport::new_group(3);
     g.set_faults(
-        0,
-        1,
+        id(0),
+        id(1),
         LinkFaults {
             duplicate: 1.0,
             ..LinkFaults::default()
         },
     );
     g.set_faults(
-        0,
-        2,
+        id(0),
+        id(2),
         LinkFaults {
             drop: 1.0,
             ..LinkFaults::default()
@@ -333,7 +355,7 @@ fn duplicate_and_drop_act_and_are_counted() {
     }
     assert_eq!(b.receive(BRIEF).expect("receive"), None);
     assert_eq!(d.receive(BRIEF).expect("receive"), None);
-    let (dup, drop) = (g.counters(0, 1), g.counters(0, 2));
+    let (dup, drop) = (g.counters(id(0), id(1)), g.counters(id(0), id(2)));
     assert_eq!((dup.sent, dup.duplicated, dup.delivered), (3, 3, 6));
     assert_eq!((drop.sent, drop.dropped, drop.delivered), (3, 3, 0));
 }
@@ -348,6 +370,7 @@ fn noisy_run(seed: u64) -> (Vec<Vec<Vec<u8>>>, u64) {
         duplicate: 0.2,
         reorder: 0.1,
         delay: None,
+        corrupt: 0.1,
     });
     let links: Vec<(InMemoryChannel, InMemoryChannel)> = (0..n)
         .flat_map(|f| (0..n).filter(move |&t| t != f).map(move |t| (f, t)))
@@ -363,7 +386,7 @@ fn noisy_run(seed: u64) -> (Vec<Vec<Vec<u8>>>, u64) {
         while let Some(m) = rx.receive(Duration::ZERO).expect("receive") {
             seen.push(m);
         }
-        let c = g.counters(from / (n - 1), rx.local());
+        let c = g.counters(id(from / (n - 1)), rx.local());
         assert_eq!(c.sent, 1000, "link {from}");
         assert_eq!(
             c.delivered,
@@ -372,8 +395,19 @@ fn noisy_run(seed: u64) -> (Vec<Vec<Vec<u8>>>, u64) {
         );
         assert_eq!(seen.len() as u64, c.delivered);
         assert!(
-            c.dropped > 0 && c.duplicated > 0 && c.reordered > 0,
+            c.dropped > 0 && c.duplicated > 0 && c.reordered > 0 && c.corrupted > 0,
             "{c:?}"
+        );
+        // A corrupted message arrives changed: not one this link sent
+        // (unless the flip happens to land on another of its messages).
+        let sent_here = |m: &[u8]| {
+            let v = u32::from_le_bytes(m.try_into().expect("4 bytes"));
+            v < 6000 && v as usize % links.len() == from
+        };
+        let altered = seen.iter().filter(|m| !sent_here(m)).count() as u64;
+        assert!(
+            altered > 0 && altered <= 2 * c.corrupted,
+            "link {from}: {altered} altered, {c:?}"
         );
         got.push(seen);
     }
@@ -416,7 +450,7 @@ fn faults_off_every_message_arrives_exactly_once_in_order() {
                     continue;
                 }
                 if drain {
-                    let rx = g.channel(to, from).unwrap();
+                    let rx = g.channel(id(to), id(from)).unwrap();
                     if let Some(m) = rx.receive(Duration::ZERO).unwrap() {
                         check(&mut next_seen, from, to, &m);
                     }
@@ -424,18 +458,18 @@ fn faults_off_every_message_arrives_exactly_once_in_order() {
                     let n = next_sent[from][to];
                     let mut m = n.to_le_bytes().to_vec();
                     m.resize(4 + len, n as u8);
-                    g.channel(from, to).unwrap().send(&m).unwrap();
+                    g.channel(id(from), id(to)).unwrap().send(&m).unwrap();
                     next_sent[from][to] += 1;
                 }
             }
             for from in 0..4 {
                 for to in (0..4).filter(|&t| t != from) {
-                    let rx = g.channel(to, from).unwrap();
+                    let rx = g.channel(id(to), id(from)).unwrap();
                     while let Some(m) = rx.receive(Duration::ZERO).unwrap() {
                         check(&mut next_seen, from, to, &m);
                     }
                     prop_assert_eq!(next_seen[from][to], next_sent[from][to]);
-                    let c = g.counters(from, to);
+                    let c = g.counters(id(from), id(to));
                     prop_assert_eq!(c.sent, u64::from(next_sent[from][to]));
                     prop_assert_eq!(c.delivered, c.sent);
                 }
@@ -462,5 +496,5 @@ fn send_timeout_waits_for_room_instead_of_failing() {
     assert_eq!(recv(&b), b"first");
     join_soon(waiting, "send_timeout once there is room").expect("send");
     assert_eq!(recv(&b), b"second");
-    assert_eq!(g.counters(0, 1).sent, 2);
+    assert_eq!(g.counters(id(0), id(1)).sent, 2);
 }

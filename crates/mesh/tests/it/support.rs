@@ -66,3 +66,13 @@ pub(crate) fn recv(ch: &dyn Channel) -> Vec<u8> {
         .expect("receive")
         .expect("a message within the patience")
 }
+
+/// Node `i` of a group.
+pub(crate) fn id(i: usize) -> NodeId {
+    NodeId(i as u64)
+}
+
+/// Nodes `v` of a group.
+pub(crate) fn ids(v: &[usize]) -> Vec<NodeId> {
+    v.iter().map(|&i| id(i)).collect()
+}

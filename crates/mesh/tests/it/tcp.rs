@@ -113,10 +113,13 @@ fn a_sigkilled_peer_is_a_crash_after_its_last_message() {
     child.0.wait().expect("reap");
     assert!(matches!(
         ch.receive(PATIENCE),
-        Err(ChannelError::PeerCrashed(5))
+        Err(ChannelError::PeerCrashed(NodeId(5)))
     ));
     assert!(!ch.is_open());
-    assert!(matches!(ch.send(b"x"), Err(ChannelError::PeerCrashed(5))));
+    assert!(matches!(
+        ch.send(b"x"),
+        Err(ChannelError::PeerCrashed(NodeId(5)))
+    ));
 }
 
 /// The raw side of a channel: a plain socket that has shaken hands.
