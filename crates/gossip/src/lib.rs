@@ -7,7 +7,7 @@
 //!   ([`TransportStats`], [`PeerStats`], [`Drops`]); `ready` waits for
 //!   room in a full queue.
 //! - [`RemoteMessageSink`]: where inbound PDUs and tells go, with
-//!   restarted-peer notices; [`RecordingSink`] records them for tests.
+//!   restarted-peer notices.
 //! - [`InProcessNetwork`] / [`InProcessTransport`]: many nodes in one
 //!   process, every link under the mesh's fault model.
 //! - [`TcpTransport`]: loopback by default, a `Hello` + `Session` handshake
@@ -19,19 +19,31 @@
 //! peer costs only its own connection.
 //!
 //! ```
-//! use std::time::Duration;
-//! use multinode_gossip::{GossipTransport, InProcessNetwork, Inbound, RecordingSink};
-//! use multinode_wire::{GossipPdu, NodeId};
+//! use std::sync::Arc;
+//! use multinode_gossip::{GossipTransport, InProcessNetwork, RemoteMessageSink};
+//! use multinode_wire::{GossipPdu, NodeId, RemoteTell};
+//! use tokio::sync::mpsc;
+//!
+//! /// Hands every gossip PDU to a channel.
+//! struct ToChannel(mpsc::UnboundedSender<(NodeId, GossipPdu)>);
+//!
+//! impl RemoteMessageSink for ToChannel {
+//!     fn on_gossip(&self, from: NodeId, pdu: GossipPdu) {
+//!         let _ = self.0.send((from, pdu));
+//!     }
+//!     fn on_tell(&self, _from: NodeId, _tell: RemoteTell) {}
+//! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let net = InProcessNetwork::new(2);
-//! let (sink_a, sink_b) = (RecordingSink::new(), RecordingSink::new());
-//! let a = net.register(NodeId(0), sink_a)?;
-//! let _b = net.register(NodeId(1), sink_b.clone())?;
+//! let (tx, mut got) = mpsc::unbounded_channel();
+//! let a = net.register(NodeId(0), Arc::new(ToChannel(tx.clone())))?;
+//! let _b = net.register(NodeId(1), Arc::new(ToChannel(tx)))?;
 //! a.gossip(NodeId(1), GossipPdu::Opaque { schema: 1, body: "hi".into() })?;
-//! assert!(sink_b.wait_for(Duration::from_secs(5), |got| got.len() == 1).await);
-//! assert!(matches!(&sink_b.events()[0], Inbound::Gossip { from: NodeId(0), .. }));
+//! let (from, pdu) = got.recv().await.expect("delivered");
+//! assert_eq!(from, NodeId(0));
+//! assert!(matches!(pdu, GossipPdu::Opaque { schema: 1, .. }));
 //! # Ok(())
 //! # }
 //! ```
@@ -53,4 +65,4 @@ pub use inproc::{InProcessConfig, InProcessNetwork, InProcessTransport};
 pub use multinode_wire::ClusterFrame;
 pub use stats::{Drops, PeerStats, TransportStats};
 pub use tcp::{TcpTransport, TcpTransportConfig};
-pub use transport::{GossipTransport, Inbound, Ready, RecordingSink, RemoteMessageSink};
+pub use transport::{GossipTransport, Ready, RemoteMessageSink};

@@ -16,7 +16,7 @@
 use multinode_benchkit::{Better, percentile, quick, record};
 use multinode_lww::{Fanout, Simulator};
 use multinode_mesh::LinkFaults;
-use multinode_wire::FRAME_HEADER_LEN;
+use multinode_wire::{FRAME_HEADER_LEN, NodeId};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -88,6 +88,11 @@ fn main() {
     );
 }
 
+/// Replica `i`.
+fn id(i: usize) -> NodeId {
+    NodeId(i as u64)
+}
+
 fn sim(n: usize, seed: u64) -> Simulator {
     Simulator::new(n, seed, 100, |c| c.fanout = Fanout::Fixed(3)).expect("config")
 }
@@ -108,7 +113,7 @@ fn spread_p99(n: usize, trials: usize, loss: f64) -> (f64, f64) {
     let before = s.totals();
     for t in 0..trials {
         let at = rng.random_range(0..n);
-        let e = s.set(at, &format!("t{t}"), b"v").expect("write");
+        let e = s.set(id(at), &format!("t{t}"), b"v").expect("write");
         let r = s
             .run_until(200, |s| s.holders(&e) == n)
             .expect("a write never spread");
@@ -173,7 +178,7 @@ fn bytes_to_converge(n: usize, keys: usize, writes: usize) -> (f64, f64) {
     .expect("config");
     for k in 0..keys {
         s.set(
-            k % n,
+            id(k % n),
             &format!("key-{k:06}"),
             format!("value-{k}").as_bytes(),
         );
@@ -194,7 +199,7 @@ fn bytes_to_converge(n: usize, keys: usize, writes: usize) -> (f64, f64) {
     for w in 0..writes {
         let k = rng.random_range(0..keys);
         s.set(
-            rng.random_range(0..n),
+            id(rng.random_range(0..n)),
             &format!("key-{k:06}"),
             format!("new-{w}").as_bytes(),
         );

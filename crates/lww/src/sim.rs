@@ -110,6 +110,17 @@ impl Simulator {
         })
     }
 
+    /// `node`'s index; a test's bug if outside the simulation.
+    fn check(&self, node: NodeId) -> usize {
+        let i = ix(node);
+        assert!(
+            i < self.replicas.len(),
+            "node {node} outside the simulation of {}",
+            self.replicas.len()
+        );
+        i
+    }
+
     /// Virtual wall time.
     pub fn now_ms(&self) -> u64 {
         self.now_ms
@@ -125,14 +136,14 @@ impl Simulator {
         self.replicas.is_empty()
     }
 
-    /// Replica `i`, unless crashed.
-    pub fn replica(&self, i: usize) -> Option<&Replica> {
-        self.replicas.get(i).and_then(Option::as_ref)
+    /// Replica `node`, unless crashed (or outside the simulation).
+    pub fn replica(&self, node: NodeId) -> Option<&Replica> {
+        self.replicas.get(ix(node)).and_then(Option::as_ref)
     }
 
-    /// Replica `i` to change, unless crashed.
-    pub fn replica_mut(&mut self, i: usize) -> Option<&mut Replica> {
-        self.replicas.get_mut(i).and_then(Option::as_mut)
+    /// Replica `node` to change, unless crashed (or outside the simulation).
+    pub fn replica_mut(&mut self, node: NodeId) -> Option<&mut Replica> {
+        self.replicas.get_mut(ix(node)).and_then(Option::as_mut)
     }
 
     /// The live replicas.
@@ -145,9 +156,13 @@ impl Simulator {
         self.totals
     }
 
-    /// Sets replica `i`'s wall clock `ms` ahead of virtual time (behind if
+    /// Sets replica `node`'s wall clock `ms` ahead of virtual time (behind if
     /// negative), as a skewed machine clock would be.
-    pub fn set_clock_offset(&mut self, i: usize, ms: i64) {
+    ///
+    /// # Panics
+    /// If `node` is outside the simulation.
+    pub fn set_clock_offset(&mut self, node: NodeId, ms: i64) {
+        let i = self.check(node);
         self.skew[i] = ms;
     }
 
@@ -156,9 +171,10 @@ impl Simulator {
         now.saturating_add_signed(self.skew[i])
     }
 
-    /// Writes at replica `i` (`None` if it is crashed, or it refused the
+    /// Writes at replica `node` (`None` if it is crashed, or it refused the
     /// write); the write is durable there, as with a persistent store.
-    pub fn set(&mut self, i: usize, key: &str, value: &[u8]) -> Option<LwwEntry> {
+    pub fn set(&mut self, node: NodeId, key: &str, value: &[u8]) -> Option<LwwEntry> {
+        let i = self.check(node);
         let now = self.clock(i, self.now_ms);
         let e = self.replicas[i]
             .as_mut()?
@@ -168,8 +184,9 @@ impl Simulator {
         Some(e)
     }
 
-    /// Deletes at replica `i`.
-    pub fn delete(&mut self, i: usize, key: &str) -> Option<LwwEntry> {
+    /// Deletes at replica `node`.
+    pub fn delete(&mut self, node: NodeId, key: &str) -> Option<LwwEntry> {
+        let i = self.check(node);
         let now = self.clock(i, self.now_ms);
         let e = self.replicas[i].as_mut()?.delete(key, now).ok()?;
         self.durable[i].push(e.clone());
@@ -182,10 +199,14 @@ impl Simulator {
         &mut self.faults
     }
 
-    /// Crashes replica `i`: its memory is gone, its durable writes stay,
+    /// Crashes replica `node`: its memory is gone, its durable writes stay,
     /// and the messages still on their way to it (delayed or held) are
     /// lost. What it sent before the crash still arrives.
-    pub fn crash(&mut self, i: usize) {
+    ///
+    /// # Panics
+    /// If `node` is outside the simulation.
+    pub fn crash(&mut self, node: NodeId) {
+        let i = self.check(node);
         self.replicas[i] = None;
         let before = self.delayed.len();
         self.delayed.retain(|(_, (_, to, _))| *to != i);
@@ -199,9 +220,13 @@ impl Simulator {
         self.totals.lost += lost;
     }
 
-    /// Restarts replica `i` from its durable writes (its own acknowledged
+    /// Restarts replica `node` from its durable writes (its own acknowledged
     /// ones), or empty if `wipe`.
-    pub fn restart(&mut self, i: usize, wipe: bool) -> Result<(), LwwError> {
+    ///
+    /// # Panics
+    /// If `node` is outside the simulation.
+    pub fn restart(&mut self, node: NodeId, wipe: bool) -> Result<(), LwwError> {
+        let i = self.check(node);
         let mut r = Replica::new(self.configs[i].clone())?;
         for j in 0..self.replicas.len() {
             r.add_peer(NodeId(j as u64));
@@ -391,4 +416,9 @@ pub fn wire_len(m: &LwwMessage) -> u64 {
 /// Replica `i`'s node id.
 fn node(i: usize) -> NodeId {
     NodeId(i as u64)
+}
+
+/// A node id as a replica index (`usize::MAX` if it cannot be one).
+fn ix(node: NodeId) -> usize {
+    usize::try_from(node.0).unwrap_or(usize::MAX)
 }

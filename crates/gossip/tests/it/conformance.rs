@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use multinode_gossip::{Inbound, SendError};
+use multinode_gossip::SendError;
 use multinode_wire::{ClusterFrame, GossipPdu, NodeId};
 
+use crate::recording::Inbound;
 use crate::support::{
     Cluster, DEADLINE, KINDS, Kind, Settings, eventually, pdu, send_retrying, seq_of, tell,
 };

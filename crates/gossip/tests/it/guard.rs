@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use multinode_gossip::{GossipTransport, RecordingSink, TcpTransport, TcpTransportConfig};
+use multinode_gossip::{GossipTransport, TcpTransport, TcpTransportConfig};
 use multinode_wire::{NodeId, Secret};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::recording::RecordingSink;
 use crate::support::{
     CLUSTER, DEADLINE, Settings, closed_by_peer, eventually, handshake_bytes, pdu, raw_peer,
     seq_of, tcp_config,

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use multinode_gossip::{
-    GossipError, GossipTransport, InProcessConfig, InProcessNetwork, RecordingSink,
-    RemoteMessageSink, SendError,
+    GossipError, GossipTransport, InProcessConfig, InProcessNetwork, RemoteMessageSink, SendError,
 };
 use multinode_mesh::LinkFaults;
 use multinode_wire::{GossipPdu, NodeId, RemoteTell};
 
+use crate::recording::RecordingSink;
 use crate::support::{DEADLINE, eventually, pdu, seq_of};
 
 const A: NodeId = NodeId(0);

@@ -4,5 +4,6 @@
 mod conformance;
 mod guard;
 mod inproc;
+mod recording;
 mod support;
 mod tcp;

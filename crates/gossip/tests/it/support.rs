@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use multinode_gossip::{
-    GossipTransport, InProcessConfig, InProcessNetwork, InProcessTransport, Inbound, RecordingSink,
-    SendError, TcpTransport, TcpTransportConfig,
+    GossipTransport, InProcessConfig, InProcessNetwork, InProcessTransport, SendError,
+    TcpTransport, TcpTransportConfig,
 };
 use multinode_wire::{
     ClusterFrame, ClusterId, GossipPdu, Hello, MessageCodec, NodeId, PROTOCOL_VERSION, RemoteTell,
@@ -17,6 +17,8 @@ use multinode_wire::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Encoder, Framed};
+
+use crate::recording::{Inbound, RecordingSink};
 
 /// Long enough for any honest wait on a loaded 2-core machine.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(20);

@@ -4,12 +4,13 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use futures_util::{FutureExt, StreamExt};
-use multinode_gossip::{GossipTransport, RecordingSink, SendError, TcpTransport};
+use multinode_gossip::{GossipTransport, SendError, TcpTransport};
 use multinode_wire::{ClusterId, Hello, MessageCodec, NodeId, PROTOCOL_VERSION, Session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Encoder, Framed};
 
+use crate::recording::RecordingSink;
 use crate::support::{
     CLUSTER, DEADLINE, Settings, closed_by_peer, eventually, handshake_bytes, pdu, raw_peer,
     send_retrying, seq_of, tcp_config,

@@ -20,9 +20,14 @@ fn drop_all(s: &mut Simulator, p: f64) {
     });
 }
 
-/// Replicas `r` as node ids.
+/// Replica `i`.
+fn id(i: usize) -> NodeId {
+    NodeId(i as u64)
+}
+
+/// Replicas `r`.
 fn ids(r: Range<usize>) -> Vec<NodeId> {
-    r.map(|i| NodeId(i as u64)).collect()
+    r.map(id).collect()
 }
 
 fn sim(n: usize, seed: u64) -> Simulator {
@@ -35,9 +40,9 @@ fn write_some(s: &mut Simulator, keys: usize, tag: &str) {
     let n = s.len();
     for k in 0..keys {
         let key = format!("k{k}");
-        s.set(k % n, &key, format!("{tag}-{k}-a").as_bytes());
+        s.set(id(k % n), &key, format!("{tag}-{k}-a").as_bytes());
         if k % 3 == 0 {
-            s.set((k + 1) % n, &key, format!("{tag}-{k}-b").as_bytes());
+            s.set(id((k + 1) % n), &key, format!("{tag}-{k}-b").as_bytes());
         }
     }
 }
@@ -51,7 +56,7 @@ fn converges_without_faults_and_all_agree_on_the_winner() {
         .run_until(50, Simulator::converged)
         .expect("no convergence in 50 rounds");
     // Concurrent writes to one key: every replica keeps the higher version.
-    let winner = s.replica(0).unwrap().entry("k0").unwrap().clone();
+    let winner = s.replica(id(0)).unwrap().entry("k0").unwrap().clone();
     for r in s.live() {
         assert_eq!(r.entry("k0"), Some(&winner));
         assert_eq!(r.len(), 200);
@@ -69,7 +74,7 @@ fn converges_under_30_percent_loss() {
         .expect("no convergence under 30% loss");
     assert!(s.totals().lost > 0, "the loss rate lost nothing");
     assert_eq!(s.totals().lost, s.faults().total().dropped);
-    assert_eq!(s.replica(7).unwrap().len(), 200);
+    assert_eq!(s.replica(id(7)).unwrap().len(), 200);
     println!(
         "converged in {rounds} rounds, {} messages lost",
         s.totals().lost
@@ -97,15 +102,15 @@ fn converges_after_a_partition_heals() {
     s.faults().partition(&ids(0..5), &ids(5..10));
     // Each side writes, including the same keys.
     for k in 0..50 {
-        s.set(k % 5, &format!("k{k}"), b"left");
-        s.set(5 + k % 5, &format!("k{k}"), b"right");
+        s.set(id(k % 5), &format!("k{k}"), b"left");
+        s.set(id(5 + k % 5), &format!("k{k}"), b"right");
     }
     for _ in 0..30 {
         s.round();
     }
     assert!(!s.converged(), "the partition let state through");
-    let right = s.replica(5).unwrap().get("k0").cloned();
-    assert_eq!(s.replica(9).unwrap().get("k0").cloned(), right);
+    let right = s.replica(id(5)).unwrap().get("k0").cloned();
+    assert_eq!(s.replica(id(9)).unwrap().get("k0").cloned(), right);
     s.faults().heal();
     s.run_until(50, Simulator::converged)
         .expect("no convergence after heal");
@@ -132,7 +137,7 @@ fn converges_under_duplicates_reordering_and_delays() {
         c.duplicated > 0 && c.reordered > 0 && c.delayed > 0,
         "a fault was inert: {c:?}"
     );
-    assert_eq!(s.replica(3).unwrap().len(), 200);
+    assert_eq!(s.replica(id(3)).unwrap().len(), 200);
 }
 
 #[test]
@@ -140,12 +145,12 @@ fn a_held_link_delivers_in_order_after_its_release() {
     let mut s = sim(2, seed("a_held_link_delivers_in_order_after_its_release"));
     s.faults().hold(NodeId(0), NodeId(1));
     s.faults().hold(NodeId(1), NodeId(0));
-    s.set(0, "k", b"v");
+    s.set(id(0), "k", b"v");
     for _ in 0..5 {
         s.round();
     }
     assert!(
-        s.replica(1).unwrap().get("k").is_none(),
+        s.replica(id(1)).unwrap().get("k").is_none(),
         "a held message arrived"
     );
     assert!(s.faults().counters(NodeId(0), NodeId(1)).held > 0);
@@ -154,7 +159,7 @@ fn a_held_link_delivers_in_order_after_its_release() {
     s.run_until(20, Simulator::converged)
         .expect("no convergence after the release");
     assert_eq!(
-        s.replica(1).unwrap().get("k").map(|v| &v[..]),
+        s.replica(id(1)).unwrap().get("k").map(|v| &v[..]),
         Some(&b"v"[..])
     );
 }
@@ -195,19 +200,19 @@ fn converges_across_crash_and_restart() {
     write_some(&mut s, 100, "x");
     s.run_until(50, Simulator::converged)
         .expect("first convergence");
-    s.crash(3);
-    s.crash(4);
+    s.crash(id(3));
+    s.crash(id(4));
     write_some(&mut s, 100, "y");
     s.run_until(50, Simulator::converged)
         .expect("survivors converge");
-    s.restart(3, false).unwrap(); // from its durable writes
-    s.restart(4, true).unwrap(); // wiped
+    s.restart(id(3), false).unwrap(); // from its durable writes
+    s.restart(id(4), true).unwrap(); // wiped
     assert!(!s.converged());
     s.run_until(100, Simulator::converged)
         .expect("restarted replicas catch up");
-    assert_eq!(s.replica(4).unwrap().len(), 100);
+    assert_eq!(s.replica(id(4)).unwrap().len(), 100);
     assert_eq!(
-        s.replica(3).unwrap().get("k5").map(|v| &v[..]),
+        s.replica(id(3)).unwrap().get("k5").map(|v| &v[..]),
         Some(&b"y-5-a"[..])
     );
 }
@@ -218,23 +223,23 @@ fn a_delete_never_resurrects_after_a_short_absence() {
         c.tombstone_grace_ms = 10_000;
     })
     .unwrap();
-    s.set(0, "doomed", b"v");
+    s.set(id(0), "doomed", b"v");
     s.run_until(50, Simulator::converged).unwrap();
-    let resyncs = s.replica(5).unwrap().stats().resyncs;
+    let resyncs = s.replica(id(5)).unwrap().stats().resyncs;
     s.faults().partition(&ids(5..6), &ids(0..5));
-    s.delete(1, "doomed");
+    s.delete(id(1), "doomed");
     // Away for less than the grace period (30 rounds = 3 s).
     for _ in 0..30 {
         s.round();
     }
-    assert!(s.replica(5).unwrap().get("doomed").is_some());
+    assert!(s.replica(id(5)).unwrap().get("doomed").is_some());
     s.faults().heal();
     s.run_until(50, Simulator::converged).unwrap();
     for r in s.live() {
         assert_eq!(r.get("doomed"), None, "replica {} resurrected it", r.node());
     }
     // Caught up by deltas: no resynchronisation was needed.
-    assert_eq!(s.replica(5).unwrap().stats().resyncs, resyncs);
+    assert_eq!(s.replica(id(5)).unwrap().stats().resyncs, resyncs);
 }
 
 #[test]
@@ -254,26 +259,26 @@ fn long_absence(seed: u64) {
         c.tombstone_grace_ms = 2_000;
     })
     .unwrap();
-    s.set(0, "doomed", b"v");
-    s.set(0, "kept", b"v");
+    s.set(id(0), "doomed", b"v");
+    s.set(id(0), "kept", b"v");
     s.run_until(50, Simulator::converged).unwrap();
-    let resyncs = s.replica(5).unwrap().stats().resyncs;
+    let resyncs = s.replica(id(5)).unwrap().stats().resyncs;
     s.faults().partition(&ids(5..6), &ids(0..5));
-    s.delete(1, "doomed");
+    s.delete(id(1), "doomed");
     // 100 rounds = 10 s: five times the grace; the tombstone is collected.
     for _ in 0..100 {
         s.round();
     }
     for i in 0..5 {
         assert_eq!(
-            s.replica(i).unwrap().entry("doomed"),
+            s.replica(id(i)).unwrap().entry("doomed"),
             None,
             "tombstone kept"
         );
     }
-    assert!(s.replica(5).unwrap().get("doomed").is_some());
+    assert!(s.replica(id(5)).unwrap().get("doomed").is_some());
     // Replica 5 also wrote while away; that write must survive the resync.
-    s.set(5, "written-away", b"w");
+    s.set(id(5), "written-away", b"w");
     s.faults().heal();
     s.run_until(100, Simulator::converged)
         .expect("no convergence");
@@ -282,13 +287,16 @@ fn long_absence(seed: u64) {
         assert!(r.get("kept").is_some());
         assert!(r.get("written-away").is_some());
     }
-    assert!(s.replica(5).unwrap().stats().resyncs > resyncs, "no resync");
+    assert!(
+        s.replica(id(5)).unwrap().stats().resyncs > resyncs,
+        "no resync"
+    );
 }
 
 #[test]
 fn a_thousand_replicas_converge() {
     let mut s = sim(1000, seed("a_thousand_replicas_converge"));
-    let e = s.set(17, "hot", b"1").unwrap();
+    let e = s.set(id(17), "hot", b"1").unwrap();
     let rounds = s
         .run_until(30, |s| s.holders(&e) == 1000)
         .expect("the write did not spread");
@@ -303,13 +311,13 @@ fn a_thousand_replicas_converge() {
 fn skewed(skew: i64, writes: usize) -> (Simulator, usize, u64) {
     let mut s = Simulator::new(3, seed("skewed"), ROUND_MS, |c| c.fanout = Fanout::Fixed(2))
         .expect("config");
-    s.set_clock_offset(1, skew);
-    s.set_clock_offset(2, -skew);
+    s.set_clock_offset(id(1), skew);
+    s.set_clock_offset(id(2), -skew);
     s.round();
     let mut refused = 0;
     for round in 0..writes {
         for i in 0..3 {
-            if s.set(i, &format!("k{i}-{round}"), b"v").is_none() {
+            if s.set(id(i), &format!("k{i}-{round}"), b"v").is_none() {
                 refused += 1;
             }
         }
@@ -325,7 +333,7 @@ fn a_replica_whose_clock_is_off_the_cluster_refuses_writes_and_says_so() {
     let (mut s, refused, _) = skewed(600_000, 20);
     assert_eq!(refused, 40, "the two skewed replicas took writes");
     let now = s.now_ms();
-    let fast = s.replica_mut(1).unwrap();
+    let fast = s.replica_mut(id(1)).unwrap();
     let o = fast.clock_offset().expect("measured");
     assert!((590_000..=610_000).contains(&o.ahead_ms), "{o:?}");
     let err = fast
@@ -336,13 +344,21 @@ fn a_replica_whose_clock_is_off_the_cluster_refuses_writes_and_says_so() {
             .starts_with("clock ahead of the cluster's by 600.0 s (the median of this clock and 2 measured peer(s);"),
         "{err}"
     );
-    let slow = s.replica(2).unwrap().clock_offset().unwrap();
+    let slow = s.replica(id(2)).unwrap().clock_offset().unwrap();
     assert!(slow.ahead_ms < -590_000, "{slow:?}");
     // The replica in the middle is the cluster's clock: it writes.
-    assert!(s.replica(0).unwrap().clock_offset().unwrap().ahead_ms.abs() < 1_000);
-    assert_eq!(s.replica(0).unwrap().len(), 20);
+    assert!(
+        s.replica(id(0))
+            .unwrap()
+            .clock_offset()
+            .unwrap()
+            .ahead_ms
+            .abs()
+            < 1_000
+    );
+    assert_eq!(s.replica(id(0)).unwrap().len(), 20);
     assert_eq!(
-        s.replica(1).unwrap().len(),
+        s.replica(id(1)).unwrap().len(),
         20,
         "the replica ahead takes the median's writes"
     );
