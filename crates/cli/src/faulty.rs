@@ -12,7 +12,7 @@ use std::time::Duration;
 use multinode_gossip::{
     ClusterFrame, GossipTransport, Ready, SendError, TransportStats, corrupted,
 };
-use multinode_mesh::{Fate, FaultModel, LinkCounters, LinkFaults};
+use multinode_mesh::{Delivery, Fate, FaultModel, LinkCounters, LinkFaults};
 use multinode_wire::NodeId;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -148,7 +148,12 @@ impl<T: GossipTransport + 'static> Faulty<T> {
     fn send_faulty(&self, to: NodeId, frame: &ClusterFrame) -> Result<(), SendError> {
         let mut s = self.state.lock();
         let fate = s.model.decide_len(self.me, to, frame.payload_len());
-        let (after, copies, overtake, corrupt) = match fate {
+        let Delivery {
+            after,
+            copies,
+            overtake,
+            corrupt,
+        } = match fate {
             Fate::Dropped => return Ok(()),
             Fate::Held => {
                 let q = s.held.entry(to).or_default();
@@ -159,12 +164,7 @@ impl<T: GossipTransport + 'static> Faulty<T> {
                 }
                 return Ok(());
             }
-            Fate::Deliver {
-                after,
-                copies,
-                overtake,
-                corrupt,
-            } => (after, copies, overtake, corrupt),
+            Fate::Deliver(d) => d,
         };
         let damaged;
         let frame = match corrupt {

@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use multinode_gossip::corrupted;
-use multinode_mesh::{Fate, FaultModel};
+use multinode_mesh::{Delivery, Fate, FaultModel};
 use multinode_wire::{ClusterFrame, FRAME_HEADER_LEN, GossipPdu, LwwEntry, LwwMessage, NodeId};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -298,7 +298,12 @@ impl Simulator {
         let fate = self
             .faults
             .decide_len(node(from), node(to), len - FRAME_HEADER_LEN);
-        let (after, copies, overtake, corrupt) = match fate {
+        let Delivery {
+            after,
+            copies,
+            overtake,
+            corrupt,
+        } = match fate {
             Fate::Dropped => {
                 stats.lost += 1;
                 return;
@@ -307,12 +312,7 @@ impl Simulator {
                 self.held.entry(link).or_default().push_back(m);
                 return;
             }
-            Fate::Deliver {
-                after,
-                copies,
-                overtake,
-                corrupt,
-            } => (after, copies, overtake, corrupt),
+            Fate::Deliver(d) => d,
         };
         let m = match corrupt {
             None => m,

@@ -84,27 +84,31 @@ pub enum Fate {
     /// Held: the caller keeps it, in order with the link's other held
     /// messages, until [`FaultModel::release`] of its link.
     Held,
-    /// To be delivered.
-    Deliver {
-        /// How long after sending it becomes visible.
-        after: Duration,
-        /// 1, or 2 when duplicated.
-        copies: u8,
-        /// Whether it goes to the front of the link's queue.
-        overtake: bool,
-        /// The byte to flip in every copy, if it is corrupted.
-        corrupt: Option<Flip>,
-    },
+    /// To be delivered, as the [`Delivery`] says.
+    Deliver(Delivery),
+}
+
+/// How a message is delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// How long after sending it becomes visible.
+    pub after: Duration,
+    /// 1, or 2 when duplicated.
+    pub copies: u8,
+    /// Whether it goes to the front of the link's queue.
+    pub overtake: bool,
+    /// The byte to flip in every copy, if it is corrupted.
+    pub corrupt: Option<Flip>,
 }
 
 impl Fate {
     /// Immediate delivery of one intact copy: the fate on a fault-free link.
-    pub const CLEAN: Fate = Fate::Deliver {
+    pub const CLEAN: Fate = Fate::Deliver(Delivery {
         after: Duration::ZERO,
         copies: 1,
         overtake: false,
         corrupt: None,
-    };
+    });
 }
 
 /// What happened on one link: every fault is counted, so a test can tell a
@@ -316,12 +320,12 @@ impl FaultModel {
         let code = match fate {
             Fate::Dropped => 1,
             Fate::Held => 2,
-            Fate::Deliver {
+            Fate::Deliver(Delivery {
                 after,
                 copies,
                 overtake,
                 corrupt,
-            } => {
+            }) => {
                 let flip = corrupt.map_or(0, |f| ((f.at as u64) << 8) | u64::from(f.mask));
                 3 ^ (u64::from(copies) << 8)
                     ^ (u64::from(overtake) << 16)
@@ -392,12 +396,12 @@ impl FaultModel {
                 mask: rng.random_range(1..=u8::MAX),
             }
         });
-        Fate::Deliver {
+        Fate::Deliver(Delivery {
             after,
             copies,
             overtake,
             corrupt,
-        }
+        })
     }
 
     /// What the model did on `from → to` so far.

@@ -45,6 +45,6 @@ mod memory;
 mod tcp;
 
 pub use channel::{Channel, ChannelError};
-pub use faults::{Fate, FaultModel, Flip, LinkCounters, LinkFaults};
+pub use faults::{Delivery, Fate, FaultModel, Flip, LinkCounters, LinkFaults};
 pub use memory::{InMemoryChannel, InMemoryGroup, InMemoryTransport, MeshConfig};
 pub use tcp::{TcpChannel, TcpChannelListener, TcpConfig};

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
-use multinode_mesh::Fate;
+use multinode_mesh::{Delivery, Fate};
 use multinode_wire::{ClusterFrame, FRAME_HEADER_LEN, NodeId};
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
@@ -206,12 +206,12 @@ impl InProcessTransport {
                 ctl.held.entry((me, t)).or_default().push_back(parcel);
                 Ok(())
             }
-            Fate::Deliver {
+            Fate::Deliver(Delivery {
                 after,
                 copies,
                 overtake,
                 corrupt,
-            } => {
+            }) => {
                 if let Some(flip) = corrupt {
                     let Some(frame) = corrupted(&parcel.frame, flip) else {
                         // The receiver's decoder would refuse it.

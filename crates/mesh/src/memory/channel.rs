@@ -313,14 +313,9 @@ impl InMemoryChannel {
         let (due, copies, overtake, hold, corrupt) = match ctl.model.decide(id(me), id(peer), msg) {
             Fate::Dropped => return Ok(()),
             Fate::Held => (None, 1, false, Some(link.rx.0.released.load(Acquire)), None),
-            Fate::Deliver {
-                after,
-                copies,
-                overtake,
-                corrupt,
-            } => {
-                let due = (!after.is_zero()).then(|| Instant::now() + after);
-                (due, copies, overtake, None, corrupt)
+            Fate::Deliver(d) => {
+                let due = (!d.after.is_zero()).then(|| Instant::now() + d.after);
+                (due, d.copies, d.overtake, None, d.corrupt)
             }
         };
         drop(ctl);

@@ -2,18 +2,13 @@
 
 use std::time::Duration;
 
-use multinode_mesh::{Fate, FaultModel, LinkCounters, LinkFaults};
+use multinode_mesh::{Delivery, Fate, FaultModel, LinkCounters, LinkFaults};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 
 use crate::support::{id, ids, proptest_config, seed};
 
-const DELIVER: Fate = Fate::Deliver {
-    after: Duration::ZERO,
-    copies: 1,
-    overtake: false,
-    corrupt: None,
-};
+const DELIVER: Fate = Fate::CLEAN;
 
 fn noisy() -> LinkFaults {
     LinkFaults {
@@ -83,24 +78,24 @@ fn counters_match_the_fates() {
     assert_eq!(c.dropped, count(&|f| *f == Fate::Dropped));
     assert_eq!(
         c.duplicated,
-        count(&|f| matches!(f, Fate::Deliver { copies: 2, .. }))
+        count(&|f| matches!(f, Fate::Deliver(Delivery { copies: 2, .. })))
     );
     assert_eq!(
         c.reordered,
-        count(&|f| matches!(f, Fate::Deliver { overtake: true, .. }))
+        count(&|f| matches!(f, Fate::Deliver(Delivery { overtake: true, .. })))
     );
     assert_eq!(
         c.delayed,
-        count(&|f| matches!(f, Fate::Deliver { after, .. } if !after.is_zero()))
+        count(&|f| matches!(f, Fate::Deliver(Delivery { after, .. }) if !after.is_zero()))
     );
     assert_eq!(
         c.corrupted,
         count(&|f| matches!(
             f,
-            Fate::Deliver {
+            Fate::Deliver(Delivery {
                 corrupt: Some(_),
                 ..
-            }
+            })
         ))
     );
     // Every fault acted, near its rate (binomial, 20,000 draws: ±2% is > 5 sigma).
@@ -115,7 +110,7 @@ fn counters_match_the_fates() {
         "{c:?}"
     );
     for f in &fates {
-        if let Fate::Deliver { after, corrupt, .. } = f {
+        if let Fate::Deliver(Delivery { after, corrupt, .. }) = f {
             assert!((Duration::from_millis(1)..=Duration::from_millis(5)).contains(after));
             // The only byte of b"x", changed.
             assert!(corrupt.is_none_or(|flip| flip.at == 0 && flip.mask != 0));
@@ -174,12 +169,12 @@ fn bad_probabilities_are_clamped_not_trusted() {
     );
     for _ in 0..100 {
         match m.decide(id(0), id(1), b"x") {
-            Fate::Deliver {
+            Fate::Deliver(Delivery {
                 copies,
                 overtake,
                 after,
                 corrupt,
-            } => {
+            }) => {
                 assert_eq!(copies, 2);
                 assert!(corrupt.is_some(), "a probability over 1 is 1");
                 assert!(!overtake);
@@ -200,10 +195,10 @@ fn corrupt_flips_one_byte_inside_the_message_and_never_an_empty_one() {
     let msg: Vec<u8> = (0..=255).collect();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..4096 {
-        let Fate::Deliver {
+        let Fate::Deliver(Delivery {
             corrupt: Some(flip),
             ..
-        } = m.decide(id(0), id(1), &msg)
+        }) = m.decide(id(0), id(1), &msg)
         else {
             panic!("corrupt 1.0 left a message intact");
         };
