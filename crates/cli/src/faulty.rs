@@ -12,7 +12,7 @@ use std::time::Duration;
 use multinode_gossip::{
     ClusterFrame, GossipTransport, Ready, SendError, TransportStats, corrupted,
 };
-use multinode_mesh::{Delivery, Fate, FaultModel, LinkCounters, LinkFaults};
+use multinode_mesh::{Fate, FaultModel, LinkCounters, LinkFaults};
 use multinode_wire::NodeId;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -148,12 +148,7 @@ impl<T: GossipTransport + 'static> Faulty<T> {
     fn send_faulty(&self, to: NodeId, frame: &ClusterFrame) -> Result<(), SendError> {
         let mut s = self.state.lock();
         let fate = s.model.decide_len(self.me, to, frame.payload_len());
-        let Delivery {
-            after,
-            copies,
-            overtake,
-            corrupt,
-        } = match fate {
+        let d = match fate {
             Fate::Dropped => return Ok(()),
             Fate::Held => {
                 let q = s.held.entry(to).or_default();
@@ -167,7 +162,7 @@ impl<T: GossipTransport + 'static> Faulty<T> {
             Fate::Deliver(d) => d,
         };
         let damaged;
-        let frame = match corrupt {
+        let frame = match d.corrupt {
             None => frame,
             Some(flip) => match corrupted(frame, flip) {
                 Some(f) => {
@@ -176,33 +171,33 @@ impl<T: GossipTransport + 'static> Faulty<T> {
                 }
                 None => {
                     // The peer's decoder would refuse it.
-                    s.lost += u64::from(copies);
+                    s.lost += u64::from(d.copies);
                     return Ok(());
                 }
             },
         };
         let now = Instant::now();
-        let waiting = s.last_due.get(&to).copied().filter(|&d| d > now);
-        if overtake || (after.is_zero() && waiting.is_none()) {
+        let waiting = s.last_due.get(&to).copied().filter(|&due| due > now);
+        if d.overtake || (d.after.is_zero() && waiting.is_none()) {
             drop(s);
-            for _ in 0..copies {
+            for _ in 0..d.copies {
                 self.inner.send(to, frame)?;
             }
             return Ok(());
         }
         // Delayed, or behind what the link still delays: one task per link
         // sends them in order, each at its due time.
-        let due = (now + after).max(waiting.unwrap_or(now));
+        let due = (now + d.after).max(waiting.unwrap_or(now));
         s.last_due.insert(to, due);
         if !s.delays.contains_key(&to) {
             let Some(tx) = self.pump(to) else {
-                s.lost += u64::from(copies);
+                s.lost += u64::from(d.copies);
                 return Ok(());
             };
             s.delays.insert(to, tx);
             self.active.store(true, Relaxed);
         }
-        for _ in 0..copies {
+        for _ in 0..d.copies {
             let queued = s
                 .delays
                 .get(&to)

@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use multinode_gossip::corrupted;
-use multinode_mesh::{Delivery, Fate, FaultModel};
+use multinode_mesh::{Fate, FaultModel};
 use multinode_wire::{ClusterFrame, FRAME_HEADER_LEN, GossipPdu, LwwEntry, LwwMessage, NodeId};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -298,12 +298,7 @@ impl Simulator {
         let fate = self
             .faults
             .decide_len(node(from), node(to), len - FRAME_HEADER_LEN);
-        let Delivery {
-            after,
-            copies,
-            overtake,
-            corrupt,
-        } = match fate {
+        let d = match fate {
             Fate::Dropped => {
                 stats.lost += 1;
                 return;
@@ -314,22 +309,26 @@ impl Simulator {
             }
             Fate::Deliver(d) => d,
         };
-        let m = match corrupt {
+        let m = match d.corrupt {
             None => m,
             Some(flip) => match corrupted(&ClusterFrame::Gossip(GossipPdu::Lww(m)), flip) {
                 Some(ClusterFrame::Gossip(GossipPdu::Lww(m))) => m,
                 // Refused by the decoder, or no longer an LWW message.
                 _ => {
-                    stats.lost += u64::from(copies);
+                    stats.lost += u64::from(d.copies);
                     return;
                 }
             },
         };
-        let after_ms = after.as_nanos().div_ceil(1_000_000) as u64;
-        let waiting = self.last_due.get(&link).copied().filter(|&d| d > now);
-        for _ in 0..copies {
-            let m = m.clone();
-            if overtake {
+        let after_ms = d.after.as_nanos().div_ceil(1_000_000) as u64;
+        let waiting = self.last_due.get(&link).copied().filter(|&due| due > now);
+        let copies = if d.copies > 1 {
+            vec![m.clone(), m]
+        } else {
+            vec![m]
+        };
+        for m in copies {
+            if d.overtake {
                 queue.push_front((from, to, m));
             } else if after_ms > 0 || waiting.is_some() {
                 // Behind what the link still delays.

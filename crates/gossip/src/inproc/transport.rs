@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
-use multinode_mesh::{Delivery, Fate};
+use multinode_mesh::Fate;
 use multinode_wire::{ClusterFrame, FRAME_HEADER_LEN, NodeId};
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
@@ -206,36 +206,31 @@ impl InProcessTransport {
                 ctl.held.entry((me, t)).or_default().push_back(parcel);
                 Ok(())
             }
-            Fate::Deliver(Delivery {
-                after,
-                copies,
-                overtake,
-                corrupt,
-            }) => {
-                if let Some(flip) = corrupt {
+            Fate::Deliver(d) => {
+                if let Some(flip) = d.corrupt {
                     let Some(frame) = corrupted(&parcel.frame, flip) else {
                         // The receiver's decoder would refuse it.
-                        add(&net.lost[me * net.size + t], u64::from(copies));
+                        add(&net.lost[me * net.size + t], u64::from(d.copies));
                         return Ok(());
                     };
                     parcel.frame = frame;
                 }
-                if overtake {
+                if d.overtake {
                     parcel.overtake = true;
                 } else if let Some(&last) = ctl.last_due.get(&(me, t)) {
                     // Keep the link in order behind what it still delays.
-                    let due = (Instant::now() + after).max(last);
+                    let due = (Instant::now() + d.after).max(last);
                     if due > Instant::now() {
                         parcel.due = Some(due);
                     }
-                } else if !after.is_zero() {
-                    parcel.due = Some(Instant::now() + after);
+                } else if !d.after.is_zero() {
+                    parcel.due = Some(Instant::now() + d.after);
                 }
                 if let Some(due) = parcel.due {
                     ctl.last_due.insert((me, t), due);
                 }
                 drop(ctl);
-                if copies > 1 {
+                if d.copies > 1 {
                     let copy = Parcel {
                         frame: parcel.frame.clone(),
                         ..parcel
