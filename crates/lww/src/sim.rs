@@ -271,6 +271,7 @@ impl Simulator {
         for pass in 1..=passes {
             // Spaced through the round, as a node spaces them.
             let at = now + self.round_ms * u64::from(pass) / u64::from(passes + 1);
+            let sent = stats.messages;
             for i in 0..self.replicas.len() {
                 let local = self.clock(i, at);
                 if let Some(r) = self.replicas[i].as_mut() {
@@ -279,7 +280,9 @@ impl Simulator {
                     }
                 }
             }
-            if queue.is_empty() && self.delayed.is_empty() && self.held.is_empty() {
+            // Nobody retried (a retry the faults lost still counts: the
+            // next pass may retry again) and nothing is on its way.
+            if stats.messages == sent && self.delayed.is_empty() && self.held.is_empty() {
                 break;
             }
             self.deliver(&mut queue, at, &mut stats);
