@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 mod exchange;
 mod resync;
 
-use resync::Resync;
+use resync::{OwnUnknown, Resync};
 
 use crate::liveness::{Detector, PeerStatus};
 use crate::offsets::Offsets;
@@ -104,6 +104,7 @@ pub struct Replica {
     opened: BTreeMap<NodeId, bool>,
     retry_passes: u32,
     resync: Option<Resync>,
+    own_unknown: Option<OwnUnknown>,
     unsynced: bool,
     live: usize,
     fingerprint: u64,
@@ -131,6 +132,7 @@ impl Replica {
             opened: BTreeMap::new(),
             retry_passes: 0,
             resync: None,
+            own_unknown: None,
             // A new replica cannot tell a fresh start from a restart that
             // lost its state: it learns its own history from its first peer.
             unsynced: true,
@@ -250,9 +252,10 @@ impl Replica {
         self.fingerprint
     }
 
-    /// Whether a resynchronisation is pulling state back.
+    /// Whether a resynchronisation is pulling state back (or this replica
+    /// is still learning how far it had written before it started over).
     pub fn is_resyncing(&self) -> bool {
-        self.resync.is_some() || self.unsynced
+        self.resync.is_some() || self.unsynced || self.own_unknown.is_some()
     }
 
     /// The counters.
@@ -358,8 +361,13 @@ impl Replica {
             if self.round - r.since_round > self.cfg.resync_rounds {
                 tracing::warn!(node = %self.cfg.node, "resynchronisation incomplete: giving up on it");
                 self.resync = None;
+                // What it dropped did not all come back, and with its
+                // watermarks gone it cannot tell that it lags: it starts
+                // over at the next digest.
+                self.unsynced = true;
             }
         }
+        self.own_progress(None);
         let ids: Vec<NodeId> = self.peers.keys().copied().collect();
         let k = self.cfg.fanout.of(ids.len());
         let chosen = sample(&mut self.rng, ids, k);

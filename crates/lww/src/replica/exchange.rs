@@ -66,6 +66,9 @@ impl Replica {
             };
             let (me, bound) = (self.cfg.node, self.cfg.max_drift_ms);
             self.offsets.observe(me, from, sent_ms, now_ms, bound);
+            let (LwwMessage::Digest { watermarks, .. } | LwwMessage::Sync { watermarks, .. }) =
+                &msg;
+            self.own_progress(Some((from, watermarks)));
         }
         let mut out = Received::default();
         match msg {
@@ -127,7 +130,8 @@ impl Replica {
     /// being made durable, or (while resynchronising) what was pulled back.
     pub(super) fn own_watermark(&self) -> Option<Timestamp> {
         let me = self.cfg.node;
-        if self.resync.as_ref().is_some_and(|r| r.own_floor.is_some()) {
+        if self.own_unknown.is_some() || self.resync.as_ref().is_some_and(|r| r.own_floor.is_some())
+        {
             return self.watermarks.get(&me).copied();
         }
         Some(match self.inflight.first() {
@@ -319,7 +323,8 @@ impl Replica {
         // Both lists come from the peer: look up, never scan, per watermark.
         let partial: HashMap<NodeId, Timestamp> = partial.iter().map(|p| (p.node, *p)).collect();
         let limit = self.now_ms.saturating_add(self.cfg.max_drift_ms);
-        let own_pull = self.resync.as_ref().is_some_and(|r| r.own_floor.is_some());
+        let own_pull = self.own_unknown.is_some()
+            || self.resync.as_ref().is_some_and(|r| r.own_floor.is_some());
         for w in theirs {
             let o = w.node;
             if rejected.contains(&o) || (o == me && !own_pull) {
@@ -346,5 +351,6 @@ impl Replica {
             }
         }
         self.resync_progress();
+        self.own_progress(None);
     }
 }

@@ -2,11 +2,36 @@
 //! a peer to know which deletes it missed drops what the peer provably saw
 //! and pulls it back.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use multinode_wire::{NodeId, Timestamp};
 
 use super::{NO_DIGEST, Replica};
+
+/// Peers that must answer with no watermark for us, after a
+/// resynchronisation against a peer that knew nothing of our writes,
+/// before we believe nobody does (a new cluster) and take our own
+/// watermark from the clock again.
+const OWN_STRANGERS: usize = 3;
+
+/// Rounds after which we believe it anyway.
+const OWN_PATIENCE_ROUNDS: u64 = 10;
+
+/// A replica that started over (wiped, or restored from its own writes
+/// alone) and resynchronised against a peer that never saw its writes:
+/// until another peer vouches for how far it had written, or enough peers
+/// show they never saw it either, its own watermark is not taken from the
+/// clock. Otherwise peers that hold its lost writes would never send them
+/// back.
+#[derive(Debug)]
+pub(super) struct OwnUnknown {
+    /// Peers that answered with no watermark for us.
+    strangers: BTreeSet<NodeId>,
+    /// The furthest any peer vouched we had written: pulled back up to
+    /// here, our own watermark is ours again.
+    floor: Option<Timestamp>,
+    since_round: u64,
+}
 
 /// A resynchronisation in progress: watermarks were dropped and are being
 /// pulled back up to what the peer that triggered it knew.
@@ -31,12 +56,20 @@ impl Replica {
         let me = self.cfg.node;
         let limit = self.now_ms.saturating_add(self.cfg.max_drift_ms);
         let grace = self.cfg.tombstone_grace_ms;
+        // How far we have seen an origin: its watermark, or, without one
+        // (a resynchronisation that never finished, a peer cut off before
+        // it was heard from), the newest entry of it we hold.
+        let seen = |o: &NodeId| {
+            self.watermarks.get(o).copied().or_else(|| {
+                self.by_origin
+                    .get(o)
+                    .and_then(|index| index.keys().next_back().copied())
+            })
+        };
         let behind = theirs.iter().any(|w| {
             w.node != me
                 && w.physical_ms <= limit
-                && self
-                    .watermarks
-                    .get(&w.node)
+                && seen(&w.node)
                     .is_some_and(|m| w.physical_ms > m.physical_ms.saturating_add(grace))
         });
         // A peer back from a long absence makes us look behind on its own
@@ -47,6 +80,7 @@ impl Replica {
             return false;
         }
         tracing::info!(node = %me, unsynced = self.unsynced, "resynchronising");
+        let started_over = self.unsynced;
         let target: BTreeMap<NodeId, Timestamp> = theirs
             .iter()
             .filter(|w| w.physical_ms <= limit)
@@ -71,6 +105,13 @@ impl Replica {
         self.unsynced = false;
         self.stats.resyncs += 1;
         let own_floor = target.get(&me).copied();
+        if own_floor.is_none() && started_over {
+            self.own_unknown = Some(OwnUnknown {
+                strangers: BTreeSet::new(),
+                floor: None,
+                since_round: self.round,
+            });
+        }
         let mut target = target;
         target.remove(&me);
         self.resync = Some(Resync {
@@ -102,6 +143,33 @@ impl Replica {
                 t.physical_ms.saturating_add(grace) >= mine.physical_ms
             })
         })
+    }
+
+    /// Notes a peer's watermarks while our own history is unknown: one
+    /// for us is a floor to pull our own writes back up to (like any
+    /// other origin's), enough peers without one end the wait, and so do
+    /// [`OWN_PATIENCE_ROUNDS`].
+    pub(super) fn own_progress(&mut self, from: Option<(NodeId, &[Timestamp])>) {
+        let me = self.cfg.node;
+        let Some(u) = &mut self.own_unknown else {
+            return;
+        };
+        if let Some((peer, theirs)) = from {
+            match theirs.iter().find(|w| w.node == me) {
+                Some(w) => u.floor = u.floor.max(Some(*w)),
+                None => {
+                    u.strangers.insert(peer);
+                }
+            }
+        }
+        let mine = self.watermarks.get(&me);
+        let vouched = u.floor.is_some_and(|f| mine.is_some_and(|m| *m >= f));
+        let strangers =
+            u.floor.is_none() && u.strangers.len() >= OWN_STRANGERS.min(self.peers.len());
+        let waited = self.round >= u.since_round + OWN_PATIENCE_ROUNDS;
+        if vouched || strangers || waited {
+            self.own_unknown = None;
+        }
     }
 
     pub(super) fn resync_progress(&mut self) {

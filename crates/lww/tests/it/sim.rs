@@ -217,6 +217,36 @@ fn converges_across_crash_and_restart() {
     );
 }
 
+/// A wiped replica whose first peer is another restarted one, which never
+/// saw its writes, must still get its lost writes back from the others
+/// (it used to take its own watermark from the clock at once, so nobody
+/// ever sent them).
+#[test]
+fn a_wiped_replica_recovers_its_writes_though_its_first_peer_never_saw_them() {
+    let mut s = sim(10, seed("a_wiped_replica_recovers_its_writes"));
+    write_some(&mut s, 100, "x");
+    s.run_until(50, Simulator::converged)
+        .expect("first convergence");
+    s.crash(id(3));
+    s.crash(id(4));
+    s.restart(id(3), true).unwrap();
+    s.restart(id(4), true).unwrap();
+    // The two restarted replicas hear only each other at first.
+    s.faults()
+        .partition(&ids(3..5), &[ids(0..3), ids(5..10)].concat());
+    for _ in 0..3 {
+        s.round();
+    }
+    s.faults().heal();
+    s.run_until(100, |s| {
+        s.converged() && s.live().all(|r| !r.is_resyncing())
+    })
+    .expect("the wiped replicas never caught up");
+    for i in [3, 4] {
+        assert_eq!(s.replica(id(i)).unwrap().len(), 100, "replica {i}");
+    }
+}
+
 #[test]
 fn a_delete_never_resurrects_after_a_short_absence() {
     let mut s = Simulator::new(6, seed("delete_short_absence"), ROUND_MS, |c| {
@@ -252,6 +282,13 @@ fn a_replica_away_longer_than_the_grace_resyncs_instead_of_resurrecting() {
 #[test]
 fn healthy_replicas_do_not_resync_against_one_back_from_a_long_absence() {
     long_absence(1_795_256_050_267_412_577);
+}
+
+/// A seed at which the replica was cut off before it had a watermark for
+/// any other origin: it could not tell it lagged and kept the delete.
+#[test]
+fn a_replica_cut_off_before_any_watermark_still_resyncs() {
+    long_absence(1_796_247_872_251_277_528);
 }
 
 fn long_absence(seed: u64) {
