@@ -346,6 +346,12 @@ impl FaultModel {
             default,
             ..
         } = self;
+        if default.is_off() && !links.contains_key(&(from, to)) {
+            // Nothing was ever said of this link and no default fault is
+            // on: delivered at once, and not kept (a simulator of N nodes
+            // would otherwise hold N² links).
+            return Fate::CLEAN;
+        }
         let link = links.entry((from, to)).or_default();
         link.counters.sent += 1;
         if link.cut {
@@ -404,7 +410,9 @@ impl FaultModel {
         })
     }
 
-    /// What the model did on `from → to` so far.
+    /// What the model did on `from → to` so far. `sent` counts the
+    /// messages decided while the link had something set, or a default
+    /// fault was on: a link nothing was ever said of is not tracked.
     pub fn counters(&self, from: NodeId, to: NodeId) -> LinkCounters {
         self.links
             .get(&(from, to))

@@ -38,11 +38,8 @@ fn faults_off_deliver_everything_once_in_order_at_once() {
             for (from, to, len) in &sends {
                 prop_assert_eq!(m.decide(id(*from), id(*to), &vec![0; *len]), DELIVER);
             }
-            let sent: u64 = (0..4)
-                .flat_map(|a| (0..4).map(move |b| (a, b)))
-                .map(|(a, b)| m.counters(id(a), id(b)).sent)
-                .sum();
-            prop_assert_eq!(sent, sends.len() as u64);
+            // Links nothing was said of are not tracked: nothing acted.
+            prop_assert_eq!(m.total(), LinkCounters::default());
             Ok(())
         })
         .unwrap();
