@@ -27,8 +27,8 @@ pub use transport::InProcessTransport;
 #[non_exhaustive]
 pub struct InProcessConfig {
     /// Frames each node's inbox holds before `send` to it returns
-    /// [`SendError::QueueFull`] (and, separately, frames each held link
-    /// keeps). Default 4,096.
+    /// [`SendError::QueueFull`](crate::SendError::QueueFull) (and,
+    /// separately, frames each held link keeps). Default 4,096.
     pub queue_frames: usize,
     /// The frame cap, as on TCP: a larger frame is refused by `send`.
     pub max_frame: usize,
@@ -207,8 +207,8 @@ impl InProcessNetwork {
     }
 
     /// Crashes `node`: its transport stops (its sends fail with
-    /// [`SendError::Closed`]), and what waits in its inbox is lost and
-    /// counted. It restarts by registering again.
+    /// [`SendError::Closed`](crate::SendError::Closed)), and what waits in
+    /// its inbox is lost and counted. It restarts by registering again.
     pub fn crash(&self, node: NodeId) {
         let Some(slot) = usize::try_from(node.0)
             .ok()

@@ -18,7 +18,7 @@ use crate::corrupt::corrupted;
 use crate::stats::{PeerCounters, add};
 use crate::{GossipTransport, Ready, SendError, TransportStats};
 
-/// One node's transport on an [`InProcessNetwork`].
+/// One node's transport on an [`InProcessNetwork`](crate::InProcessNetwork).
 ///
 /// Dropping it unregisters the node (only if it still holds the node: a
 /// newer registration of the same id is left alone) and stops its
