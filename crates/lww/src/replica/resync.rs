@@ -151,12 +151,19 @@ impl Replica {
     /// [`OWN_PATIENCE_ROUNDS`].
     pub(super) fn own_progress(&mut self, from: Option<(NodeId, &[Timestamp])>) {
         let me = self.cfg.node;
+        // A peer whose clock is ahead vouches only up to the drift bound,
+        // as far as `advance` would move our watermark.
+        let cap = Timestamp {
+            physical_ms: self.now_ms.saturating_add(self.cfg.max_drift_ms),
+            logical: u32::MAX,
+            node: me,
+        };
         let Some(u) = &mut self.own_unknown else {
             return;
         };
         if let Some((peer, theirs)) = from {
             match theirs.iter().find(|w| w.node == me) {
-                Some(w) => u.floor = u.floor.max(Some(*w)),
+                Some(w) => u.floor = u.floor.max(Some((*w).min(cap))),
                 None => {
                     u.strangers.insert(peer);
                 }
