@@ -46,8 +46,8 @@ pub(crate) struct Faulty<T> {
     /// False while no fault is set, nothing is held and no link ever
     /// delayed: `send` then skips the model and its lock.
     active: AtomicBool,
-    /// Frames that passed while no fault was set.
-    passed: AtomicU64,
+    /// Frames offered, faults or not.
+    offered: AtomicU64,
 }
 
 struct State {
@@ -76,7 +76,7 @@ impl<T> Faulty<T> {
                 lost: 0,
             }),
             active: AtomicBool::new(false),
-            passed: AtomicU64::new(0),
+            offered: AtomicU64::new(0),
         }
     }
 
@@ -85,13 +85,13 @@ impl<T> Faulty<T> {
     }
 
     /// What the faults did, on every outbound link together: the model's
-    /// counts (`sent` includes the frames that passed while no fault was
-    /// set; `lost`: corrupted past decoding or over a link's bound), and
-    /// the model's trace hash.
+    /// counts (`sent`: every frame offered, faults or not; `lost`:
+    /// corrupted past decoding or over a link's bound), and the model's
+    /// trace hash.
     pub(crate) fn counters(&self) -> (LinkCounters, u64) {
         let s = self.state.lock();
         let mut c = s.model.total();
-        c.sent += self.passed.load(Relaxed);
+        c.sent = self.offered.load(Relaxed);
         c.lost = s.lost;
         (c, s.model.trace_hash())
     }
@@ -232,8 +232,8 @@ impl<T: GossipTransport + 'static> GossipTransport for Faulty<T> {
     }
 
     fn send(&self, to: NodeId, frame: &ClusterFrame) -> Result<(), SendError> {
+        self.offered.fetch_add(1, Relaxed);
         if !self.active.load(Relaxed) {
-            self.passed.fetch_add(1, Relaxed);
             return self.inner.send(to, frame);
         }
         self.send_faulty(to, frame)
