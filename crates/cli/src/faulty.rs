@@ -12,7 +12,7 @@ use std::time::Duration;
 use multinode_gossip::{
     ClusterFrame, GossipTransport, Ready, SendError, TransportStats, corrupted,
 };
-use multinode_mesh::{Fate, FaultModel, LinkCounters, LinkFaults};
+use multinode_mesh::{Fate, FaultModel, LinkCounters};
 use multinode_wire::NodeId;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -52,8 +52,6 @@ pub(crate) struct Faulty<T> {
 
 struct State {
     model: FaultModel,
-    /// The random faults on every outbound link.
-    faults: LinkFaults,
     held: HashMap<NodeId, VecDeque<ClusterFrame>>,
     /// Per delaying link: its queue, sent in order by one task.
     delays: HashMap<NodeId, mpsc::Sender<(Instant, ClusterFrame)>>,
@@ -69,7 +67,6 @@ impl<T> Faulty<T> {
             me,
             state: Mutex::new(State {
                 model: FaultModel::new(seed),
-                faults: LinkFaults::default(),
                 held: HashMap::new(),
                 delays: HashMap::new(),
                 last_due: HashMap::new(),
@@ -109,7 +106,7 @@ impl<T: GossipTransport + 'static> Faulty<T> {
         let mut s = self.state.lock();
         let me = self.me;
         let mut release = Vec::new();
-        let mut faults = s.faults.clone();
+        let mut faults = s.model.all_faults().clone();
         match verb {
             FaultVerb::Drop(p) => faults.drop = p,
             FaultVerb::Duplicate(p) => faults.duplicate = p,
@@ -129,9 +126,8 @@ impl<T: GossipTransport + 'static> Faulty<T> {
                 }
             }
         }
-        if faults != s.faults {
+        if &faults != s.model.all_faults() {
             s.model.set_all_faults(&faults);
-            s.faults = faults;
         }
         let active = s.model.any_faulty() || !s.held.is_empty() || !s.delays.is_empty();
         self.active.store(active, Relaxed);
@@ -219,6 +215,7 @@ impl<T: GossipTransport + 'static> Faulty<T> {
         runtime.spawn(async move {
             while let Some((due, frame)) = rx.recv().await {
                 tokio::time::sleep_until(due).await;
+                // A refusal is counted by the transport, as for any send.
                 let _ = inner.send(to, &frame);
             }
         });

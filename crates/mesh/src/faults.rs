@@ -232,6 +232,12 @@ impl FaultModel {
         self.link(from, to).faults = Some(faults.clamped());
     }
 
+    /// The faults every link has unless set on its own
+    /// ([`FaultModel::set_all_faults`]).
+    pub fn all_faults(&self) -> &LinkFaults {
+        &self.default
+    }
+
     /// Sets the same random faults on every link, those not yet used
     /// included, replacing any set on one link alone.
     pub fn set_all_faults(&mut self, faults: &LinkFaults) {
