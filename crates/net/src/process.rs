@@ -1,0 +1,169 @@
+//! Processes on lab hosts: started inside a host's network namespace and
+//! the lab's PID namespace, each in its own process group, and the process
+//! faults (pause, resume, kill) made on those groups.
+//!
+//! No `nsenter` stands between the lab and a host process: a stopped
+//! `nsenter` stops itself again after SIGCONT when its child was stopped,
+//! and would then never reap it.
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+
+use multinode_wire::NodeId;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use parking_lot::Mutex;
+use tokio::process::{Child, Command};
+
+use crate::{Lab, NetError};
+
+/// The group leader's pid of the process each host runs now, if any; a
+/// host that ran one before counts its next start as a restart.
+#[derive(Debug)]
+pub(crate) struct Processes {
+    hosts: Mutex<Vec<(Option<u32>, u64)>>,
+}
+
+impl Processes {
+    pub(crate) fn new(hosts: u32) -> Self {
+        Self {
+            hosts: Mutex::new(vec![(None, 0); hosts as usize]),
+        }
+    }
+
+    /// SIGKILL to every group still recorded: the lab is going away.
+    pub(crate) fn kill_all(&self) {
+        for (pid, _) in self.hosts.lock().iter_mut() {
+            if let Some(pid) = pid.take() {
+                let _ = signal(pid, Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn signal(pgid: u32, sig: Signal) -> nix::Result<()> {
+    let pgid = i32::try_from(pgid).map_err(|_| nix::Error::EINVAL)?;
+    killpg(Pid::from_raw(pgid), sig)
+}
+
+impl Lab {
+    /// A command for `program` on host `node`: in a process group of its
+    /// own, killed if its handle is dropped, and under libfaketime when the
+    /// host has a clock offset. Start it with [`Lab::spawn`].
+    pub fn command(&self, node: NodeId, program: impl AsRef<OsStr>) -> Result<Command, NetError> {
+        self.host(node)?;
+        let mut cmd = Command::new(program);
+        cmd.process_group(0).kill_on_drop(true);
+        if let Some(&secs) = self.clock.lock().get(&(node.0 as u32)) {
+            let lib = libfaketime().ok_or(NetError::NoFaketime)?;
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME", format!("{secs:+}s"))
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("FAKETIME_NO_CACHE", "1");
+        }
+        Ok(cmd)
+    }
+
+    /// Starts `cmd` on host `node`, inside its network namespace and the
+    /// lab's PID namespace (forked from a thread that entered both, so the
+    /// process is this one's child, with no wrapper between), and records
+    /// it as the host's process, the one [`Lab::pause`], [`Lab::resume`]
+    /// and [`Lab::kill`] reach. Call [`Lab::reaped`] once it has been
+    /// waited for, so no signal can reach a recycled pid. Must be called
+    /// inside a tokio runtime.
+    pub fn spawn(&self, node: NodeId, cmd: &mut Command) -> Result<Child, NetError> {
+        let i = self.host_index(node)?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| NetError::Keeper(format!("spawn needs a tokio runtime: {e}")))?;
+        let host = self.host(node)?;
+        let pid_ns = &self.pid_ns;
+        let child = host.within(|| {
+            nix::sched::setns(pid_ns, nix::sched::CloneFlags::CLONE_NEWPID)
+                .map_err(|e| NetError::Io(e.into()))?;
+            let _rt = runtime.enter();
+            cmd.spawn().map_err(NetError::Io)
+        })??;
+        let mut hosts = self.processes.hosts.lock();
+        let slot = &mut hosts[i];
+        if slot.1 > 0 {
+            self.tally.lock().restarts += 1;
+        }
+        slot.0 = child.id();
+        slot.1 += 1;
+        Ok(child)
+    }
+
+    /// Host `node`'s process was waited for: forget its pid.
+    pub fn reaped(&self, node: NodeId) {
+        if let Ok(i) = self.host_index(node) {
+            self.processes.hosts.lock()[i].0 = None;
+        }
+    }
+
+    /// Stops host `node`'s process group (SIGSTOP): it holds its sockets
+    /// and answers nothing, like a long GC pause or a stalled VM.
+    pub fn pause(&self, node: NodeId) -> Result<(), NetError> {
+        self.signal(node, Signal::SIGSTOP)?;
+        self.tally.lock().pauses += 1;
+        Ok(())
+    }
+
+    /// Continues host `node`'s process group (SIGCONT).
+    pub fn resume(&self, node: NodeId) -> Result<(), NetError> {
+        self.signal(node, Signal::SIGCONT)?;
+        self.tally.lock().resumes += 1;
+        Ok(())
+    }
+
+    /// Kills host `node`'s process group (SIGKILL); the caller still reaps
+    /// it, then may start it again.
+    pub fn kill(&self, node: NodeId) -> Result<(), NetError> {
+        self.signal(node, Signal::SIGKILL)?;
+        self.tally.lock().kills += 1;
+        Ok(())
+    }
+
+    /// Shifts the wall clock of processes started on host `node` from now
+    /// on by `secs` seconds (through libfaketime; monotonic clocks are left
+    /// alone). Errors at once when libfaketime is not installed.
+    pub fn clock_offset(&self, node: NodeId, secs: i64) -> Result<(), NetError> {
+        let i = self.host_index(node)? as u32;
+        libfaketime().ok_or(NetError::NoFaketime)?;
+        let mut clock = self.clock.lock();
+        if secs == 0 {
+            clock.remove(&i);
+        } else {
+            clock.insert(i, secs);
+        }
+        Ok(())
+    }
+
+    fn signal(&self, node: NodeId, sig: Signal) -> Result<(), NetError> {
+        let i = self.host_index(node)?;
+        let pid = self.processes.hosts.lock()[i].0;
+        let Some(pid) = pid else {
+            return Err(NetError::BadFault(format!("host {node} runs no process")));
+        };
+        signal(pid, sig).map_err(|e| NetError::Io(e.into()))
+    }
+
+    pub(crate) fn host_index(&self, node: NodeId) -> Result<usize, NetError> {
+        self.host(node)?;
+        Ok(node.0 as usize)
+    }
+}
+
+/// Where libfaketime is: `MULTINODE_LIBFAKETIME`, else where Debian puts it.
+pub fn libfaketime() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MULTINODE_LIBFAKETIME") {
+        return Some(PathBuf::from(p)).filter(|p| p.exists());
+    }
+    let arch = std::env::consts::ARCH;
+    [
+        format!("/usr/lib/{arch}-linux-gnu/faketime/libfaketime.so.1"),
+        "/usr/lib/faketime/libfaketime.so.1".to_owned(),
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
