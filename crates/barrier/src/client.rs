@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use multinode_wire::{
-    BlockingReader, BlockingWriter, Label, LineCodec, NodeId, Reply, Request, Value,
+    BlockingReader, BlockingWriter, Fault, Label, LineCodec, NodeId, Reply, Request, Value,
 };
 use tokio_util::codec::Framed;
 
@@ -99,6 +99,20 @@ fn parse_reply(line: &str) -> Result<Reply, BarrierError> {
     line.parse().map_err(BarrierError::Wire)
 }
 
+/// The answer to a conductor line: `OK <VERB> <report>` or `ERR`; other
+/// replies answer calls given up earlier.
+fn fault_reply(fault: &Fault, reply: Reply) -> Option<Result<String, BarrierError>> {
+    match reply {
+        Reply::Ok(label) => {
+            let text = label.as_str();
+            let (verb, report) = text.split_once(' ').unwrap_or((text, ""));
+            (verb == fault.verb()).then(|| Ok(report.to_owned()))
+        }
+        Reply::Err(reason) => Some(Err(BarrierError::Refused(reason))),
+        _ => None,
+    }
+}
+
 fn welcome(reply: Reply) -> Option<Result<(NodeId, u32), BarrierError>> {
     match reply {
         Reply::Welcome { node, nodes } => Some(Ok((node, nodes))),
@@ -177,6 +191,20 @@ impl BarrierNode {
             }
         }
         Err(BarrierError::Closed)
+    }
+
+    /// Asks the controller's conductor for a fault (`PARTITION 0,1 2`,
+    /// `KILL 3`, ...; see [`Fault`]) and returns its report, the fault
+    /// counters as `key=value` words. A run without faults enabled answers
+    /// [`BarrierError::Refused`].
+    pub async fn fault(&mut self, fault: &Fault) -> Result<String, BarrierError> {
+        self.conn.send(Request::Fault(fault.clone())).await?;
+        loop {
+            let line = self.conn.next().await.ok_or(BarrierError::Closed)??;
+            if let Some(res) = fault_reply(fault, parse_reply(&line)?) {
+                return res;
+            }
+        }
     }
 
     async fn call(&mut self, req: Request, label: &Label) -> Result<Gathered, BarrierError> {
@@ -276,15 +304,38 @@ impl BlockingBarrierNode {
         Err(BarrierError::Closed)
     }
 
+    /// Asks the controller's conductor for a fault, waiting at most
+    /// `timeout`; see [`BarrierNode::fault`].
+    pub fn fault(
+        &mut self,
+        fault: &Fault,
+        timeout: Option<Duration>,
+    ) -> Result<String, BarrierError> {
+        self.exchange(Request::Fault(fault.clone()), timeout, |line| {
+            Ok(fault_reply(fault, parse_reply(line)?))
+        })
+    }
+
     fn call(
         &mut self,
         req: Request,
         label: &Label,
         timeout: Option<Duration>,
     ) -> Result<Gathered, BarrierError> {
+        let mut expect = Expect::new(label);
+        self.exchange(req, timeout, |line| Ok(expect.absorb(expect.parse(line)?)))
+    }
+
+    /// Sends `req`, then reads lines into `absorb` until it has an answer or
+    /// `timeout` passes.
+    fn exchange<T>(
+        &mut self,
+        req: Request,
+        timeout: Option<Duration>,
+        mut absorb: impl FnMut(&str) -> Result<Option<Result<T, BarrierError>>, BarrierError>,
+    ) -> Result<T, BarrierError> {
         self.writer.send(req)?;
         let deadline = timeout.map(|t| Instant::now() + t);
-        let mut expect = Expect::new(label);
         loop {
             let left = match deadline {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
@@ -299,7 +350,7 @@ impl BlockingBarrierNode {
             }
             match self.reader.read() {
                 Ok(Some(line)) => {
-                    if let Some(res) = expect.absorb(expect.parse(&line)?) {
+                    if let Some(res) = absorb(&line)? {
                         return res;
                     }
                 }

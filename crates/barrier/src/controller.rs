@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 
 use bytes::{Buf, BytesMut};
 use futures_util::StreamExt;
-use multinode_wire::{LineCodec, NodeId, WireError};
+use multinode_wire::{Fault, LineCodec, NodeId, Request, WireError};
 use parking_lot::Mutex;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use crate::conductor::{self, Conductor};
 use crate::core::{Config, ConnId, Core, Output, Summary};
 
 /// Bytes of replies a connection may have waiting for its socket before it
@@ -113,6 +114,7 @@ struct Inner {
     changed: Notify,
     all_left: Notify,
     next_conn: AtomicU64,
+    conductor: Option<Arc<dyn Conductor>>,
 }
 
 /// A barrier controller serving the line protocol on a TCP listener.
@@ -138,6 +140,26 @@ impl Controller {
     /// Starts serving on an already-bound listener. Must be called within
     /// a tokio runtime, which runs the controller's tasks.
     pub fn start(listener: TcpListener, config: Config) -> io::Result<Self> {
+        Self::start_inner(listener, config, None)
+    }
+
+    /// Like [`Controller::start`], and fault lines (`PARTITION 0,1 2`,
+    /// `KILL 3`, ...) from any connection go to `conductor`, one at a time
+    /// per connection, each answered `OK <VERB> <counters>` or
+    /// `ERR <reason>`.
+    pub fn start_conducting(
+        listener: TcpListener,
+        config: Config,
+        conductor: Arc<dyn Conductor>,
+    ) -> io::Result<Self> {
+        Self::start_inner(listener, config, Some(conductor))
+    }
+
+    fn start_inner(
+        listener: TcpListener,
+        config: Config,
+        conductor: Option<Arc<dyn Conductor>>,
+    ) -> io::Result<Self> {
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
             shared: Mutex::new(Shared {
@@ -147,6 +169,7 @@ impl Controller {
             changed: Notify::new(),
             all_left: Notify::new(),
             next_conn: AtomicU64::new(0),
+            conductor,
         });
         let cancel = CancellationToken::new();
         let tasks = tokio::spawn(run(listener, Arc::clone(&inner), cancel.clone()));
@@ -324,6 +347,36 @@ async fn linger(mut read: OwnedReadHalf, mut write: OwnedWriteHalf) {
     let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
+/// The fault a line asks for, if it is a well-formed conductor line (a
+/// malformed one goes to the core, which answers `ERR` with the reason).
+fn fault_line(line: &str) -> Option<Fault> {
+    let verb = line.split(' ').next()?;
+    if !Fault::VERBS.contains(&verb) {
+        return None;
+    }
+    match line.parse::<Request>() {
+        Ok(Request::Fault(f)) => Some(f),
+        _ => None,
+    }
+}
+
+/// Has the conductor make `fault` (off the runtime: it may run commands)
+/// and writes its answer.
+async fn conduct(inner: &Inner, conn: ConnId, conductor: &Arc<dyn Conductor>, fault: Fault) {
+    let c = Arc::clone(conductor);
+    let asked = fault.clone();
+    let outcome = tokio::task::spawn_blocking(move || c.conduct(&asked))
+        .await
+        .unwrap_or_else(|e| Err(format!("the conductor failed: {e}")));
+    let reply = conductor::reply(&fault, outcome);
+    let mut s = inner.shared.lock();
+    if let Some(w) = s.writers.get_mut(&conn) {
+        if !w.closing && !w.dead {
+            w.write(format!("{reply}\n").as_bytes());
+        }
+    }
+}
+
 async fn connection(stream: TcpStream, inner: Arc<Inner>, cancel: CancellationToken) {
     let conn = inner.next_conn.fetch_add(1, Ordering::Relaxed);
     let (read_half, write_half) = stream.into_split();
@@ -359,6 +412,12 @@ async fn connection(stream: TcpStream, inner: Arc<Inner>, cancel: CancellationTo
                 Flushed::Dead => break,
             },
             line = lines.next(), if reading => {
+                if let (Some(Ok(text)), Some(conductor)) = (&line, &inner.conductor) {
+                    if let Some(fault) = fault_line(text) {
+                        conduct(&inner, conn, conductor, fault).await;
+                        continue;
+                    }
+                }
                 let now = Instant::now();
                 let mut s = inner.shared.lock();
                 let keep = match line {

@@ -278,6 +278,13 @@ impl Core {
                 self.arrive(conn, label, Kind::Gather, Some(value), now)
             }
             Ok(Request::Leave) => self.leave(conn),
+            Ok(Request::Fault(f)) => self.send(
+                conn,
+                Reply::Err(format!(
+                    "{} refused: faults are not enabled in this run (start it with --faults)",
+                    f.verb()
+                )),
+            ),
             Ok(other) => self.send(conn, Reply::Err(format!("unsupported request {other}"))),
         }
     }

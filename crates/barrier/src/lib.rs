@@ -11,6 +11,11 @@
 //! `BARRIER <label>` is answered `OK <label>`, `TIMEOUT <label>` or
 //! `FAILED <label> <cause>` (see `docs/barrier-protocol.md`).
 //!
+//! A controller started with a [`Conductor`] also takes fault lines
+//! (`PARTITION 0,1 2,3`, `CUT 1 2`, `HEAL`, `DROP 0.2`, `PAUSE 3`, `KILL 3`,
+//! `RESTART 3`, ...) and answers `OK <VERB> <counters>` or `ERR <reason>`;
+//! without one, those lines are refused.
+//!
 //! Invariants: a barrier completes only when every member (every node that
 //! has not left) has arrived; its deadline runs from its first arrival; a
 //! label that timed out or failed stays failed, and labels are single-use;
@@ -23,6 +28,7 @@
 //! barrier state across controller restarts.
 
 mod client;
+mod conductor;
 mod config;
 mod controller;
 mod core;
@@ -33,6 +39,7 @@ mod summary;
 pub use client::{
     BarrierNode, BlockingBarrierNode, ENV_ADDR, ENV_INDEX, ENV_NODES, Gathered, env_identity,
 };
+pub use conductor::Conductor;
 pub use config::Config;
 pub use controller::Controller;
 pub use error::BarrierError;

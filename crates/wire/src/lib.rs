@@ -12,7 +12,8 @@
 //! - **Channel frames** ([`ChannelCodec`]): a point-to-point channel's
 //!   messages and its orderly goodbye, so a close is told from a crash.
 //! - **Lines** ([`LineCodec`], [`Request`], [`Reply`]): the barrier protocol,
-//!   capped at 4 KiB a line, parsed into typed commands.
+//!   capped at 4 KiB a line, parsed into typed commands; [`Fault`] is the
+//!   conductor's part of it (`PARTITION 0,1 2,3`, `CUT 1 2`, `HEAL`, ...).
 //! - **LWW anti-entropy** ([`LwwMessage`], [`LwwEntry`]): digests of
 //!   per-origin watermarks and the syncs that answer them, as a typed
 //!   gossip PDU.
@@ -59,6 +60,7 @@ mod channel;
 mod clock;
 mod codec;
 mod error;
+mod fault;
 mod frame;
 mod hello;
 mod line;
@@ -70,6 +72,7 @@ pub use channel::{ChannelCodec, ChannelFrame};
 pub use clock::{HybridClock, Timestamp};
 pub use codec::{Message, MessageCodec};
 pub use error::WireError;
+pub use fault::Fault;
 pub use frame::{DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, FrameCodec};
 pub use hello::{ClusterId, HandshakeField, Hello, MAGIC, NodeId, PROTOCOL_VERSION};
 pub use line::{

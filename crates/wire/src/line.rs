@@ -224,6 +224,9 @@ pub enum Request {
     Gather(Label, Value),
     /// `LEAVE`: an orderly exit; later barriers no longer wait for this node.
     Leave,
+    /// A conductor line (`PARTITION 0,1 2`, `KILL 3`, ...): a fault to
+    /// make, when the run enables faults.
+    Fault(crate::Fault),
 }
 
 /// A line from the barrier controller to a node.
@@ -356,6 +359,7 @@ impl FromStr for Request {
                 1 => Ok(Request::Leave),
                 n => Err(arity("LEAVE", n - 1, "no arguments")),
             },
+            verb if crate::Fault::VERBS.contains(&verb) => Ok(Request::Fault(line.parse()?)),
             verb => Err(WireError::malformed(format!(
                 "unknown command {:?}",
                 truncate(verb, 32)
@@ -372,6 +376,7 @@ impl fmt::Display for Request {
             Request::Barrier(label) => write!(f, "BARRIER {label}"),
             Request::Gather(label, value) => write!(f, "GATHER {label} {value}"),
             Request::Leave => f.write_str("LEAVE"),
+            Request::Fault(fault) => write!(f, "{fault}"),
         }
     }
 }
