@@ -7,6 +7,9 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::Conductor;
+use crate::process_faults::{Groups, KillOnDrop, ProcessFaults};
+
 use multinode_wire::{Label, NodeId};
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -42,7 +45,7 @@ pub enum OutputMode {
 /// is killed (its whole group, with SIGKILL) and reaped if the launch is
 /// dropped, fails or panics. A child that exits fails every barrier the
 /// others wait on at once, with its exit status as the cause.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Launcher {
     program: OsString,
     args: Vec<OsString>,
@@ -50,6 +53,27 @@ pub struct Launcher {
     nodes: u32,
     timeout: Duration,
     output: OutputMode,
+    spawner: Option<Spawner>,
+    listener: Option<Arc<std::net::TcpListener>>,
+    faults: Option<Option<Arc<dyn Conductor>>>,
+}
+
+/// Starts one child: given its node id and its command (program, arguments
+/// and environment set), spawns it — on a lab host, say.
+pub type Spawner = Arc<dyn Fn(NodeId, &mut Command) -> std::io::Result<Child> + Send + Sync>;
+
+impl std::fmt::Debug for Launcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launcher")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("nodes", &self.nodes)
+            .field("timeout", &self.timeout)
+            .field("output", &self.output)
+            .field("spawner", &self.spawner.is_some())
+            .field("faults", &self.faults.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How one child ended.
@@ -111,7 +135,38 @@ impl Launcher {
             nodes,
             timeout: Duration::from_secs(30),
             output: OutputMode::Prefixed,
+            spawner: None,
+            listener: None,
+            faults: None,
         }
+    }
+
+    /// Starts each child with `spawner` instead of spawning it here: a
+    /// network lab puts each on its own host. The command it gets is fully
+    /// set up (process group, environment, pipes).
+    pub fn spawner(
+        mut self,
+        spawner: impl Fn(NodeId, &mut Command) -> std::io::Result<Child> + Send + Sync + 'static,
+    ) -> Self {
+        self.spawner = Some(Arc::new(spawner));
+        self
+    }
+
+    /// Serves the controller on `listener` (default: an ephemeral loopback
+    /// port); its address is what the children are given.
+    pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(Arc::new(listener));
+        self
+    }
+
+    /// Enables conductor lines. `PAUSE`, `RESUME`, `KILL` and `RESTART`
+    /// are made by the launcher on its own children (a node killed this way
+    /// counts as disconnected, not exited, so a `RESTART`ed copy takes its
+    /// slot back); the other faults go to `network`, and are refused
+    /// without one.
+    pub fn faults(mut self, network: Option<Arc<dyn Conductor>>) -> Self {
+        self.faults = Some(network);
+        self
     }
 
     /// Arguments passed to every copy.
@@ -146,58 +201,70 @@ impl Launcher {
         // Long enough for the reaper to name the exit status, well inside
         // the 100 ms in which a dead node must fail the others' barrier.
         config.disconnect_grace = Duration::from_millis(40);
-        let controller =
-            Controller::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config).await?;
+        let listener = match &self.listener {
+            Some(l) => {
+                let l = l.try_clone()?;
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)?
+            }
+            None => tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?,
+        };
+        let group = Arc::new(Mutex::new(Groups::new(self.nodes)));
+        let _guard = KillOnDrop(Arc::clone(&group));
+        let (restart_tx, mut restarts) = tokio::sync::mpsc::unbounded_channel();
+        let controller = match &self.faults {
+            Some(network) => {
+                let faults = ProcessFaults::new(Arc::clone(&group), restart_tx, network.clone());
+                Controller::start_conducting(listener, config, Arc::new(faults))?
+            }
+            None => Controller::start(listener, config)?,
+        };
         let addr = controller.local_addr().to_string();
 
-        let group = Arc::new(Mutex::new(Groups::default()));
-        let _guard = KillOnDrop(Arc::clone(&group));
         let mut waits = JoinSet::new();
-        let mut outputs = Vec::new();
+        let mut outputs: Vec<Vec<tokio::task::JoinHandle<Vec<u8>>>> =
+            (0..self.nodes).map(|_| Vec::new()).collect();
         for i in 0..self.nodes {
-            let mut cmd = Command::new(&self.program);
-            cmd.args(&self.args)
-                .envs(self.envs.iter().map(|(k, v)| (k, v)))
-                .env(ENV_ADDR, &addr)
-                .env(ENV_INDEX, i.to_string())
-                .env(ENV_NODES, self.nodes.to_string())
-                .stdin(Stdio::null())
-                .kill_on_drop(true);
-            #[cfg(unix)]
-            cmd.process_group(0);
-            if self.output != OutputMode::Inherit {
-                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-            }
-            let mut child = cmd.spawn()?;
-            let pid = child.id();
-            if let Some(pid) = pid {
-                group.lock().live.push(pid);
-            }
-            outputs.push(self.collect_output(i, &mut child));
-            waits.spawn(async move {
-                let status = child.wait().await;
-                (i, pid, status)
-            });
+            let (child, out) = self.start(i, &addr, &group)?;
+            outputs[i as usize].push(out);
+            waits.spawn(wait(i, child));
         }
 
         let mut statuses: Vec<Option<ExitStatus>> = vec![None; self.nodes as usize];
-        while let Some(joined) = waits.join_next().await {
-            let (i, pid, status) =
-                joined.map_err(|e| BarrierError::Io(std::io::Error::other(e)))?;
-            if let Some(pid) = pid {
-                group.lock().reaped(pid);
+        loop {
+            tokio::select! {
+                joined = waits.join_next() => {
+                    let Some(joined) = joined else { break };
+                    let (i, pid, status) =
+                        joined.map_err(|e| BarrierError::Io(std::io::Error::other(e)))?;
+                    let killed = pid.is_some_and(|pid| group.lock().reaped(i, pid));
+                    let status = status?;
+                    // A node the conductor killed is only disconnected: a
+                    // restarted copy may take its slot back.
+                    if !killed {
+                        controller.node_exited(NodeId(u64::from(i)), describe(status));
+                    }
+                    statuses[i as usize] = Some(status);
+                }
+                Some(i) = restarts.recv() => {
+                    let (child, out) = self.start(i, &addr, &group)?;
+                    outputs[i as usize].push(out);
+                    waits.spawn(wait(i, child));
+                }
             }
-            let status = status?;
-            controller.node_exited(NodeId(u64::from(i)), describe(status));
-            statuses[i as usize] = Some(status);
         }
 
         // Pipes close when the last holder exits; a process that escaped its
         // group (setsid) could hold one open forever, so the wait is bounded.
         let mut captured = Vec::with_capacity(outputs.len());
-        for out in outputs {
-            let out = tokio::time::timeout(OUTPUT_DRAIN, out).await;
-            captured.push(out.ok().and_then(Result::ok).unwrap_or_default());
+        for lives in outputs {
+            let mut all = Vec::new();
+            for out in lives {
+                let out = tokio::time::timeout(OUTPUT_DRAIN, out).await;
+                all.extend(out.ok().and_then(Result::ok).unwrap_or_default());
+            }
+            all.truncate(MAX_CAPTURE);
+            captured.push(all);
         }
         let summary = controller.shutdown().await;
         let nodes = statuses
@@ -220,6 +287,37 @@ impl Launcher {
             barriers_passed: summary.passed,
             barriers_failed: summary.failed,
         })
+    }
+
+    /// Starts copy `i`, records its group, and starts collecting its output.
+    fn start(
+        &self,
+        i: u32,
+        addr: &str,
+        group: &Mutex<Groups>,
+    ) -> Result<(Child, tokio::task::JoinHandle<Vec<u8>>), BarrierError> {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .env(ENV_ADDR, addr)
+            .env(ENV_INDEX, i.to_string())
+            .env(ENV_NODES, self.nodes.to_string())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        #[cfg(unix)]
+        cmd.process_group(0);
+        if self.output != OutputMode::Inherit {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        let mut child = match &self.spawner {
+            Some(spawn) => spawn(NodeId(u64::from(i)), &mut cmd)?,
+            None => cmd.spawn()?,
+        };
+        if let Some(pid) = child.id() {
+            group.lock().started(i, pid);
+        }
+        let out = self.collect_output(i, &mut child);
+        Ok((child, out))
     }
 
     /// Starts forwarding or capturing one child's output; the handle yields
@@ -279,53 +377,8 @@ async fn pump(
     }
 }
 
-/// Process groups this launch started, by the leader's pid.
-#[derive(Default)]
-struct Groups {
-    live: Vec<u32>,
+async fn wait(i: u32, mut child: Child) -> (u32, Option<u32>, std::io::Result<ExitStatus>) {
+    let pid = child.id();
+    let status = child.wait().await;
+    (i, pid, status)
 }
-
-impl Groups {
-    /// The leader was reaped: kill what it left in its group now. While any
-    /// member lives the group id cannot be reused, and pids are handed out
-    /// cyclically, so this signal reaches only processes of that group.
-    fn reaped(&mut self, pid: u32) {
-        self.live.retain(|&p| p != pid);
-        kill_group(pid);
-    }
-
-    /// Kills the groups whose leaders were not reaped yet (so their ids are
-    /// still ours): the launch is being abandoned.
-    fn kill_all(&mut self) {
-        for pid in self.live.drain(..) {
-            kill_group(pid);
-        }
-    }
-}
-
-/// Kills every group still recorded when the launch ends, however it ends.
-struct KillOnDrop(Arc<Mutex<Groups>>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.0.lock().kill_all();
-    }
-}
-
-/// SIGKILL to the process group led by `pid`; only groups this launcher
-/// created are ever passed here.
-#[cfg(unix)]
-#[allow(unsafe_code, reason = "killpg has no safe wrapper in std")]
-fn kill_group(pid: u32) {
-    let Ok(pgid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    // SAFETY: kill(2) with a negative pid signals that process group; it
-    // takes no pointers and cannot violate memory safety.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
-    }
-}
-
-#[cfg(not(unix))]
-fn kill_group(_pid: u32) {}

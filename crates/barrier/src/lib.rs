@@ -34,6 +34,7 @@ mod controller;
 mod core;
 mod error;
 mod launcher;
+mod process_faults;
 mod summary;
 
 pub use client::{
@@ -43,5 +44,5 @@ pub use conductor::Conductor;
 pub use config::Config;
 pub use controller::Controller;
 pub use error::BarrierError;
-pub use launcher::{LaunchReport, Launcher, MAX_CAPTURE, NodeReport, OutputMode, describe};
+pub use launcher::{LaunchReport, Launcher, MAX_CAPTURE, NodeReport, OutputMode, Spawner, describe};
 pub use summary::{NodeRecord, Summary};

@@ -216,3 +216,52 @@ fn gone(pid: u32) -> bool {
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_faults_a_child_kills_and_restarts_another_through_the_conductor() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("node1-lived");
+    let body = format!(
+        "{BASH_CLIENT}\
+         if [ \"$MULTINODE_NODE_INDEX\" = 0 ]; then\n\
+           say 'BARRIER up'; hear; echo \"$REPLY\"\n\
+           say 'PAUSE 1'; hear; echo \"$REPLY\"\n\
+           say 'RESUME 1'; hear; echo \"$REPLY\"\n\
+           say 'KILL 1'; hear; echo \"$REPLY\"\n\
+           say 'RESTART 1'; hear; echo \"$REPLY\"\n\
+           say 'CUT 0 1'; hear; echo \"$REPLY\"\n\
+           say 'BARRIER again'; hear; echo \"$REPLY\"\n\
+         elif [ -e {m} ]; then\n\
+           say 'BARRIER again'; hear; echo \"$REPLY\"\n\
+         else\n\
+           touch {m}\n\
+           say 'BARRIER up'; hear; echo \"$REPLY\"\n\
+           exec sleep 60\n\
+         fi\n\
+         say LEAVE; hear\n",
+        m = marker.display()
+    );
+    let path = script(dir.path(), "child.sh", &body);
+    let report = tokio::time::timeout(PATIENCE, launcher(&path, 2).faults(None).run())
+        .await
+        .unwrap()
+        .unwrap();
+    let out = |i: usize| String::from_utf8_lossy(&report.nodes[i].output).into_owned();
+    assert_eq!(
+        out(0).lines().collect::<Vec<_>>(),
+        [
+            "OK up",
+            "OK PAUSE pauses=1 resumes=0 kills=0 restarts=0",
+            "OK RESUME pauses=1 resumes=1 kills=0 restarts=0",
+            "OK KILL pauses=1 resumes=1 kills=1 restarts=0",
+            "OK RESTART pauses=1 resumes=1 kills=1 restarts=1",
+            "ERR CUT needs a network lab: start the run with --net",
+            "OK again",
+        ],
+        "{report:#?}"
+    );
+    // Node 1's two lives: the first passed `up` and was killed, the second
+    // passed `again` and exited 0.
+    assert_eq!(out(1).lines().collect::<Vec<_>>(), ["OK up", "OK again"]);
+    assert!(report.success(), "{report:#?}");
+}
