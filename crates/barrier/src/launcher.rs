@@ -207,7 +207,9 @@ impl Launcher {
                 l.set_nonblocking(true)?;
                 tokio::net::TcpListener::from_std(l)?
             }
-            None => tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?,
+            None => {
+                tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?
+            }
         };
         let group = Arc::new(Mutex::new(Groups::new(self.nodes)));
         let _guard = KillOnDrop(Arc::clone(&group));

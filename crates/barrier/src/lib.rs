@@ -44,5 +44,7 @@ pub use conductor::Conductor;
 pub use config::Config;
 pub use controller::Controller;
 pub use error::BarrierError;
-pub use launcher::{LaunchReport, Launcher, MAX_CAPTURE, NodeReport, OutputMode, Spawner, describe};
+pub use launcher::{
+    LaunchReport, Launcher, MAX_CAPTURE, NodeReport, OutputMode, Spawner, describe,
+};
 pub use summary::{NodeRecord, Summary};

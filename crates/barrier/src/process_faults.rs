@@ -121,7 +121,9 @@ impl ProcessFaults {
             let deadline = Instant::now() + REAP_WAIT;
             while g.live[i].is_some() {
                 if self.reaped.wait_until(&mut g, deadline).timed_out() {
-                    return Err(format!("node {node} was killed but not reaped in {REAP_WAIT:?}"));
+                    return Err(format!(
+                        "node {node} was killed but not reaped in {REAP_WAIT:?}"
+                    ));
                 }
             }
             self.restart

@@ -7,10 +7,13 @@
 //!   starts a controller and N copies of CMD with `MULTINODE_BARRIER_ADDR`,
 //!   `MULTINODE_NODE_INDEX` and `MULTINODE_NODES` set, prints a per-node
 //!   summary, and exits 0 only if every child exited 0 and no barrier failed.
+//!   With `--net`, each copy runs on its own host of a network lab; with
+//!   `--faults`, copies may ask the controller for faults.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -18,6 +21,7 @@ use anyhow::{Context, Result, bail};
 mod cluster;
 mod control;
 mod faulty;
+mod netlab;
 mod node;
 mod scenario;
 use clap::{Args, Parser, Subcommand};
@@ -77,6 +81,16 @@ struct RunArgs {
     /// Seconds a barrier may stay open after its first arrival.
     #[arg(long, default_value_t = 30.0, value_parser = positive_secs)]
     timeout: f64,
+    /// Puts each copy on its own host of a network lab (a network
+    /// namespace with an address in 198.18.0.0/15), its address in
+    /// `MULTINODE_HOST_ADDR`; needs root, or unprivileged user namespaces.
+    #[arg(long)]
+    net: bool,
+    /// Accepts conductor lines from the copies: PAUSE, RESUME, KILL and
+    /// RESTART always; PARTITION, CUT, HEAL, DROP, BANDWIDTH and FLAP with
+    /// --net (see docs/barrier-protocol.md).
+    #[arg(long)]
+    faults: bool,
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true, num_args = 1..)]
     command: Vec<String>,
@@ -91,6 +105,9 @@ pub(crate) fn positive_secs(s: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(&cli.cmd, Cmd::Run(RunArgs { net: true, .. })) {
+        netlab::reexec_in_user_namespace();
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -208,11 +225,25 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let Some((program, rest)) = args.command.split_first() else {
         bail!("no command given after --");
     };
-    let launch = Launcher::new(program, args.nodes)
+    let mut launcher = Launcher::new(program, args.nodes)
         .args(rest)
         .timeout(Duration::from_secs_f64(args.timeout))
-        .output(OutputMode::Prefixed)
-        .run();
+        .output(OutputMode::Prefixed);
+    // Held until the launch is over: dropping it tears the lab down.
+    let lab = match args.net {
+        true => Some(netlab::lab(args.nodes).await?),
+        false => None,
+    };
+    if let Some(lab) = &lab {
+        launcher = netlab::on_lab(launcher, lab)?;
+    }
+    if args.faults {
+        let network = lab
+            .clone()
+            .map(|l| Arc::new(netlab::LabConductor(l)) as Arc<dyn multinode_barrier::Conductor>);
+        launcher = launcher.faults(network);
+    }
+    let launch = launcher.run();
     let report = tokio::select! {
         report = launch => report.with_context(|| format!("cannot launch {program:?}"))?,
         why = interrupted() => {

@@ -187,7 +187,9 @@ impl FromStr for Fault {
                         r => match r.parse::<u64>() {
                             Ok(v) if v > 0 => Some(v),
                             _ => {
-                                return Err(bad(format!("{r:?} is not a rate in bit/s or \"off\"")));
+                                return Err(bad(format!(
+                                    "{r:?} is not a rate in bit/s or \"off\""
+                                )));
                             }
                         },
                     };

@@ -252,4 +252,5 @@ fn ctrl_c_stops_every_node() {
     }
 }
 
+mod lab;
 mod node;
