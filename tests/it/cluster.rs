@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The `multinode` binary of this build: built now, so it is never stale.
-fn multinode() -> PathBuf {
+pub(crate) fn multinode() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/it-<hash> → target/<profile>/
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
@@ -20,7 +20,7 @@ fn multinode() -> PathBuf {
     dir.join(format!("multinode{}", std::env::consts::EXE_SUFFIX))
 }
 
-fn test_cluster(dir: &Path, args: &[&str]) -> (Output, serde_json::Value) {
+pub(crate) fn test_cluster(dir: &Path, args: &[&str]) -> (Output, serde_json::Value) {
     let json = dir.join(format!(
         "report-{}.json",
         args.join("_").replace(['-', '.'], "")
@@ -47,7 +47,7 @@ fn test_cluster(dir: &Path, args: &[&str]) -> (Output, serde_json::Value) {
     )
 }
 
-fn stdout(out: &Output) -> String {
+pub(crate) fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -3,3 +3,4 @@
 
 mod cluster;
 mod in_process;
+mod lab_cluster;

@@ -196,6 +196,25 @@ fn ci() -> Result<()> {
     if !status.success() {
         bail!("test-cluster failed ({status})");
     }
+    // The same on a network lab at 16 nodes: the kernel's partition and
+    // 20% packet loss (nftables), a SIGKILL and a restart.
+    let status = test_cluster_command(&[
+        "--net",
+        "--nodes",
+        "16",
+        "--keys",
+        "400",
+        "--partition",
+        "--loss",
+        "0.2",
+        "--kills",
+        "1",
+    ])?
+    .status()
+    .context("cannot run multinode test-cluster --net")?;
+    if !status.success() {
+        bail!("test-cluster --net failed ({status})");
+    }
     eprintln!("==> ci: all checks passed");
     // One plain closing line with the totals of every test binary.
     println!("tests: {passed} passed, {failed} failed");

@@ -18,6 +18,7 @@ use futures_util::future::try_join_all;
 use multinode_barrier::{Controller, ENV_ADDR, ENV_INDEX, ENV_NODES};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+mod lab;
 mod node_proc;
 mod phases;
 mod report;
@@ -49,6 +50,20 @@ pub(crate) struct ClusterArgs {
     /// Split the nodes in two halves during the writes, then heal.
     #[arg(long)]
     partition: bool,
+    /// Runs each node on its own host of a network lab, bound to the
+    /// host's address: the partition and the drops are then the kernel's
+    /// (nftables on each receiver), and the summary shows its counters.
+    /// Needs root, or unprivileged user namespaces.
+    #[arg(long)]
+    pub(crate) net: bool,
+    /// Nodes stopped with SIGSTOP while the others run the delete phase,
+    /// then continued: they must catch up.
+    #[arg(long, default_value_t = 0)]
+    pause: u32,
+    /// Takes one node's link down for a second during the delete phase,
+    /// then up again (needs --net).
+    #[arg(long)]
+    flap: bool,
     /// Keep logs and data directories even when the run passes.
     #[arg(long)]
     keep: bool,
@@ -144,6 +159,10 @@ struct Conductor {
     secret: PathBuf,
     /// libfaketime, when some node runs with a skewed clock.
     faketime: Option<PathBuf>,
+    /// The network lab the nodes run on, with `--net`.
+    lab: Option<std::sync::Arc<multinode_net::Lab>>,
+    /// The lab's counters at the start of the phase.
+    kernel_base: multinode_net::Counters,
 }
 
 /// A fresh random cluster secret for one run, in a file only its owner
@@ -179,6 +198,16 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
             args.nodes
         );
     }
+    if args.pause >= args.nodes {
+        bail!(
+            "--pause {} must leave a node running (--nodes {})",
+            args.pause,
+            args.nodes
+        );
+    }
+    if args.flap && !args.net {
+        bail!("--flap takes a host's link down: it needs --net");
+    }
     if let Some((node, _)) = args.skews.iter().find(|(node, _)| *node >= n) {
         bail!("--skew {node}=…: there is no node {node} among {n}");
     }
@@ -195,11 +224,28 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
         .tempdir_in(&parent)
         .with_context(|| format!("cannot create a run directory in {}", parent.display()))?;
     let replay = replay_command(&args, seed);
+    let lab = match args.net {
+        true => Some(crate::netlab::lab(args.nodes).await?),
+        false => None,
+    };
+    if let Some(lab) = &lab {
+        for (node, secs) in &args.skews {
+            lab.clock_offset(multinode_wire::NodeId(*node as u64), *secs)?;
+        }
+    }
     println!(
-        "test-cluster: {n} nodes, {keys} keys, {} kill(s), drop {}{}, seed {seed} (plan {:016x})",
+        "test-cluster: {n} nodes, {keys} keys, {} kill(s), drop {}{}{}, seed {seed} (plan {:016x})",
         args.kills,
         args.drop,
         if args.partition { ", partition" } else { "" },
+        match &lab {
+            Some(l) => format!(
+                ", on a network lab ({}/{})",
+                l.subnet().network(),
+                l.subnet().prefix_len()
+            ),
+            None => String::new(),
+        },
         plan.digest()
     );
     println!("run directory: {}", dir.path().display());
@@ -222,6 +268,8 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
         acked_base: 0,
         secret,
         faketime,
+        lab,
+        kernel_base: multinode_net::Counters::default(),
     };
     let mut interrupted = false;
     let outcome = tokio::select! {
@@ -280,6 +328,15 @@ fn replay_command(a: &ClusterArgs, seed: u64) -> String {
     if a.partition {
         s.push_str(" --partition");
     }
+    if a.net {
+        s.push_str(" --net");
+    }
+    if a.pause > 0 {
+        let _ = write!(s, " --pause {}", a.pause);
+    }
+    if a.flap {
+        s.push_str(" --flap");
+    }
     if a.rate != 100 {
         let _ = write!(s, " --rate {}", a.rate);
     }
@@ -302,9 +359,22 @@ impl Conductor {
             .create(true)
             .append(true)
             .open(self.dir.join(format!("node-{index}.log")))?;
-        let mut cmd = tokio::process::Command::new(&self.exe);
-        cmd.arg("node")
-            .arg("--data-dir")
+        let mut cmd = match &self.lab {
+            Some(lab) => {
+                let host = multinode_wire::NodeId(index as u64);
+                let mut cmd = lab.command(host, &self.exe)?;
+                cmd.arg("node")
+                    .arg("--bind")
+                    .arg(format!("{}:0", lab.addr(host)?));
+                cmd
+            }
+            None => {
+                let mut cmd = tokio::process::Command::new(&self.exe);
+                cmd.arg("node");
+                cmd
+            }
+        };
+        cmd.arg("--data-dir")
             .arg(self.dir.join(format!("node-{index}")))
             .args(["--round-ms", &self.args.round_ms.to_string()])
             .args(["--seed", &(self.seed ^ (index as u64) << 32).to_string()])
@@ -322,16 +392,20 @@ impl Conductor {
             cmd.arg("--no-join");
         }
         let skew = self.args.skews.iter().find(|(n, _)| *n == index);
-        if let (Some((_, secs)), Some(lib)) = (skew, &self.faketime) {
+        // On a lab, the lab's clock offset does this.
+        if let (Some((_, secs)), Some(lib), None) = (skew, &self.faketime, &self.lab) {
             // Only the wall clock: timers and timeouts keep real time.
             cmd.env("LD_PRELOAD", lib)
                 .env("FAKETIME", format!("{secs:+}s"))
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
                 .env("FAKETIME_NO_CACHE", "1");
         }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", self.exe.display()))?;
+        let mut child = match &self.lab {
+            Some(lab) => lab.spawn(multinode_wire::NodeId(index as u64), &mut cmd)?,
+            None => cmd
+                .spawn()
+                .with_context(|| format!("cannot start {}", self.exe.display()))?,
+        };
         self.started += 1;
         let stdin = child.stdin.take().expect("piped");
         let stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
@@ -406,6 +480,7 @@ impl Conductor {
 
     async fn begin(&mut self) -> Result<Instant> {
         self.base = try_join_all(self.nodes.iter_mut().map(NodeProc::sent)).await?;
+        self.kernel_base = self.kernel().await?;
         self.acked_base = self.history.acked.len();
         Ok(Instant::now())
     }
@@ -429,6 +504,10 @@ impl Conductor {
             bytes += if *b >= b0 { b - b0 } else { *b };
         }
         let took = began.elapsed();
+        let kernel = match self.lab {
+            Some(_) => Some(self.kernel().await?.since(&self.kernel_base)),
+            None => None,
+        };
         self.say(name, &format!("{result} ({:.2} s)", took.as_secs_f64()));
         self.phases.push(Phase {
             name,
@@ -438,6 +517,7 @@ impl Conductor {
             bytes,
             writes: self.history.acked.len() - self.acked_base,
             result,
+            kernel,
         });
         Ok(())
     }
@@ -448,8 +528,15 @@ impl Conductor {
     }
 
     /// Applies the drop and partition settings to `nodes`: a partition is
-    /// each side cutting its links to the other.
+    /// each side cutting its links to the other. On a lab the kernel's rules
+    /// hold for every host, restarted or not: they are made once.
     async fn faults(&mut self, only: Option<&[usize]>) -> Result<()> {
+        if self.lab.is_some() {
+            return match only {
+                None => self.lab_faults().await,
+                Some(_) => Ok(()),
+            };
+        }
         let side = self.plan.side.clone();
         let n = self.nodes.len();
         for node in &mut self.nodes {
@@ -514,6 +601,7 @@ impl Conductor {
                     "{} processes started, {} reaped, {alive} alive",
                     self.started, self.reaped
                 ),
+                kernel: None,
             });
             self.say("stop", &self.phases.last().expect("pushed").result.clone());
         }

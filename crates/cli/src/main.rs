@@ -105,7 +105,9 @@ pub(crate) fn positive_secs(s: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(&cli.cmd, Cmd::Run(RunArgs { net: true, .. })) {
+    if matches!(&cli.cmd, Cmd::Run(RunArgs { net: true, .. }))
+        || matches!(&cli.cmd, Cmd::TestCluster(a) if a.net)
+    {
         netlab::reexec_in_user_namespace();
     }
     let rt = match tokio::runtime::Builder::new_current_thread()

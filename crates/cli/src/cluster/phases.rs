@@ -1,6 +1,7 @@
 //! The scenario's phases: join, write (with kills), write again, delete
 //! (healing any partition), converge and check, each between barriers.
 
+use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -19,10 +20,23 @@ impl Conductor {
         let n = self.args.nodes as usize;
         let mut config = Config::new(self.args.nodes);
         config.timeout = Duration::from_secs(30);
-        self.controller = Some(
-            Controller::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config)
+        let listener = match &self.lab {
+            // On a lab the controller listens on the switch, which every
+            // host reaches and no fault touches.
+            Some(lab) => {
+                let switch = lab.switch_addr();
+                let l = lab
+                    .within_switch(move || std::net::TcpListener::bind((switch, 0)))?
+                    .context("cannot listen on the lab's switch")?;
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)?
+            }
+            None => tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
                 .await
                 .context("cannot start the barrier controller")?,
+        };
+        self.controller = Some(
+            Controller::start(listener, config).context("cannot start the barrier controller")?,
         );
 
         // join: every node exchanges its address at the barrier `join`.
@@ -150,7 +164,7 @@ impl Conductor {
         // write: the rest of the writes.
         let began = self.begin().await?;
         let before = self.history.acked.len();
-        let acks = self.run_phase(&plan.writes, &resume).await?;
+        let acks = self.run_phase(&plan.writes, &resume, &|_| true).await?;
         self.history.acked.extend(acks);
         self.end(
             "write-2",
@@ -160,18 +174,57 @@ impl Conductor {
         )
         .await?;
 
-        // delete: mostly deletes, some racing overwrites.
+        // delete: mostly deletes, some racing overwrites; paused nodes wait
+        // and then catch up, and a link may flap meanwhile.
         let began = self.begin().await?;
         let before = self.history.acked.len();
-        let acks = self.run_phase(&plan.deletes, &vec![0; n]).await?;
+        let paused: Vec<usize> = (0..n).rev().take(self.args.pause as usize).collect();
+        let mut notes = String::new();
+        self.pause(&paused)?;
+        let flapping = (0..n).find(|i| !paused.contains(i));
+        let flap = match (self.args.flap, flapping) {
+            (true, Some(i)) => Some((i, self.flap(i)?)),
+            _ => None,
+        };
+        let paused_at = Instant::now();
+        let acks = self
+            .run_phase(&plan.deletes, &vec![0; n], &|i| !paused.contains(&i))
+            .await?;
         self.history.acked.extend(acks);
-        let mut healed = String::new();
-        if plan.side.is_some() {
+        if let Some((i, flap)) = flap {
+            let down = flap.await.context("the flap panicked")??;
+            let _ = write!(
+                notes,
+                "; node {i}'s link flapped ({:.1} s down)",
+                down.as_secs_f64()
+            );
+        }
+        if !paused.is_empty() {
+            let others = self.history.acked.len() - before;
+            self.resume(&paused)?;
+            let acks = self
+                .run_phase(&plan.deletes, &vec![0; n], &|i| paused.contains(&i))
+                .await?;
+            self.history.acked.extend(acks);
+            let _ = write!(
+                notes,
+                "; node(s) {paused:?} paused (SIGSTOP) {:.1} s while the others acknowledged {others}, then resumed",
+                paused_at.elapsed().as_secs_f64()
+            );
+        }
+        let mut healed = notes;
+        if plan.side.is_some() && self.lab.is_some() {
+            let cut = self.lab_heal().await?;
+            let _ = write!(
+                healed,
+                "; partition healed ({cut} packets cut by the kernel)"
+            );
+        } else if plan.side.is_some() {
             // What the cuts did, from each node's fault counters.
             let faults = try_join_all(self.nodes.iter_mut().map(|n| n.call("FAULTS"))).await?;
             let cut: u64 = faults.iter().filter_map(|f| field(f, "cut")).sum();
             self.all("HEAL").await?;
-            healed = format!("; partition healed ({cut} frames cut)");
+            let _ = write!(healed, "; partition healed ({cut} frames cut)");
         }
         self.end(
             "delete",
@@ -254,19 +307,30 @@ impl Conductor {
         Ok(())
     }
 
-    /// Every node runs its script from `from[i]` to the end, concurrently.
-    async fn run_phase(&mut self, scripts: &[Vec<Op>], from: &[usize]) -> Result<Vec<Ack>> {
+    /// Every node `which` picks runs its script from `from[i]` to the end,
+    /// concurrently.
+    async fn run_phase(
+        &mut self,
+        scripts: &[Vec<Op>],
+        from: &[usize],
+        which: &dyn Fn(usize) -> bool,
+    ) -> Result<Vec<Ack>> {
         let rate = self.args.rate;
-        let outs = try_join_all(self.nodes.iter_mut().map(|node| {
-            let i = node.index;
-            let ops = &scripts[i];
-            async move {
-                let mut acked = Vec::new();
-                node.run_ops(ops, from[i], ops.len(), None, rate, &mut acked)
-                    .await?;
-                Ok::<_, anyhow::Error>(acked)
-            }
-        }))
+        let outs = try_join_all(
+            self.nodes
+                .iter_mut()
+                .filter(|n| which(n.index))
+                .map(|node| {
+                    let i = node.index;
+                    let ops = &scripts[i];
+                    async move {
+                        let mut acked = Vec::new();
+                        node.run_ops(ops, from[i], ops.len(), None, rate, &mut acked)
+                            .await?;
+                        Ok::<_, anyhow::Error>(acked)
+                    }
+                }),
+        )
         .await?;
         Ok(outs.into_iter().flatten().collect())
     }

@@ -15,25 +15,45 @@ pub(super) struct Phase {
     /// Writes acknowledged during the phase.
     pub(super) writes: usize,
     pub(super) result: String,
+    /// What the kernel counted in the phase, on a network lab.
+    pub(super) kernel: Option<multinode_net::Counters>,
 }
 
 impl Conductor {
     pub(super) fn print_summary(&self, failure: &Option<String>, alive: u32) {
         println!();
-        println!(
-            "{:<9} {:>9} {:>9} {:>8} {:>11}  result",
+        let lab = self.lab.is_some();
+        let mut head = format!(
+            "{:<9} {:>9} {:>9} {:>8} {:>11}",
             "phase", "duration", "converge", "frames", "bytes"
         );
+        if lab {
+            head.push_str(&format!(" {:>9} {:>8} {:>8}", "packets", "cut", "dropped"));
+        }
+        println!("{head}  result");
         for p in &self.phases {
-            println!(
-                "{:<9} {:>7.2} s {:>9} {:>8} {:>11}  {}",
+            let mut row = format!(
+                "{:<9} {:>7.2} s {:>9} {:>8} {:>11}",
                 p.name,
                 p.took.as_secs_f64(),
                 p.converge
                     .map_or_else(|| "-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
                 p.frames,
                 p.bytes,
-                p.result
+            );
+            if lab {
+                match &p.kernel {
+                    Some(k) => {
+                        row.push_str(&format!(" {:>9} {:>8} {:>8}", k.received, k.cut, k.dropped))
+                    }
+                    None => row.push_str(&format!(" {:>9} {:>8} {:>8}", "-", "-", "-")),
+                }
+            }
+            println!("{row}  {}", p.result);
+        }
+        if lab {
+            println!(
+                "(packets, cut, dropped: counted by the kernel's nftables rules on each receiving host)"
             );
         }
         let total = self.t0.elapsed().as_secs_f64();
@@ -65,6 +85,13 @@ impl Conductor {
                     "bytes_sent": p.bytes,
                     "writes": p.writes,
                     "result": p.result,
+                    "kernel": p.kernel.as_ref().map(|k| serde_json::json!({
+                        "packets": k.received,
+                        "cut": k.cut,
+                        "dropped": k.dropped,
+                        "pauses": k.pauses,
+                        "flaps": k.flaps,
+                    })),
                 })
             })
             .collect();
@@ -78,6 +105,9 @@ impl Conductor {
             "kills": self.args.kills,
             "drop": self.args.drop,
             "partition": self.args.partition,
+            "net": self.args.net,
+            "pause": self.args.pause,
+            "flap": self.args.flap,
             "acknowledged_writes": self.history.acked.len(),
             "unsure_writes": self.history.unsure.len(),
             "entries": self.converged_entries,

@@ -1,0 +1,138 @@
+//! test-cluster on a network lab (`--net`): real `multinode node`
+//! processes on hosts of their own, real TCP, and faults the kernel makes
+//! (nftables on each receiver), counted by the kernel. Needs root (CI runs
+//! as root; elsewhere the binary re-runs itself in a user namespace).
+
+use crate::cluster::{stdout, test_cluster};
+
+fn total(report: &serde_json::Value, counter: &str) -> u64 {
+    report["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .filter_map(|p| p["kernel"][counter].as_u64())
+        .sum()
+}
+
+fn phase<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .find(|p| p["phase"] == name)
+        .unwrap_or_else(|| panic!("no phase {name} in {report}"))
+}
+
+/// The README's lab run: a partition and 20% packet loss made by the
+/// kernel, a SIGKILL and a restart; the partition's counters are not zero,
+/// and after the heal every node converges.
+#[test]
+fn a_kernel_partition_with_loss_and_a_kill_heals_and_converges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = [
+        "--net",
+        "--partition",
+        "--loss",
+        "0.2",
+        "--kills",
+        "1",
+        "--nodes",
+        "5",
+        "--keys",
+        "200",
+    ];
+    let (out, report) = test_cluster(dir.path(), &args);
+    let text = stdout(&out);
+    assert_eq!(report["passed"], true, "{text}");
+    assert_eq!(report["net"], true);
+    // The partition dropped packets before the heal, and none after it.
+    let cut_before: u64 = ["join", "write", "write-2", "delete"]
+        .iter()
+        .map(|p| phase(&report, p)["kernel"]["cut"].as_u64().unwrap())
+        .sum();
+    assert!(cut_before > 0, "{text}");
+    assert_eq!(phase(&report, "converge")["kernel"]["cut"], 0, "{text}");
+    assert!(text.contains("packets cut by the kernel"), "{text}");
+    assert!(text.contains("on a network lab (198.1"), "{text}");
+}
+
+/// 30% loss on every link: the kernel drops about 30% of the packets that
+/// reach a host (and were not cut), and the cluster still converges.
+#[test]
+fn thirty_percent_loss_drops_about_thirty_percent_and_the_cluster_converges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = [
+        "--net", "--drop", "0.3", "--kills", "0", "--nodes", "3", "--keys", "300",
+    ];
+    let (out, report) = test_cluster(dir.path(), &args);
+    let text = stdout(&out);
+    assert_eq!(report["passed"], true, "{text}");
+    let (packets, dropped) = (total(&report, "packets"), total(&report, "dropped"));
+    let share = dropped as f64 / packets as f64;
+    // Each packet is dropped with p = 0.3 by the kernel's generator; with
+    // the hundreds of packets a run sends (sd ≤ 0.026 at 300), ±0.08 is
+    // three deviations or more.
+    assert!(packets > 300, "{packets} packets: {text}");
+    assert!(
+        (0.22..=0.38).contains(&share),
+        "dropped {dropped} of {packets}: {text}"
+    );
+}
+
+/// A node paused with SIGSTOP while the others write is reported, and
+/// catches up once resumed; another node's link flaps meanwhile.
+#[test]
+fn a_paused_node_catches_up_and_a_flapped_link_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = [
+        "--net", "--pause", "1", "--flap", "--kills", "0", "--nodes", "4", "--keys", "200",
+    ];
+    let (out, report) = test_cluster(dir.path(), &args);
+    let text = stdout(&out);
+    assert_eq!(report["passed"], true, "{text}");
+    let delete = phase(&report, "delete");
+    let result = delete["result"].as_str().unwrap();
+    assert!(result.contains("node(s) [3] paused (SIGSTOP)"), "{result}");
+    assert!(result.contains("node 0's link flapped"), "{result}");
+    assert_eq!(delete["kernel"]["pauses"], 1, "{delete}");
+    assert_eq!(delete["kernel"]["flaps"], 1, "{delete}");
+}
+
+/// One node's wall clock 20 s behind (libfaketime, through the lab): the
+/// hybrid logical clock orders its writes by the cluster's time, since its
+/// peers' timestamps pull its clock forward, and the run passes.
+#[test]
+fn a_host_with_a_clock_offset_converges_within_the_drift_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = [
+        "--net", "--skew", "2=-20", "--kills", "0", "--nodes", "3", "--keys", "60",
+    ];
+    let (out, report) = test_cluster(dir.path(), &args);
+    assert_eq!(report["passed"], true, "{}", stdout(&out));
+}
+
+/// A clock 600 s ahead on a lab host fails the run, naming the clock.
+#[test]
+fn a_host_far_ahead_fails_the_run_naming_its_clock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = [
+        "--net",
+        "--skew",
+        "1=600",
+        "--kills",
+        "0",
+        "--nodes",
+        "3",
+        "--keys",
+        "40",
+        "--converge-timeout",
+        "5",
+    ];
+    let (out, report) = test_cluster(dir.path(), &args);
+    let text = stdout(&out);
+    assert_eq!(report["passed"], false, "{text}");
+    assert!(
+        text.contains("FAILED: clock offset: node 1's clock is"),
+        "{text}"
+    );
+}
