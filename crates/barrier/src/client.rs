@@ -3,7 +3,7 @@
 //! label, so a call that was dropped or timed out locally leaves nothing that
 //! could be mistaken for the answer to the next one.
 
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -13,41 +13,10 @@ use multinode_wire::{
 use tokio_util::codec::Framed;
 
 use crate::BarrierError;
-
-/// Environment variable: the controller's address (`host:port`).
-pub const ENV_ADDR: &str = "MULTINODE_BARRIER_ADDR";
-/// Environment variable: this process's node index, `0..MULTINODE_NODES`.
-pub const ENV_INDEX: &str = "MULTINODE_NODE_INDEX";
-/// Environment variable: how many nodes the launcher started.
-pub const ENV_NODES: &str = "MULTINODE_NODES";
+use crate::identity::env_identity;
 
 /// Values gathered by a data-carrying barrier, one per node, by node id.
 pub type Gathered = Vec<(NodeId, Value)>;
-
-/// Reads the controller address and node index the launcher set.
-pub fn env_identity() -> Result<(SocketAddr, NodeId), BarrierError> {
-    let get = |name: &'static str| {
-        std::env::var(name).map_err(|e| BarrierError::Env {
-            name,
-            problem: e.to_string(),
-        })
-    };
-    let addr = get(ENV_ADDR)?;
-    let addr = addr
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or(BarrierError::Env {
-            name: ENV_ADDR,
-            problem: format!("{addr:?} is not a socket address"),
-        })?;
-    let index = get(ENV_INDEX)?;
-    let index = index.parse().map_err(|_| BarrierError::Env {
-        name: ENV_INDEX,
-        problem: format!("{index:?} is not a node index"),
-    })?;
-    Ok((addr, index))
-}
 
 /// The call in flight: which reply answers it, and what it gathered so far.
 struct Expect {

@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 
-use crate::client::{ENV_ADDR, ENV_INDEX, ENV_NODES};
+use crate::identity::{ENV_ADDR, ENV_INDEX, ENV_NODES};
 use crate::{BarrierError, Config, Controller};
 
 /// How long output is still read after every child has exited.

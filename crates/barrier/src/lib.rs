@@ -33,17 +33,19 @@ mod config;
 mod controller;
 mod core;
 mod error;
+mod identity;
 mod launcher;
 mod process_faults;
 mod summary;
 
-pub use client::{
-    BarrierNode, BlockingBarrierNode, ENV_ADDR, ENV_INDEX, ENV_NODES, Gathered, env_identity,
-};
+pub use client::{BarrierNode, BlockingBarrierNode, Gathered};
 pub use conductor::Conductor;
 pub use config::Config;
 pub use controller::Controller;
 pub use error::BarrierError;
+pub use identity::{
+    ENV_ADDR, ENV_INDEX, ENV_NODES, INDEX_VARS, NODES_VARS, env_identity, env_index, env_nodes,
+};
 pub use launcher::{
     LaunchReport, Launcher, MAX_CAPTURE, NodeReport, OutputMode, Spawner, describe,
 };

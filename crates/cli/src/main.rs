@@ -3,6 +3,9 @@
 //! - `multinode barrier serve --nodes N`: a barrier controller on loopback;
 //!   prints `LISTENING <addr>` first, serves until every node has left or a
 //!   signal arrives, and exits 0 only if every barrier passed.
+//! - `multinode barrier pass LABEL...`: joins as the node the environment
+//!   names (ours, or mpirun's, srun's or an Indexed Job's rank) and passes
+//!   the barriers in order.
 //! - `multinode run -n N -- CMD ARGS...`: like `mpirun` for cluster tests;
 //!   starts a controller and N copies of CMD with `MULTINODE_BARRIER_ADDR`,
 //!   `MULTINODE_NODE_INDEX` and `MULTINODE_NODES` set, prints a per-node
@@ -58,6 +61,19 @@ enum Cmd {
 enum BarrierCmd {
     /// Serve the barrier line protocol until every node has left.
     Serve(ServeArgs),
+    /// Join a run as one node and pass the named barriers in order, then
+    /// leave: a job script's barriers, under any launcher.
+    Pass(PassArgs),
+}
+
+#[derive(Args)]
+struct PassArgs {
+    /// The barriers, in order.
+    #[arg(required = true, num_args = 1..)]
+    labels: Vec<String>,
+    /// Seconds each barrier may take.
+    #[arg(long, default_value_t = 30.0, value_parser = positive_secs)]
+    timeout: f64,
 }
 
 #[derive(Args)]
@@ -125,6 +141,9 @@ fn main() -> ExitCode {
             Cmd::Barrier {
                 cmd: BarrierCmd::Serve(args),
             } => serve(args).await,
+            Cmd::Barrier {
+                cmd: BarrierCmd::Pass(args),
+            } => pass(args),
             Cmd::Run(args) => run(args).await,
             Cmd::TestCluster(args) => cluster::run(args).await,
             Cmd::Node(args) => {
@@ -221,6 +240,21 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `barrier pass`: the identity comes from the environment, ours or an
+/// existing launcher's (see `multinode_barrier::INDEX_VARS`).
+fn pass(args: PassArgs) -> Result<ExitCode> {
+    let (addr, id) = multinode_barrier::env_identity()?;
+    let mut node = multinode_barrier::BlockingBarrierNode::connect(addr, Some(id))
+        .with_context(|| format!("cannot join the controller at {addr} as node {id}"))?;
+    let timeout = Duration::from_secs_f64(args.timeout);
+    for label in &args.labels {
+        node.barrier(label, Some(timeout))?;
+        println!("node {} of {} passed {label}", node.node(), node.nodes());
+    }
+    node.leave()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(args: RunArgs) -> Result<ExitCode> {

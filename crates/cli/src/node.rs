@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use bytes::BytesMut;
 use clap::Args;
 use futures_util::StreamExt;
-use multinode_barrier::{BarrierError, BarrierNode, ENV_ADDR, ENV_INDEX, env_identity};
+use multinode_barrier::{BarrierError, BarrierNode, ENV_ADDR, env_identity, env_index};
 use multinode_gossip::{GossipTransport, TcpTransport, TcpTransportConfig};
 use multinode_lww::{Fanout, Inbox, LwwNode, NodeConfig, ReplicaConfig};
 use multinode_wire::{ClusterId, LwwEntry, NodeId};
@@ -24,7 +24,9 @@ pub(crate) struct NodeArgs {
     /// Where the node keeps its acknowledged writes (created if missing).
     #[arg(long)]
     data_dir: PathBuf,
-    /// This node's id; default: `MULTINODE_NODE_INDEX`.
+    /// This node's id; default: `MULTINODE_NODE_INDEX`, else the rank an
+    /// existing launcher gives (`OMPI_COMM_WORLD_RANK`, `PMI_RANK`,
+    /// `SLURM_PROCID`, `JOB_COMPLETION_INDEX`).
     #[arg(long)]
     id: Option<u64>,
     /// Where the gossip transport listens.
@@ -98,13 +100,10 @@ struct Proc {
 
 pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
     let id = match args.id {
-        Some(id) => id,
-        None => std::env::var(ENV_INDEX)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("give --id, or set {ENV_INDEX}"))?,
+        Some(id) => NodeId(id),
+        // Ours, or an existing launcher's rank (mpirun, srun, an Indexed Job).
+        None => env_index().context("give --id, or run under a launcher")?,
     };
-    let id = NodeId(id);
     let inbox = Inbox::new(4096);
     let mut tcp = TcpTransportConfig::new(ClusterId(args.cluster), id);
     tcp.bind = args.bind;

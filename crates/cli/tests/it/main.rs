@@ -253,4 +253,5 @@ fn ctrl_c_stops_every_node() {
 }
 
 mod lab;
+mod launchers;
 mod node;
