@@ -1,7 +1,7 @@
 //! Where a lab's addresses come from: one /22 of 198.18.0.0/15, the range
 //! RFC 2544 reserves for network test labs and no router forwards.
 
-use std::net::Ipv4Addr;
+use core::net::Ipv4Addr;
 
 use multinode_wire::NodeId;
 
