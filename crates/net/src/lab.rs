@@ -123,6 +123,16 @@ impl Lab {
             ));
         }
         self.switch.run("ip", &["-batch", "-"], Some(&switch))?;
+        // The switch is a plain switch: where br_netfilter is loaded, its
+        // per-namespace hooks would pass every bridged frame through the
+        // switch's (empty) firewall. Faults live on the hosts' input.
+        self.switch.within(|| {
+            for hook in ["iptables", "ip6tables", "arptables"] {
+                let knob = format!("/proc/sys/net/bridge/bridge-nf-call-{hook}");
+                // Absent without br_netfilter: nothing to turn off.
+                let _ = std::fs::write(knob, "0");
+            }
+        })?;
         for (i, host) in self.hosts.iter().enumerate() {
             let addr = self.addr(NodeId(i as u64))?;
             let script = format!(
