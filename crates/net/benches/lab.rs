@@ -32,11 +32,7 @@ fn main() {
     let lab = Lab::new(16).expect("a lab (needs root)");
 
     let frames = if quick { 20_000 } else { 100_000 };
-    let (ours, base) = interleaved(
-        reps,
-        || gossip(frames, Some(&lab)),
-        || gossip(frames, None),
-    );
+    let (ours, base) = interleaved(reps, || gossip(frames, Some(&lab)), || gossip(frames, None));
     record(
         "net",
         "gossip_tcp_1kib_lab",
@@ -225,7 +221,11 @@ fn barrier_round(n: u64, rounds: usize, lab: Option<&Lab>) -> f64 {
         Controller::start(l, cfg).expect("controller")
     });
     let nodes: Vec<BlockingBarrierNode> = (0..n)
-        .map(|i| on(lab, i, || BlockingBarrierNode::connect(at, Some(NodeId(i))).expect("connect")))
+        .map(|i| {
+            on(lab, i, || {
+                BlockingBarrierNode::connect(at, Some(NodeId(i))).expect("connect")
+            })
+        })
         .collect();
     let start = Arc::new(std::sync::Barrier::new(n as usize));
     let mut samples = std::thread::scope(|s| {
