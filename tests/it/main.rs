@@ -3,4 +3,5 @@
 
 mod cluster;
 mod in_process;
+#[cfg(target_os = "linux")]
 mod lab_cluster;

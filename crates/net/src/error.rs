@@ -64,6 +64,9 @@ pub enum NetError {
     /// The lab's keeper process (the init of its PID namespace) failed.
     #[error("the lab's keeper process failed: {0}")]
     Keeper(String),
+    /// Not on Linux: network namespaces, veth and nftables are Linux's.
+    #[error("the network lab needs Linux (network namespaces, veth, nftables)")]
+    Unsupported,
     /// An I/O error.
     #[error("i/o: {0}")]
     Io(#[from] io::Error),

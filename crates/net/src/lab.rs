@@ -69,6 +69,9 @@ impl Lab {
     /// other and the switch. Fails with one clear error, and leaves nothing
     /// behind, when a privilege or a program is missing.
     pub fn new(hosts: u32) -> Result<Self, NetError> {
+        if !cfg!(target_os = "linux") {
+            return Err(NetError::Unsupported);
+        }
         if hosts > MAX_HOSTS {
             return Err(NetError::TooManyHosts {
                 hosts,

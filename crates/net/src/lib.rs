@@ -17,7 +17,7 @@
 //! lab's namespaces have no names and its processes live in a PID namespace
 //! whose init exits when the owner does (see `lab.rs`).
 //!
-//! Needs Linux, root (or CAP_SYS_ADMIN and CAP_NET_ADMIN), and `ip`, `tc`
+//! Needs Linux (elsewhere [`Lab::new`] is [`NetError::Unsupported`]), root (or CAP_SYS_ADMIN and CAP_NET_ADMIN), and `ip`, `tc`
 //! (iproute2), `nft` (nftables), `nsenter` and `unshare` (util-linux). The
 //! kernel has no delay here (no netem): delays stay with the in-process
 //! appliers of the fault model.

@@ -7,6 +7,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
 
+#[cfg(target_os = "linux")]
 use nix::sched::{CloneFlags, setns, unshare};
 
 use crate::NetError;
@@ -16,8 +17,15 @@ use crate::NetError;
 pub(crate) struct Netns(File);
 
 impl Netns {
+    /// Network namespaces are Linux's.
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn create() -> Result<Self, NetError> {
+        Err(NetError::Unsupported)
+    }
+
     /// A new, empty network namespace (only a down `lo`). Made on a thread
     /// of its own that exits at once, so nothing else ever runs in it.
+    #[cfg(target_os = "linux")]
     pub(crate) fn create() -> Result<Self, NetError> {
         std::thread::spawn(|| {
             unshare(CloneFlags::CLONE_NEWNET).map_err(|e| refused("unshare(CLONE_NEWNET)", e))?;
@@ -43,6 +51,7 @@ impl Netns {
 
     /// Runs `f` on a thread inside this namespace: sockets it opens stay
     /// in the namespace for life, and processes it starts begin there.
+    #[cfg(target_os = "linux")]
     pub(crate) fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetError> {
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -52,6 +61,12 @@ impl Netns {
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
         })
+    }
+
+    /// Network namespaces are Linux's.
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn within<T: Send>(&self, _f: impl FnOnce() -> T + Send) -> Result<T, NetError> {
+        Err(NetError::Unsupported)
     }
 
     /// Runs `program args` inside this namespace with `input` on stdin and
@@ -127,7 +142,8 @@ pub(crate) fn missing(program: &'static str, e: std::io::Error) -> NetError {
     }
 }
 
-fn refused(what: &str, e: nix::Error) -> NetError {
+#[cfg(target_os = "linux")]
+pub(crate) fn refused(what: &str, e: nix::Error) -> NetError {
     match e {
         nix::Error::EPERM | nix::Error::EACCES => NetError::Privilege { what: what.into() },
         e => NetError::Io(e.into()),

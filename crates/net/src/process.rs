@@ -78,8 +78,10 @@ impl Lab {
         let host = self.host(node)?;
         let pid_ns = &self.pid_ns;
         let child = host.within(|| {
+            #[cfg(target_os = "linux")]
             nix::sched::setns(pid_ns, nix::sched::CloneFlags::CLONE_NEWPID)
-                .map_err(|e| NetError::Io(e.into()))?;
+                .map_err(|e| crate::namespace::refused("setns(CLONE_NEWPID)", e))?;
+            let _ = pid_ns;
             let _rt = runtime.enter();
             cmd.spawn().map_err(NetError::Io)
         })??;

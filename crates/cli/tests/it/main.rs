@@ -252,6 +252,8 @@ fn ctrl_c_stops_every_node() {
     }
 }
 
+#[cfg(target_os = "linux")]
 mod lab;
+#[cfg(target_os = "linux")]
 mod launchers;
 mod node;
