@@ -51,6 +51,37 @@ fn a_kernel_partition_with_loss_and_a_kill_heals_and_converges() {
         .map(|p| phase(&report, p)["kernel"]["cut"].as_u64().unwrap())
         .sum();
     assert!(cut_before > 0, "{text}");
+    // Both ways: packets from each side to the other were cut.
+    let side: Vec<u64> = report["partition_side"]
+        .as_array()
+        .expect("a partition side")
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let (mut out, mut back) = (0, 0);
+    for p in report["phases"].as_array().unwrap() {
+        let Some(links) = p["kernel"]["links"].as_object() else {
+            continue;
+        };
+        for (link, d) in links {
+            let (from, to) = link.split_once('>').unwrap();
+            let (from, to): (u64, u64) = (from.parse().unwrap(), to.parse().unwrap());
+            let cut = d["cut"].as_u64().unwrap();
+            assert!(
+                cut == 0 || side.contains(&from) != side.contains(&to),
+                "a cut inside one side, {link}: {text}"
+            );
+            if side.contains(&from) {
+                out += cut;
+            } else {
+                back += cut;
+            }
+        }
+    }
+    assert!(
+        out > 0 && back > 0,
+        "cut {out} one way, {back} the other: {text}"
+    );
     assert_eq!(phase(&report, "converge")["kernel"]["cut"], 0, "{text}");
     assert!(text.contains("packets cut by the kernel"), "{text}");
     assert!(text.contains("on a network lab (198.1"), "{text}");

@@ -40,8 +40,8 @@ impl Conductor for LabConductor {
         done.map_err(|e| e.to_string())?;
         let c = lab.counters().map_err(|e| e.to_string())?;
         Ok(format!(
-            "received={} cut={} dropped={} flaps={}",
-            c.received, c.cut, c.dropped, c.flaps
+            "received={} cut={} dropped={} shaped={} flaps={}",
+            c.received, c.cut, c.dropped, c.shaped, c.flaps
         ))
     }
 }

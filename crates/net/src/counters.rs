@@ -30,6 +30,8 @@ pub struct Counters {
     pub cut: u64,
     /// Packets dropped at random.
     pub dropped: u64,
+    /// Packets a bandwidth limit dropped (its token bucket's queue was full).
+    pub shaped: u64,
     /// The same drops by directed link `(from, to)`.
     pub links: BTreeMap<(NodeId, NodeId), LinkDrops>,
     /// Processes stopped with SIGSTOP.
@@ -64,6 +66,7 @@ impl Counters {
             received: self.received.saturating_sub(earlier.received),
             cut: self.cut.saturating_sub(earlier.cut),
             dropped: self.dropped.saturating_sub(earlier.dropped),
+            shaped: self.shaped.saturating_sub(earlier.shaped),
             links,
             pauses: self.pauses.saturating_sub(earlier.pauses),
             resumes: self.resumes.saturating_sub(earlier.resumes),
@@ -94,14 +97,15 @@ fn sender(name: &str, prefix: &str) -> Option<NodeId> {
 }
 
 impl fmt::Display for Counters {
-    /// `received=… cut=… dropped=… pauses=… resumes=… kills=… restarts=… flaps=…`
+    /// `received=… cut=… dropped=… shaped=… pauses=… resumes=… kills=… restarts=… flaps=…`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "received={} cut={} dropped={} pauses={} resumes={} kills={} restarts={} flaps={}",
+            "received={} cut={} dropped={} shaped={} pauses={} resumes={} kills={} restarts={} flaps={}",
             self.received,
             self.cut,
             self.dropped,
+            self.shaped,
             self.pauses,
             self.resumes,
             self.kills,
@@ -138,6 +142,28 @@ pub(crate) fn parse(json: &str) -> Result<Vec<(String, u64)>, NetError> {
     Ok(out)
 }
 
+/// The packets a root `tbf` qdisc dropped, in the output of
+/// `tc -s -j qdisc show dev eth0` (0 when there is none).
+pub(crate) fn parse_tbf_drops(json: &str) -> Result<u64, NetError> {
+    let bad = |why: &str| NetError::Output {
+        tool: "tc",
+        why: why.to_owned(),
+    };
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(&e.to_string()))?;
+    let qdiscs = v.as_array().ok_or_else(|| bad("not a list of qdiscs"))?;
+    let mut drops = 0;
+    for q in qdiscs
+        .iter()
+        .filter(|q| q.get("kind").and_then(|k| k.as_str()) == Some("tbf"))
+    {
+        drops += q
+            .get("drops")
+            .and_then(|d| d.as_u64())
+            .ok_or_else(|| bad("a tbf qdisc without a drop count"))?;
+    }
+    Ok(drops)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +185,19 @@ mod tests {
         let d = c.since(&earlier);
         assert_eq!((d.received, d.cut, d.dropped), (0, 3, 0));
         assert_eq!(d.links.len(), 1, "{d:?}");
+    }
+
+    #[test]
+    fn tbf_drops_are_read_from_tc_json() {
+        // Printed by iproute2 6.1 (`tc -s -j qdisc show dev va`).
+        let one = r#"[{"kind":"tbf","handle":"8010:","root":true,"refcnt":3,"options":{"rate":125000,"burst":1600,"lat":49999},"bytes":0,"packets":0,"drops":17,"overlimits":40,"requeues":0,"backlog":0,"qlen":0}]"#;
+        assert_eq!(parse_tbf_drops(one).unwrap(), 17);
+        assert_eq!(
+            parse_tbf_drops(r#"[{"kind":"noqueue","drops":3}]"#).unwrap(),
+            0
+        );
+        assert!(parse_tbf_drops("{}").is_err());
+        assert!(parse_tbf_drops(r#"[{"kind":"tbf"}]"#).is_err());
     }
 
     #[test]

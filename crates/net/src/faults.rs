@@ -86,6 +86,7 @@ impl Lab {
     /// (`tbf`) on its link; `None` removes the limit.
     pub fn bandwidth(&self, node: NodeId, bits_per_sec: Option<u64>) -> Result<(), NetError> {
         let host = self.host(node)?;
+        let i = self.host_index(node)? as u32;
         match bits_per_sec {
             Some(0) => Err(NetError::BadFault(
                 "a bandwidth of 0 bit/s: use a cut".into(),
@@ -102,18 +103,32 @@ impl Lab {
                     ],
                     None,
                 )?;
+                // A `replace` of a tbf by a tbf changes it in place: its
+                // counts go on.
+                self.shaped.lock().insert(i);
                 Ok(())
             }
-            None => match host.run("tc", &["qdisc", "del", "dev", LINK, "root"], None) {
-                // No limit was set: nothing to remove.
-                Err(NetError::Tool { stderr, .. })
-                    if stderr.contains("No such file")
-                        || stderr.contains("Cannot delete qdisc with handle of zero") =>
-                {
-                    Ok(())
+            None => {
+                // A limit removed takes its counts with it: keep them.
+                if self.shaped.lock().remove(&i) {
+                    let drops = self.tbf_drops(i)?;
+                    self.tally.lock().shaped += drops;
                 }
-                other => other.map(drop),
-            },
+                self.remove_limit(host)
+            }
+        }
+    }
+
+    fn remove_limit(&self, host: &crate::namespace::Netns) -> Result<(), NetError> {
+        match host.run("tc", &["qdisc", "del", "dev", LINK, "root"], None) {
+            // No limit was set: nothing to remove.
+            Err(NetError::Tool { stderr, .. })
+                if stderr.contains("No such file")
+                    || stderr.contains("Cannot delete qdisc with handle of zero") =>
+            {
+                Ok(())
+            }
+            other => other.map(drop),
         }
     }
 

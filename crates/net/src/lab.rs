@@ -50,6 +50,8 @@ pub struct Lab {
     /// Hosts whose nft table exists.
     pub(crate) tables: Mutex<BTreeMap<u32, ()>>,
     pub(crate) tally: Mutex<Counters>,
+    /// Hosts with a bandwidth limit in force.
+    pub(crate) shaped: Mutex<std::collections::BTreeSet<u32>>,
     pub(crate) processes: Processes,
     pub(crate) clock: Mutex<BTreeMap<u32, i64>>,
 }
@@ -102,6 +104,7 @@ impl Lab {
             rules: Mutex::new(Rules::default()),
             tables: Mutex::new(BTreeMap::new()),
             tally: Mutex::new(Counters::default()),
+            shaped: Mutex::new(std::collections::BTreeSet::new()),
             processes: Processes::new(hosts),
             clock: Mutex::new(BTreeMap::new()),
         };
@@ -213,7 +216,23 @@ impl Lab {
             )?;
             c.add_host(node, &crate::counters::parse(&json)?);
         }
+        let shaped: Vec<u32> = self.shaped.lock().iter().copied().collect();
+        for host in shaped {
+            c.shaped += self.tbf_drops(host)?;
+        }
         Ok(c)
+    }
+}
+
+impl Lab {
+    /// What the bandwidth limit on `host` dropped so far.
+    pub(crate) fn tbf_drops(&self, host: u32) -> Result<u64, NetError> {
+        let json = self.hosts[host as usize].run(
+            "tc",
+            &["-s", "-j", "qdisc", "show", "dev", LINK],
+            None,
+        )?;
+        crate::counters::parse_tbf_drops(&json)
     }
 }
 

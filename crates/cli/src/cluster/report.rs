@@ -85,13 +85,26 @@ impl Conductor {
                     "bytes_sent": p.bytes,
                     "writes": p.writes,
                     "result": p.result,
-                    "kernel": p.kernel.as_ref().map(|k| serde_json::json!({
-                        "packets": k.received,
-                        "cut": k.cut,
-                        "dropped": k.dropped,
-                        "pauses": k.pauses,
-                        "flaps": k.flaps,
-                    })),
+                    "kernel": p.kernel.as_ref().map(|k| {
+                        // Per directed link, as "from>to": what the kernel dropped.
+                        let links: serde_json::Map<String, serde_json::Value> = k
+                            .links
+                            .iter()
+                            .map(|((from, to), d)| {
+                                let v = serde_json::json!({"cut": d.cut, "dropped": d.dropped});
+                                (format!("{from}>{to}"), v)
+                            })
+                            .collect();
+                        serde_json::json!({
+                            "packets": k.received,
+                            "cut": k.cut,
+                            "dropped": k.dropped,
+                            "shaped": k.shaped,
+                            "pauses": k.pauses,
+                            "flaps": k.flaps,
+                            "links": links,
+                        })
+                    }),
                 })
             })
             .collect();
@@ -105,6 +118,7 @@ impl Conductor {
             "kills": self.args.kills,
             "drop": self.args.drop,
             "partition": self.args.partition,
+            "partition_side": self.plan.side.as_ref().map(|s| s.iter().copied().collect::<Vec<_>>()),
             "net": self.args.net,
             "pause": self.args.pause,
             "flap": self.args.flap,

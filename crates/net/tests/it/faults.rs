@@ -144,7 +144,10 @@ fn a_bandwidth_limit_is_a_token_bucket_on_the_senders_link() {
         .and_then(|s| s.parse().ok())
         .unwrap();
     assert!(dropped > 0, "{out}");
+    // The lab reports what tc counted, and keeps it once the limit is gone.
+    assert_eq!(lab.counters().unwrap().shaped, dropped, "{out}");
     lab.bandwidth(n(0), None).unwrap();
+    assert_eq!(lab.counters().unwrap().shaped, dropped);
     assert!(!String::from_utf8_lossy(&qdisc().stdout).contains("tbf"));
     lab.bandwidth(n(0), None).unwrap();
     assert!(lab.bandwidth(n(0), Some(0)).is_err());
