@@ -67,21 +67,21 @@ impl Conductor {
 
     /// Stops `nodes` with SIGSTOP (through the lab when there is one).
     pub(super) fn pause(&mut self, nodes: &[usize]) -> Result<()> {
-        for &i in nodes {
-            match &self.lab {
-                Some(lab) => lab.pause(id(i))?,
-                None => signal(self.pid(i)?, "-STOP")?,
-            }
-        }
-        Ok(())
+        self.stop_or_continue(nodes, true)
     }
 
     /// Continues `nodes` with SIGCONT.
     pub(super) fn resume(&mut self, nodes: &[usize]) -> Result<()> {
+        self.stop_or_continue(nodes, false)
+    }
+
+    fn stop_or_continue(&mut self, nodes: &[usize], stop: bool) -> Result<()> {
         for &i in nodes {
-            match &self.lab {
-                Some(lab) => lab.resume(id(i))?,
-                None => signal(self.pid(i)?, "-CONT")?,
+            match (&self.lab, stop) {
+                (Some(lab), true) => lab.pause(id(i))?,
+                (Some(lab), false) => lab.resume(id(i))?,
+                (None, true) => signal(self.pid(i)?, "-STOP")?,
+                (None, false) => signal(self.pid(i)?, "-CONT")?,
             }
         }
         Ok(())
