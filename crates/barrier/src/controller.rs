@@ -414,8 +414,12 @@ async fn connection(stream: TcpStream, inner: Arc<Inner>, cancel: CancellationTo
             line = lines.next(), if reading => {
                 if let (Some(Ok(text)), Some(conductor)) = (&line, &inner.conductor) {
                     if let Some(fault) = fault_line(text) {
-                        conduct(&inner, conn, conductor, fault).await;
-                        continue;
+                        // A long fault (a FLAP of minutes) never holds up a
+                        // shutdown: the conductor's thread finishes alone.
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = conduct(&inner, conn, conductor, fault) => continue,
+                        }
                     }
                 }
                 let now = Instant::now();
