@@ -33,9 +33,11 @@ impl Lab {
         })
     }
 
-    /// Cuts `from → to` one way: packets from `from` are dropped when they
-    /// reach `to`. Over TCP the other direction starves too (its
-    /// acknowledgements are what is cut); over UDP it flows.
+    /// Cuts `from → to` one way: every packet from `from` is dropped when
+    /// it reaches `to`; packets from `to` to `from` flow. Over UDP exactly
+    /// one direction stops; over TCP the other direction starves too, after
+    /// a window's worth of segments, since `from`'s acknowledgements are
+    /// what is dropped.
     pub fn cut(&self, from: NodeId, to: NodeId) -> Result<(), NetError> {
         let (f, t) = (self.host_index(from)? as u32, self.host_index(to)? as u32);
         self.change(|r| r.cut(f, t))

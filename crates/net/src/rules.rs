@@ -8,6 +8,13 @@
 //! never cut or dropped. Each rule counts into a named counter, which
 //! outlives rule changes, so what a fault did is still readable after
 //! `heal`.
+//!
+//! A cut `a → b` drops every packet from `a` at `b`, as Jepsen's one-way
+//! partitions do: exactly one direction of packets. Over TCP the other
+//! direction then starves too, since `a`'s acknowledgements are among what
+//! is dropped. (A cut that let `a`'s answers to `b`'s connections through
+//! was tried: a protocol that answers on the asker's connection, as LWW's
+//! anti-entropy does, then still moves `a`'s data to `b`.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -109,11 +116,17 @@ impl Rules {
             );
         }
         for &(f, ppm) in &drop {
+            // numgen draws 0..PPM: a certain drop needs no draw (and
+            // `< 1000000` would be out of its range).
+            let draw = if ppm >= PPM as u32 {
+                String::new()
+            } else {
+                format!("numgen random mod {} < {ppm} ", PPM as u32)
+            };
             let _ = writeln!(
                 s,
-                "add rule {t} input ip saddr {} numgen random mod {} < {ppm} counter name {DROPPED}{f} drop",
+                "add rule {t} input ip saddr {} {draw}counter name {DROPPED}{f} drop",
                 addr(f),
-                PPM as u32
             );
         }
         s
@@ -171,6 +184,15 @@ mod tests {
         assert!(r.script(&Subnet::slot(0), 2, 1).contains("numgen"));
         r.drop(0, 1, 0.0);
         assert!(!r.script(&Subnet::slot(0), 2, 1).contains("numgen"));
+        // Certain: every packet, no draw.
+        r.drop(0, 1, 1.0);
+        let s = r.script(&Subnet::slot(0), 2, 1);
+        assert!(
+            s.contains(
+                "add rule inet multinode input ip saddr 198.18.0.2 counter name dropped_0 drop"
+            ),
+            "{s}"
+        );
     }
 
     #[test]

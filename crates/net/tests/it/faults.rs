@@ -13,16 +13,49 @@ fn a_one_way_cut_stops_exactly_one_direction_and_counts_what_it_dropped() {
     lab.cut(n(0), n(1)).unwrap();
     assert_eq!(datagrams(&a, &b, 20), 0, "0 → 1 is cut");
     assert_eq!(datagrams(&b, &a, 20), 20, "1 → 0 still flows");
+    assert_eq!(datagrams(&a, &b, 20), 0, "answers from 0 are cut too");
     assert_eq!(datagrams(&a, &c, 20), 20, "0 → 2 is untouched");
     let k = lab.counters().unwrap();
-    assert_eq!(k.links[&(n(0), n(1))].cut, 20, "{k:?}");
-    assert_eq!(k.cut, 20, "{k:?}");
+    assert_eq!(k.links[&(n(0), n(1))].cut, 40, "{k:?}");
+    assert_eq!(k.cut, 40, "{k:?}");
     assert!(!k.links.contains_key(&(n(1), n(0))), "{k:?}");
 
     lab.heal().unwrap();
     assert_eq!(datagrams(&a, &b, 20), 20, "healed");
     // The counters outlive the rule: what the cut did stays readable.
-    assert_eq!(lab.counters().unwrap().cut, 20);
+    assert_eq!(lab.counters().unwrap().cut, 40);
+
+    // A drop of probability 1 is the same blackhole, counted as dropped.
+    lab.drop_link(n(0), n(1), 1.0).unwrap();
+    assert_eq!(datagrams(&a, &b, 5), 0);
+    assert_eq!(datagrams(&b, &a, 5), 5);
+    assert_eq!(lab.counters().unwrap().links[&(n(0), n(1))].dropped, 5);
+}
+
+#[test]
+fn over_tcp_a_one_way_cut_times_out_the_connects_of_both_sides() {
+    let lab = Lab::new(2).unwrap();
+    let listen = |i: u64| {
+        let addr = lab.addr(n(i)).unwrap();
+        lab.within(n(i), move || TcpListener::bind((addr, 0)).unwrap())
+            .unwrap()
+    };
+    let (l0, l1) = (listen(0), listen(1));
+    lab.cut(n(0), n(1)).unwrap();
+    assert!(
+        !connects(&lab, 0, l1.local_addr().unwrap()),
+        "0's SYN is cut"
+    );
+    assert!(
+        !connects(&lab, 1, l0.local_addr().unwrap()),
+        "0's SYN-ACK is cut"
+    );
+    let k = lab.counters().unwrap();
+    assert!(k.links[&(n(0), n(1))].cut >= 2, "{k:?}");
+    assert!(
+        !k.links.contains_key(&(n(1), n(0))),
+        "only 0 → 1 dropped: {k:?}"
+    );
 }
 
 fn connects(lab: &Lab, from: u64, to: SocketAddr) -> bool {
