@@ -247,3 +247,64 @@ fn a_node_with_a_small_skew_converges() {
     let (out, report) = test_cluster(dir.path(), &args);
     assert_eq!(report["passed"], true, "{}", stdout(&out));
 }
+
+/// A kept run's `history.jsonl` re-checks offline with `multinode check`
+/// to the run's verdict; the same history with an acknowledged write
+/// removed from every node's final state is flagged as a lost write.
+#[test]
+fn a_kept_history_rechecks_offline_and_a_lost_write_is_flagged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = ["--nodes", "3", "--keys", "60", "--kills", "1", "--keep"];
+    let (out, report) = test_cluster(dir.path(), &args);
+    assert_eq!(report["passed"], true, "{}", stdout(&out));
+    let run = Path::new(report["run_directory"].as_str().unwrap()).to_path_buf();
+    let history = run.join("history.jsonl");
+    let check = |path: &Path| {
+        Command::new(multinode())
+            .arg("check")
+            .arg(path)
+            .output()
+            .expect("multinode check runs")
+    };
+    let again = check(&run);
+    assert!(again.status.success(), "{}", stdout(&again));
+    assert!(stdout(&again).contains("PASSED"), "{}", stdout(&again));
+
+    // Remove the first acknowledged set's key from every final state.
+    let text = std::fs::read_to_string(&history).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let key = records
+        .iter()
+        .find(|r| r["type"] == "ok" && !r["value"][0][2].is_null())
+        .map(|r| r["value"][0][1].as_str().unwrap().to_owned())
+        .expect("an acknowledged set");
+    let edited: String = records
+        .into_iter()
+        .map(|mut r| {
+            if r["f"] == "final" {
+                let kept: Vec<serde_json::Value> = r["value"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|e| e[0] != key.as_str())
+                    .cloned()
+                    .collect();
+                r["value"] = kept.into();
+            }
+            r.to_string() + "\n"
+        })
+        .collect();
+    let bad = dir.path().join("edited.jsonl");
+    std::fs::write(&bad, edited).unwrap();
+    let flagged = check(&bad);
+    let text = stdout(&flagged);
+    assert_eq!(flagged.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAILED"), "{text}");
+    assert!(
+        text.contains("lost write: node") && text.contains(&format!("{key:?}")),
+        "{text}"
+    );
+}

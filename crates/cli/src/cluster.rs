@@ -21,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 mod lab;
 mod node_proc;
 mod phases;
+mod recorder;
 mod report;
 
 use node_proc::NodeProc;
@@ -159,6 +160,10 @@ struct Conductor {
     secret: PathBuf,
     /// libfaketime, when some node runs with a skewed clock.
     faketime: Option<PathBuf>,
+    /// The run's `history.jsonl`.
+    recorder: std::sync::Arc<recorder::Recorder>,
+    /// Each node's next incarnation (0, then one more per restart).
+    incarnations: Vec<u32>,
     /// The network lab the nodes run on, with `--net`.
     lab: Option<std::sync::Arc<multinode_net::Lab>>,
     /// The lab's counters at the start of the phase.
@@ -270,6 +275,8 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
         faketime,
         lab,
         kernel_base: multinode_net::Counters::default(),
+        recorder: std::sync::Arc::new(recorder::Recorder::create(dir.path())?),
+        incarnations: vec![0; n],
     };
     let mut interrupted = false;
     let outcome = tokio::select! {
@@ -301,7 +308,12 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
     match failure {
         None => {
             if args.keep {
-                println!("kept: {}", dir.keep().display());
+                let kept = dir.keep();
+                println!("kept: {}", kept.display());
+                println!(
+                    "history: {} (multinode check re-judges it)",
+                    kept.join("history.jsonl").display()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -309,7 +321,12 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
             println!("FAILED: {cause}");
             println!("seed: {seed}");
             println!("replay: {replay}");
-            println!("logs and data kept in {}", dir.keep().display());
+            let kept = dir.keep();
+            println!("logs and data kept in {}", kept.display());
+            println!(
+                "history: {} (multinode check re-judges it)",
+                kept.join("history.jsonl").display()
+            );
             Ok(ExitCode::from(if interrupted { 130 } else { 1 }))
         }
     }
@@ -409,8 +426,11 @@ impl Conductor {
         self.started += 1;
         let stdin = child.stdin.take().expect("piped");
         let stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let incarnation = self.incarnations[index];
+        self.incarnations[index] += 1;
         Ok(NodeProc {
             index,
+            incarnation,
             child,
             stdin,
             stdout,
@@ -478,6 +498,15 @@ impl Conductor {
         );
     }
 
+    /// Records a fault in the history.
+    fn nemesis(&self, f: &str, value: serde_json::Value) {
+        self.recorder.record(&crate::history::Event::Fault {
+            f: f.into(),
+            value,
+            time_ns: self.recorder.now(),
+        });
+    }
+
     async fn begin(&mut self) -> Result<Instant> {
         self.base = try_join_all(self.nodes.iter_mut().map(NodeProc::sent)).await?;
         self.kernel_base = self.kernel().await?;
@@ -504,6 +533,10 @@ impl Conductor {
             bytes += if *b >= b0 { b - b0 } else { *b };
         }
         let took = began.elapsed();
+        self.recorder.record(&crate::history::Event::Phase {
+            name: name.into(),
+            time_ns: self.recorder.now(),
+        });
         let kernel = match self.lab {
             Some(_) => Some(self.kernel().await?.since(&self.kernel_base)),
             None => None,
@@ -531,6 +564,17 @@ impl Conductor {
     /// each side cutting its links to the other. On a lab the kernel's rules
     /// hold for every host, restarted or not: they are made once.
     async fn faults(&mut self, only: Option<&[usize]>) -> Result<()> {
+        if only.is_none() {
+            let by = if self.lab.is_some() { "kernel" } else { "node" };
+            if self.args.drop > 0.0 {
+                self.nemesis("drop", serde_json::json!({"p": self.args.drop, "by": by}));
+            }
+            if let Some(side) = &self.plan.side {
+                let n = self.args.nodes as usize;
+                let (a, b): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| side.contains(i));
+                self.nemesis("partition", serde_json::json!({"groups": [a, b], "by": by}));
+            }
+        }
         if self.lab.is_some() {
             return match only {
                 None => self.lab_faults().await,

@@ -6,6 +6,8 @@
 //! - `multinode barrier pass LABEL...`: joins as the node the environment
 //!   names (ours, or mpirun's, srun's or an Indexed Job's rank) and passes
 //!   the barriers in order.
+//! - `multinode check PATH`: judges a kept run's `history.jsonl` again,
+//!   offline, to the verdict the run reached.
 //! - `multinode run -n N -- CMD ARGS...`: like `mpirun` for cluster tests;
 //!   starts a controller and N copies of CMD with `MULTINODE_BARRIER_ADDR`,
 //!   `MULTINODE_NODE_INDEX` and `MULTINODE_NODES` set, prints a per-node
@@ -24,6 +26,7 @@ use anyhow::{Context, Result, bail};
 mod cluster;
 mod control;
 mod faulty;
+mod history;
 mod netlab;
 mod node;
 mod scenario;
@@ -55,6 +58,15 @@ enum Cmd {
     /// Start a real cluster of node processes, run a seeded scenario with
     /// kills, and check that nothing acknowledged was lost.
     TestCluster(cluster::ClusterArgs),
+    /// Check a run's history again, offline: `history.jsonl`, or the run
+    /// directory that holds it. Exits 0 if it passes, 1 if not.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// A `history.jsonl`, or a run directory that holds one.
+    path: std::path::PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -146,6 +158,7 @@ fn main() -> ExitCode {
             } => pass(args),
             Cmd::Run(args) => run(args).await,
             Cmd::TestCluster(args) => cluster::run(args).await,
+            Cmd::Check(args) => check(args),
             Cmd::Node(args) => {
                 init_logging();
                 node::run(args).await
@@ -236,6 +249,42 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         }
     }
     Ok(if summary.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The largest history `check` reads.
+const MAX_HISTORY: u64 = 4 << 30;
+
+/// `check`: the same verdict as the run's, from its history file alone.
+fn check(args: CheckArgs) -> Result<ExitCode> {
+    let path = match args.path.is_dir() {
+        true => args.path.join("history.jsonl"),
+        false => args.path,
+    };
+    let len = std::fs::metadata(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    if len > MAX_HISTORY {
+        bail!(
+            "{}: {len} bytes is more than the {MAX_HISTORY} a history may hold",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let events = history::parse(&text).with_context(|| format!("{}", path.display()))?;
+    let verdict = history::check(&events);
+    println!(
+        "{}: {} record(s); {}",
+        path.display(),
+        events.len(),
+        if verdict.passed() { "PASSED" } else { "FAILED" }
+    );
+    println!("{verdict}");
+    Ok(if verdict.passed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -76,6 +76,12 @@ impl Conductor {
     }
 
     fn stop_or_continue(&mut self, nodes: &[usize], stop: bool) -> Result<()> {
+        if !nodes.is_empty() {
+            self.nemesis(
+                if stop { "pause" } else { "resume" },
+                serde_json::json!(nodes),
+            );
+        }
         for &i in nodes {
             match (&self.lab, stop) {
                 (Some(lab), true) => lab.pause(id(i))?,
@@ -99,6 +105,10 @@ impl Conductor {
     /// runtime; resolves when the link is back up.
     pub(super) fn flap(&self, i: usize) -> Result<tokio::task::JoinHandle<Result<Duration>>> {
         let lab = self.the_lab()?;
+        self.nemesis(
+            "flap",
+            serde_json::json!({"node": i, "down_ms": FLAP_DOWN.as_millis() as u64}),
+        );
         Ok(tokio::task::spawn_blocking(move || {
             let began = Instant::now();
             lab.flap(id(i), FLAP_DOWN)?;

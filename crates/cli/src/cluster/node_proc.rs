@@ -9,7 +9,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use tokio::io::{AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
+use super::recorder::Recorder;
 use crate::control::{DumpLine, field, parse_version};
+use crate::history::{Event, Kind};
 use crate::scenario::{Ack, Op};
 
 /// Writes a node may have in flight on its control pipe.
@@ -19,6 +21,9 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(40);
 
 pub(super) struct NodeProc {
     pub(super) index: usize,
+    /// Which life of node `index` this process is: 0, then one more per
+    /// restart.
+    pub(super) incarnation: u32,
     pub(super) child: Child,
     pub(super) stdin: ChildStdin,
     pub(super) stdout: Lines<BufReader<ChildStdout>>,
@@ -99,10 +104,10 @@ impl NodeProc {
         ))
     }
 
-    /// Runs `ops[from..]`, up to [`WINDOW`] in flight; with `kill_after`,
-    /// SIGKILLs the process once that many are acknowledged and more are
-    /// in flight. Returns the acknowledged writes, those in flight at the
-    /// kill, and where the script stopped.
+    /// Runs `ops[from..]`, up to [`WINDOW`] in flight, recording each in
+    /// the history; with `kill_after`, SIGKILLs the process once that many
+    /// are acknowledged and more are in flight. Returns the acknowledged
+    /// writes, those in flight at the kill, and where the script stopped.
     pub(super) async fn run_ops(
         &mut self,
         ops: &[Op],
@@ -110,8 +115,18 @@ impl NodeProc {
         until: usize,
         kill_after: Option<usize>,
         rate: u32,
-        history: &mut Vec<Ack>,
-    ) -> Result<(Vec<Op>, usize)> {
+        rec: &Recorder,
+    ) -> Result<(Vec<Ack>, Vec<Op>, usize)> {
+        let mut history = Vec::new();
+        let (node, incarnation) = (self.index, self.incarnation);
+        let event = |kind, op: &Op, version| Event::Op {
+            kind,
+            node,
+            incarnation,
+            op: op.clone(),
+            version,
+            time_ns: rec.now(),
+        };
         let mut next = from;
         let mut inflight = VecDeque::new();
         let mut acked = 0;
@@ -125,24 +140,31 @@ impl NodeProc {
                 if let Some(t) = &mut pace {
                     t.tick().await;
                 }
+                rec.record(&event(Kind::Invoke, &ops[next], None));
                 self.send(&ops[next].command()).await?;
                 inflight.push_back(next);
                 next += 1;
             }
             let Some(i) = inflight.pop_front() else {
-                return Ok((Vec::new(), next));
+                return Ok((history, Vec::new(), next));
             };
             let reply = self.recv().await?;
-            let version = reply
-                .strip_prefix("OK ")
-                .and_then(parse_version)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "node {}: {:?} answered {reply:?}",
-                        self.index,
-                        ops[i].command()
-                    )
-                })?;
+            let Some(version) = reply.strip_prefix("OK ").and_then(parse_version) else {
+                // Refused, so not applied (the contract's `ERR`); anything
+                // else is a broken reply, whose effect is unknown.
+                let kind = if reply.starts_with("ERR") {
+                    Kind::Fail
+                } else {
+                    Kind::Info
+                };
+                rec.record(&event(kind, &ops[i], None));
+                bail!(
+                    "node {}: {:?} answered {reply:?}",
+                    self.index,
+                    ops[i].command()
+                );
+            };
+            rec.record(&event(Kind::Ok, &ops[i], Some(version)));
             history.push(Ack {
                 node: self.index,
                 op: ops[i].clone(),
@@ -151,13 +173,23 @@ impl NodeProc {
             acked += 1;
             if kill_after == Some(acked) {
                 while next < until && inflight.len() < WINDOW {
+                    rec.record(&event(Kind::Invoke, &ops[next], None));
                     self.send(&ops[next].command()).await?;
                     inflight.push_back(next);
                     next += 1;
                 }
                 self.child.start_kill()?;
                 self.child.wait().await?;
-                return Ok((inflight.into_iter().map(|i| ops[i].clone()).collect(), next));
+                for &j in &inflight {
+                    rec.record(&event(Kind::Info, &ops[j], None));
+                }
+                rec.record(&Event::Fault {
+                    f: "kill".into(),
+                    value: serde_json::json!([self.index]),
+                    time_ns: rec.now(),
+                });
+                let lost = inflight.into_iter().map(|i| ops[i].clone()).collect();
+                return Ok((history, lost, next));
             }
         }
     }

@@ -11,9 +11,8 @@ use multinode_barrier::{Config, Controller};
 
 use super::{Conductor, NodeProc};
 use crate::control::field;
-use crate::scenario::{
-    Ack, Op, Violation, check_digests, check_dumps, check_final, check_recovered,
-};
+use crate::history::{self, Event, StateKind};
+use crate::scenario::{Ack, Op, check_digests, check_recovered};
 
 impl Conductor {
     pub(super) async fn scenario(&mut self) -> Result<()> {
@@ -77,6 +76,8 @@ impl Conductor {
         let mut unsure = Vec::new();
         let mut acks = Vec::new();
         let rate = self.args.rate;
+        let rec = std::sync::Arc::clone(&self.recorder);
+        let rec = &*rec;
         let outs = try_join_all(self.nodes.iter_mut().map(|node| {
             let i = node.index;
             let victim = plan.victims.iter().find(|v| v.node == i);
@@ -88,8 +89,7 @@ impl Conductor {
             };
             let kill = victim.map(|v| v.after);
             async move {
-                let mut acked = Vec::new();
-                let (lost, next) = node.run_ops(ops, 0, until, kill, rate, &mut acked).await?;
+                let (acked, lost, next) = node.run_ops(ops, 0, until, kill, rate, rec).await?;
                 Ok::<_, anyhow::Error>((i, acked, lost, next))
             }
         }))
@@ -131,6 +131,17 @@ impl Conductor {
             }
             // Read before any peer can reach it: only its disk speaks.
             let state = node.dump().await?;
+            self.recorder.record(&Event::Fault {
+                f: "restart".into(),
+                value: serde_json::json!([i]),
+                time_ns: self.recorder.now(),
+            });
+            self.recorder.record(&Event::State {
+                what: StateKind::Recovered,
+                node: i,
+                entries: state.clone(),
+                time_ns: self.recorder.now(),
+            });
             let bad = check_recovered(i, &self.history.acked, &state);
             if let Some(v) = bad.first() {
                 bail!("{v}");
@@ -213,6 +224,9 @@ impl Conductor {
             );
         }
         let mut healed = notes;
+        if plan.side.is_some() {
+            self.nemesis("heal", serde_json::Value::Null);
+        }
         if plan.side.is_some() && self.lab.is_some() {
             let cut = self.lab_heal().await?;
             let _ = write!(
@@ -276,15 +290,25 @@ impl Conductor {
         )
         .await?;
 
-        // check: every node's full state, against the history.
+        // check: every node's full state goes into the history, and the
+        // checker judges the history file, as `multinode check` would.
         let began = self.begin().await?;
         let dumps = try_join_all(self.nodes.iter_mut().map(NodeProc::dump)).await?;
-        if let Some(v) = check_dumps(&dumps) {
-            bail!("{v}");
+        for (node, entries) in self.nodes.iter().map(|n| n.index).zip(dumps.iter()) {
+            self.recorder.record(&Event::State {
+                what: StateKind::Final,
+                node,
+                entries: entries.clone(),
+                time_ns: self.recorder.now(),
+            });
         }
-        let bad: Vec<Violation> = check_final(&self.history, &dumps[0]);
-        if let Some(v) = bad.first() {
-            bail!("{v} ({} violation(s) in all)", bad.len());
+        self.recorder.flush()?;
+        let path = self.recorder.path();
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let verdict = history::check(&history::parse(&text)?);
+        if !verdict.passed() {
+            bail!("{verdict}");
         }
         self.converged_entries = dumps[0].len();
         let deletes = self
@@ -316,6 +340,8 @@ impl Conductor {
         which: &dyn Fn(usize) -> bool,
     ) -> Result<Vec<Ack>> {
         let rate = self.args.rate;
+        let rec = std::sync::Arc::clone(&self.recorder);
+        let rec = &*rec;
         let outs = try_join_all(
             self.nodes
                 .iter_mut()
@@ -324,8 +350,8 @@ impl Conductor {
                     let i = node.index;
                     let ops = &scripts[i];
                     async move {
-                        let mut acked = Vec::new();
-                        node.run_ops(ops, from[i], ops.len(), None, rate, &mut acked)
+                        let (acked, _, _) = node
+                            .run_ops(ops, from[i], ops.len(), None, rate, rec)
                             .await?;
                         Ok::<_, anyhow::Error>(acked)
                     }
