@@ -42,6 +42,7 @@ pub(crate) const FILES: &[&str] = &[
     "crates/filestore/src/log.rs",
     "crates/cli/src/control.rs",
     "crates/cli/src/history.rs",
+    "crates/cli/src/reads.rs",
     "crates/cli/src/scenario.rs",
 ];
 

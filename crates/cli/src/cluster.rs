@@ -431,6 +431,8 @@ impl Conductor {
         Ok(NodeProc {
             index,
             incarnation,
+            sent: 0,
+            reading: std::collections::VecDeque::new(),
             child,
             stdin,
             stdout,

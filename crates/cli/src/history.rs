@@ -18,6 +18,7 @@ use multinode_wire::Timestamp;
 use serde_json::{Value, json};
 
 use crate::control::{DumpLine, decode, encode, parse_version};
+use crate::reads::Reads;
 use crate::scenario::{Ack, History, Op, Violation, check_dumps, check_final, check_recovered};
 
 /// One record of a history.
@@ -28,9 +29,13 @@ pub(crate) enum Event {
     /// in flight when its node was killed).
     Op {
         kind: Kind,
+        /// The client lane: a node's writes and reads go out up to
+        /// [`LANES`] at a time, each lane with one outstanding, so every
+        /// `process` is sequential as Elle expects.
+        process: u64,
         node: usize,
         incarnation: u32,
-        op: Op,
+        micro: Micro,
         version: Option<Timestamp>,
         time_ns: u64,
     },
@@ -51,6 +56,19 @@ pub(crate) enum Event {
         entries: Vec<DumpLine>,
         time_ns: u64,
     },
+}
+
+/// Client lanes per node (the conductor's window of operations in flight).
+pub(crate) const LANES: u64 = 8;
+
+/// What an operation does: `["w", key, value]` or `["r", key, value]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Micro {
+    /// A set (`value` some) or a delete (`value` none).
+    Write(Op),
+    /// A read: `value` is what it returned (none: absent or deleted),
+    /// known once it completes.
+    Read { key: String, value: Option<String> },
 }
 
 /// An operation record's `type`.
@@ -86,18 +104,23 @@ impl Event {
         match self {
             Event::Op {
                 kind,
+                process,
                 node,
                 incarnation,
-                op,
+                micro,
                 version,
                 time_ns,
             } => {
+                let value = match micro {
+                    Micro::Write(op) => json!([["w", op.key, op.value]]),
+                    Micro::Read { key, value } => json!([["r", key, value]]),
+                };
                 let mut v = json!({
                     "index": index,
                     "type": kind.as_str(),
                     "f": "txn",
-                    "value": [["w", op.key, op.value]],
-                    "process": node,
+                    "value": value,
+                    "process": process,
                     "time": time_ns,
                     "node": node,
                     "incarnation": incarnation,
@@ -222,32 +245,41 @@ fn event(v: &Value) -> Result<Event, String> {
                 Some("info") => Kind::Info,
                 other => return Err(format!("an operation of type {other:?}")),
             };
-            let w = v
+            let m = v
                 .get("value")
                 .and_then(Value::as_array)
                 .and_then(|m| (m.len() == 1).then(|| m[0].as_array()).flatten())
-                .filter(|m| m.len() == 3 && m[0] == "w")
-                .ok_or("a txn that is not one write [\"w\", key, value]")?;
-            let key = w[1].as_str().ok_or("a write without a key")?.to_owned();
-            let value = match &w[2] {
+                .filter(|m| m.len() == 3 && (m[0] == "w" || m[0] == "r"))
+                .ok_or("a txn that is not one [\"w\"|\"r\", key, value]")?;
+            let key = m[1]
+                .as_str()
+                .ok_or("an operation without a key")?
+                .to_owned();
+            let value = match &m[2] {
                 Value::Null => None,
                 Value::String(s) => Some(s.clone()),
-                _ => return Err("a write whose value is not a string or null".into()),
+                _ => return Err("an operation whose value is not a string or null".into()),
+            };
+            let micro = if m[0] == "w" {
+                Micro::Write(Op { key, value })
+            } else {
+                Micro::Read { key, value }
             };
             let version = match str_of("version") {
                 Some(s) => Some(parse_version(s).ok_or(format!("bad version {s:?}"))?),
                 None => None,
             };
-            if kind == Kind::Ok && version.is_none() {
+            if kind == Kind::Ok && version.is_none() && matches!(micro, Micro::Write(_)) {
                 return Err("an ok write without its version".into());
             }
             Ok(Event::Op {
                 kind,
+                process: u64_of("process").ok_or("no client \"process\"")?,
                 node: node()?,
                 incarnation: u64_of("incarnation")
                     .and_then(|i| u32::try_from(i).ok())
                     .ok_or("no \"incarnation\"")?,
-                op: Op { key, value },
+                micro,
                 version,
                 time_ns,
             })
@@ -285,6 +317,8 @@ pub(crate) struct Verdict {
     pub(crate) acked: usize,
     /// Writes whose outcome is unknown (in flight at a kill).
     pub(crate) unsure: usize,
+    /// Reads checked.
+    pub(crate) reads: usize,
     /// Every violation found, first the recoveries, then the final state.
     pub(crate) violations: Vec<Violation>,
     /// Whether the history holds a final state to judge.
@@ -308,8 +342,8 @@ impl fmt::Display for Verdict {
             ),
             (None, true) => write!(
                 f,
-                "{} acknowledged writes hold ({} unsure)",
-                self.acked, self.unsure
+                "{} acknowledged writes hold ({} unsure); {} reads consistent",
+                self.acked, self.unsure, self.reads
             ),
         }
     }
@@ -322,32 +356,43 @@ impl Verdict {
     }
 }
 
-/// Judges a history: each restarted node's recovered state against what
-/// it acknowledged before it was killed, then the final states against
-/// each other and against every acknowledged write.
+/// Judges a history: each node's reads (its own writes, never going back,
+/// no value nobody wrote), each restarted node's recovered state against
+/// what it acknowledged before it was killed, then the final states
+/// against each other and against every acknowledged write.
 pub(crate) fn check(events: &[Event]) -> Verdict {
     let mut history = History::default();
     let mut finals: BTreeMap<usize, Vec<DumpLine>> = BTreeMap::new();
+    let mut reads = Reads::default();
     let mut v = Verdict::default();
     for e in events {
         match e {
             Event::Op {
+                kind,
+                node,
+                micro: Micro::Write(op),
+                version,
+                ..
+            } => match (kind, version) {
+                (Kind::Invoke, _) => reads.invoked(op.value.as_deref()),
+                (Kind::Ok, Some(version)) => {
+                    reads.wrote(*node, &op.key, *version, op.value.is_none());
+                    history.acked.push(Ack {
+                        node: *node,
+                        op: op.clone(),
+                        version: *version,
+                    });
+                }
+                (Kind::Info, _) => history.unsure.push((*node, op.clone())),
+                _ => {}
+            },
+            Event::Op {
                 kind: Kind::Ok,
                 node,
-                op,
-                version: Some(version),
+                micro: Micro::Read { key, value },
+                version,
                 ..
-            } => history.acked.push(Ack {
-                node: *node,
-                op: op.clone(),
-                version: *version,
-            }),
-            Event::Op {
-                kind: Kind::Info,
-                node,
-                op,
-                ..
-            } => history.unsure.push((*node, op.clone())),
+            } => reads.read(*node, key, value.as_deref(), *version),
             Event::State {
                 what: StateKind::Recovered,
                 node,
@@ -371,6 +416,8 @@ pub(crate) fn check(events: &[Event]) -> Verdict {
     }
     v.acked = history.acked.len();
     v.unsure = history.unsure.len();
+    v.reads = reads.count;
+    v.violations.extend(reads.finish());
     if let Some(first) = finals.values().next() {
         v.complete = true;
         let dumps: Vec<Vec<DumpLine>> = finals.values().cloned().collect();
@@ -395,45 +442,48 @@ mod tests {
 
     /// A run written by hand: node 0 writes a=1 and deletes b, node 1
     /// writes b=2 before node 0's delete, node 1 is killed with c=3 in
-    /// flight and recovers b=2; both end holding the same state.
+    /// flight, recovers b=2 and reads a=1; both end holding the same state.
     const GOOD: &str = r#"
 {"index":0,"type":"invoke","f":"txn","value":[["w","a","1"]],"process":0,"time":10,"node":0,"incarnation":0}
 {"index":1,"type":"ok","f":"txn","value":[["w","a","1"]],"process":0,"time":20,"node":0,"incarnation":0,"version":"1000.0@0"}
 {"index":2,"type":"invoke","f":"txn","value":[["w","b","2"]],"process":1,"time":30,"node":1,"incarnation":0}
 {"index":3,"type":"ok","f":"txn","value":[["w","b","2"]],"process":1,"time":40,"node":1,"incarnation":0,"version":"1001.0@1"}
-{"index":4,"type":"invoke","f":"txn","value":[["w","c","3"]],"process":1,"time":50,"node":1,"incarnation":0}
-{"index":5,"type":"info","f":"txn","value":[["w","c","3"]],"process":1,"time":60,"node":1,"incarnation":0}
+{"index":4,"type":"invoke","f":"txn","value":[["w","c","3"]],"process":9,"time":50,"node":1,"incarnation":0}
+{"index":5,"type":"info","f":"txn","value":[["w","c","3"]],"process":9,"time":60,"node":1,"incarnation":0}
 {"index":6,"type":"info","process":"nemesis","f":"kill","value":[1],"time":60}
 {"index":7,"type":"info","process":"nemesis","f":"restart","value":[1],"time":70}
 {"index":8,"type":"info","process":"conductor","f":"recovered","node":1,"value":[["b","1001.0@1","2"]],"time":80}
 {"index":9,"type":"invoke","f":"txn","value":[["w","b",null]],"process":0,"time":90,"node":0,"incarnation":0}
 {"index":10,"type":"ok","f":"txn","value":[["w","b",null]],"process":0,"time":95,"node":0,"incarnation":0,"version":"1002.0@0"}
-{"index":11,"type":"info","process":"conductor","f":"phase","value":"converge","time":100}
-{"index":12,"type":"info","process":"conductor","f":"final","node":0,"value":[["a","1000.0@0","1"],["b","1002.0@0",null]],"time":110}
-{"index":13,"type":"info","process":"conductor","f":"final","node":1,"value":[["a","1000.0@0","1"],["b","1002.0@0",null]],"time":111}
+{"index":11,"type":"invoke","f":"txn","value":[["r","a",null]],"process":8,"time":96,"node":1,"incarnation":1}
+{"index":12,"type":"ok","f":"txn","value":[["r","a","1"]],"process":8,"time":97,"node":1,"incarnation":1,"version":"1000.0@0"}
+{"index":13,"type":"info","process":"conductor","f":"phase","value":"converge","time":100}
+{"index":14,"type":"info","process":"conductor","f":"final","node":0,"value":[["a","1000.0@0","1"],["b","1002.0@0",null]],"time":110}
+{"index":15,"type":"info","process":"conductor","f":"final","node":1,"value":[["a","1000.0@0","1"],["b","1002.0@0",null]],"time":111}
 "#;
 
     #[test]
     fn a_hand_written_history_reads_and_passes() {
         let events = parse(GOOD).unwrap();
-        assert_eq!(events.len(), 14);
+        assert_eq!(events.len(), 16);
         assert_eq!(
             events[1],
             Event::Op {
                 kind: Kind::Ok,
+                process: 0,
                 node: 0,
                 incarnation: 0,
-                op: Op {
+                micro: Micro::Write(Op {
                     key: "a".into(),
                     value: Some("1".into())
-                },
+                }),
                 version: Some(ts(1000, 0)),
                 time_ns: 20
             }
         );
         let v = check(&events);
         assert!(v.passed(), "{v}");
-        assert_eq!((v.acked, v.unsure), (3, 1));
+        assert_eq!((v.acked, v.unsure, v.reads), (3, 1, 1));
     }
 
     #[test]
@@ -471,6 +521,10 @@ mod tests {
         let phantom = GOOD.replace(r#"["a","1000.0@0","1"]"#, r#"["a","1000.0@0","9"]"#);
         let v = check(&parse(&phantom).unwrap());
         assert!(!v.passed(), "{v}");
+        // A read of a value nobody wrote.
+        let phantom_read = GOOD.replace(r#"[["r","a","1"]]"#, r#"[["r","a","7"]]"#);
+        let v = check(&parse(&phantom_read).unwrap());
+        assert!(v.to_string().starts_with("phantom read: node 1"), "{v}");
         // Two nodes that disagree.
         let split = GOOD.replace(
             r#""node":1,"value":[["a","1000.0@0","1"],"#,
@@ -492,9 +546,12 @@ mod tests {
     fn bad_lines_name_their_line_and_what_is_wrong() {
         for (text, why) in [
             ("{", "line 1"),
-            (r#"{"type":"ok","f":"txn","time":1}"#, "one write"),
             (
-                r#"{"type":"ok","f":"txn","value":[["w","a","1"]],"node":0,"incarnation":0,"time":1}"#,
+                r#"{"type":"ok","f":"txn","time":1}"#,
+                "not one [\"w\"|\"r\"",
+            ),
+            (
+                r#"{"type":"ok","f":"txn","value":[["w","a","1"]],"process":0,"node":0,"incarnation":0,"time":1}"#,
                 "without its version",
             ),
             (r#"{"process":"x","f":"y","time":1}"#, "unknown record"),

@@ -29,6 +29,7 @@ mod faulty;
 mod history;
 mod netlab;
 mod node;
+mod reads;
 mod scenario;
 use clap::{Args, Parser, Subcommand};
 use multinode_barrier::{Config, Controller, LaunchReport, Launcher, OutputMode, describe};

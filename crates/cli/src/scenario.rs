@@ -160,6 +160,26 @@ pub(crate) enum Violation {
     },
     /// A live value nobody wrote.
     Phantom { key: String, value: String },
+    /// A node read a key older than a write it had acknowledged.
+    StaleRead {
+        node: usize,
+        key: String,
+        read: Option<Timestamp>,
+        wrote: Timestamp,
+    },
+    /// A node read a key older than it had read it before.
+    NonMonotonicRead {
+        node: usize,
+        key: String,
+        before: Timestamp,
+        after: Option<Timestamp>,
+    },
+    /// A read returned a value no write carried.
+    PhantomRead {
+        node: usize,
+        key: String,
+        value: String,
+    },
     /// A restarted node lacks a write it acknowledged before the kill.
     NotRecovered {
         node: usize,
@@ -211,6 +231,30 @@ impl fmt::Display for Violation {
                     "phantom value: {key:?} = {value:?}, which no node was told to write"
                 )
             }
+            Self::StaleRead {
+                node,
+                key,
+                read,
+                wrote,
+            } => write!(
+                f,
+                "stale read: node {node} read {key:?} as {} after acknowledging its own write at {wrote}",
+                opt(read)
+            ),
+            Self::NonMonotonicRead {
+                node,
+                key,
+                before,
+                after,
+            } => write!(
+                f,
+                "non-monotonic read: node {node} read {key:?} as {} after reading it at {before}",
+                opt(after)
+            ),
+            Self::PhantomRead { node, key, value } => write!(
+                f,
+                "phantom read: node {node} read {key:?} = {value:?}, which no write carried"
+            ),
             Self::NotRecovered {
                 node,
                 key,

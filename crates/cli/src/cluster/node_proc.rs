@@ -10,12 +10,15 @@ use tokio::io::{AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use super::recorder::Recorder;
-use crate::control::{DumpLine, field, parse_version};
-use crate::history::{Event, Kind};
+use crate::control::{DumpLine, decode, encode, field, parse_version};
+use crate::history::{Event, Kind, LANES, Micro};
 use crate::scenario::{Ack, Op};
 
-/// Writes a node may have in flight on its control pipe.
-pub(super) const WINDOW: usize = 8;
+/// Writes and reads a node may have in flight on its control pipe: one per
+/// client lane of the history.
+pub(super) const WINDOW: usize = LANES as usize;
+/// A `GET` of the key follows every this many writes.
+const READ_EVERY: usize = 4;
 /// How long one control reply may take (a barrier may wait for others).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(40);
 
@@ -24,6 +27,10 @@ pub(super) struct NodeProc {
     /// Which life of node `index` this process is: 0, then one more per
     /// restart.
     pub(super) incarnation: u32,
+    /// Requests sent so far: the next one's client lane.
+    pub(super) sent: u64,
+    /// Keys of the `GET`s in flight, oldest first.
+    pub(super) reading: VecDeque<String>,
     pub(super) child: Child,
     pub(super) stdin: ChildStdin,
     pub(super) stdout: Lines<BufReader<ChildStdout>>,
@@ -104,10 +111,16 @@ impl NodeProc {
         ))
     }
 
-    /// Runs `ops[from..]`, up to [`WINDOW`] in flight, recording each in
-    /// the history; with `kill_after`, SIGKILLs the process once that many
-    /// are acknowledged and more are in flight. Returns the acknowledged
-    /// writes, those in flight at the kill, and where the script stopped.
+    /// Runs `ops[from..]`, up to [`WINDOW`] in flight, with a `GET` of
+    /// the key after every [`READ_EVERY`]th write, recording each in the
+    /// history; with `kill_after`, SIGKILLs the process once that many
+    /// writes are acknowledged and more are in flight. Returns the
+    /// acknowledged writes, those in flight at the kill, and where the
+    /// script stopped.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the phase's script, its span, its kill and its pace"
+    )]
     pub(super) async fn run_ops(
         &mut self,
         ops: &[Op],
@@ -118,17 +131,8 @@ impl NodeProc {
         rec: &Recorder,
     ) -> Result<(Vec<Ack>, Vec<Op>, usize)> {
         let mut history = Vec::new();
-        let (node, incarnation) = (self.index, self.incarnation);
-        let event = |kind, op: &Op, version| Event::Op {
-            kind,
-            node,
-            incarnation,
-            op: op.clone(),
-            version,
-            time_ns: rec.now(),
-        };
         let mut next = from;
-        let mut inflight = VecDeque::new();
+        let mut inflight: VecDeque<(u64, Pending)> = VecDeque::new();
         let mut acked = 0;
         let mut pace = (rate > 0).then(|| {
             let mut t = tokio::time::interval(Duration::from_secs(1) / rate);
@@ -136,19 +140,33 @@ impl NodeProc {
             t
         });
         loop {
-            while next < until && inflight.len() < WINDOW {
+            loop {
+                let read = next % READ_EVERY == READ_EVERY - 1;
+                if next >= until || inflight.len() + 1 + usize::from(read) > WINDOW {
+                    break;
+                }
                 if let Some(t) = &mut pace {
                     t.tick().await;
                 }
-                rec.record(&event(Kind::Invoke, &ops[next], None));
-                self.send(&ops[next].command()).await?;
-                inflight.push_back(next);
+                self.start(Pending::Write(next), &ops[next], rec, &mut inflight)
+                    .await?;
+                if read {
+                    self.start(Pending::Read, &ops[next], rec, &mut inflight)
+                        .await?;
+                }
                 next += 1;
             }
-            let Some(i) = inflight.pop_front() else {
+            let Some((process, pending)) = inflight.pop_front() else {
                 return Ok((history, Vec::new(), next));
             };
             let reply = self.recv().await?;
+            let i = match pending {
+                Pending::Read => {
+                    self.finish_read(process, &reply, rec)?;
+                    continue;
+                }
+                Pending::Write(i) => i,
+            };
             let Some(version) = reply.strip_prefix("OK ").and_then(parse_version) else {
                 // Refused, so not applied (the contract's `ERR`); anything
                 // else is a broken reply, whose effect is unknown.
@@ -157,14 +175,14 @@ impl NodeProc {
                 } else {
                     Kind::Info
                 };
-                rec.record(&event(kind, &ops[i], None));
+                rec.record(&self.write_event(kind, process, &ops[i], None, rec));
                 bail!(
                     "node {}: {:?} answered {reply:?}",
                     self.index,
                     ops[i].command()
                 );
             };
-            rec.record(&event(Kind::Ok, &ops[i], Some(version)));
+            rec.record(&self.write_event(Kind::Ok, process, &ops[i], Some(version), rec));
             history.push(Ack {
                 node: self.index,
                 op: ops[i].clone(),
@@ -173,24 +191,157 @@ impl NodeProc {
             acked += 1;
             if kill_after == Some(acked) {
                 while next < until && inflight.len() < WINDOW {
-                    rec.record(&event(Kind::Invoke, &ops[next], None));
-                    self.send(&ops[next].command()).await?;
-                    inflight.push_back(next);
+                    self.start(Pending::Write(next), &ops[next], rec, &mut inflight)
+                        .await?;
                     next += 1;
                 }
                 self.child.start_kill()?;
                 self.child.wait().await?;
-                for &j in &inflight {
-                    rec.record(&event(Kind::Info, &ops[j], None));
+                let mut lost = Vec::new();
+                for (process, pending) in inflight {
+                    match pending {
+                        Pending::Write(j) => {
+                            rec.record(&self.write_event(Kind::Info, process, &ops[j], None, rec));
+                            lost.push(ops[j].clone());
+                        }
+                        Pending::Read => {}
+                    }
                 }
                 rec.record(&Event::Fault {
                     f: "kill".into(),
                     value: serde_json::json!([self.index]),
                     time_ns: rec.now(),
                 });
-                let lost = inflight.into_iter().map(|i| ops[i].clone()).collect();
                 return Ok((history, lost, next));
             }
         }
     }
+
+    /// Reads `keys`, up to [`WINDOW`] in flight, recording each read.
+    pub(super) async fn read_keys(&mut self, keys: &[String], rec: &Recorder) -> Result<()> {
+        let mut inflight = VecDeque::new();
+        let mut next = 0;
+        while next < keys.len() || !inflight.is_empty() {
+            while next < keys.len() && inflight.len() < WINDOW {
+                let op = Op {
+                    key: keys[next].clone(),
+                    value: None,
+                };
+                self.start(Pending::Read, &op, rec, &mut inflight).await?;
+                next += 1;
+            }
+            if let Some((process, _)) = inflight.pop_front() {
+                let reply = self.recv().await?;
+                self.finish_read(process, &reply, rec)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a write of `op`, or a read of its key, on the next client lane.
+    async fn start(
+        &mut self,
+        what: Pending,
+        op: &Op,
+        rec: &Recorder,
+        inflight: &mut VecDeque<(u64, Pending)>,
+    ) -> Result<()> {
+        let process = self.index as u64 * LANES + self.sent % LANES;
+        self.sent += 1;
+        match what {
+            Pending::Write(_) => {
+                rec.record(&self.write_event(Kind::Invoke, process, op, None, rec));
+                self.send(&op.command()).await?;
+            }
+            Pending::Read => {
+                self.reading.push_back(op.key.clone());
+                rec.record(&self.read_event(Kind::Invoke, process, &op.key, None, None, rec));
+                self.send(&format!("GET {}", encode(op.key.as_bytes())))
+                    .await?;
+            }
+        }
+        inflight.push_back((process, what));
+        Ok(())
+    }
+
+    /// Records a `GET`'s reply: `VALUE <version> <value>`, `GONE <version>`
+    /// or `NONE`.
+    fn finish_read(&mut self, process: u64, reply: &str, rec: &Recorder) -> Result<()> {
+        let key = self.reading.pop_front().unwrap_or_default();
+        let w: Vec<&str> = reply.split(' ').collect();
+        let (value, version) = match w.as_slice() {
+            ["VALUE", v, x] => {
+                let x = decode(x).map_err(|e| anyhow!("node {}: {reply:?}: {e}", self.index))?;
+                (
+                    Some(String::from_utf8_lossy(&x).into_owned()),
+                    parse_version(v),
+                )
+            }
+            ["GONE", v] => (None, parse_version(v)),
+            ["NONE"] => (None, None),
+            _ => {
+                rec.record(&self.read_event(Kind::Fail, process, &key, None, None, rec));
+                bail!("node {}: GET {key:?} answered {reply:?}", self.index);
+            }
+        };
+        if w[0] != "NONE" && version.is_none() {
+            bail!(
+                "node {}: GET {key:?} answered {reply:?}: no version",
+                self.index
+            );
+        }
+        rec.record(&self.read_event(Kind::Ok, process, &key, value, version, rec));
+        Ok(())
+    }
+
+    fn write_event(
+        &self,
+        kind: Kind,
+        process: u64,
+        op: &Op,
+        version: Option<multinode_wire::Timestamp>,
+        rec: &Recorder,
+    ) -> Event {
+        Event::Op {
+            kind,
+            process,
+            node: self.index,
+            incarnation: self.incarnation,
+            micro: Micro::Write(op.clone()),
+            version,
+            time_ns: rec.now(),
+        }
+    }
+
+    fn read_event(
+        &self,
+        kind: Kind,
+        process: u64,
+        key: &str,
+        value: Option<String>,
+        version: Option<multinode_wire::Timestamp>,
+        rec: &Recorder,
+    ) -> Event {
+        Event::Op {
+            kind,
+            process,
+            node: self.index,
+            incarnation: self.incarnation,
+            micro: Micro::Read {
+                key: key.to_owned(),
+                value,
+            },
+            version,
+            time_ns: rec.now(),
+        }
+    }
+}
+
+/// What a request in flight was.
+#[derive(Clone, Copy)]
+enum Pending {
+    /// The write at this index of the script.
+    Write(usize),
+    /// A `GET` (its key waits in `NodeProc::reading`).
+    Read,
 }

@@ -227,6 +227,20 @@ impl Conductor {
         if plan.side.is_some() {
             self.nemesis("heal", serde_json::Value::Null);
         }
+        // Every node reads back the keys of its last deletes and overwrites:
+        // its own writes, whatever the partition and the pauses did.
+        let rec = std::sync::Arc::clone(&self.recorder);
+        try_join_all(self.nodes.iter_mut().map(|node| {
+            let keys: Vec<String> = plan.deletes[node.index]
+                .iter()
+                .rev()
+                .take(8)
+                .map(|op| op.key.clone())
+                .collect();
+            let rec = &*rec;
+            async move { node.read_keys(&keys, rec).await }
+        }))
+        .await?;
         if plan.side.is_some() && self.lab.is_some() {
             let cut = self.lab_heal().await?;
             let _ = write!(
@@ -322,9 +336,10 @@ impl Conductor {
             began,
             None,
             format!(
-                "{} acknowledged writes ({deletes} deletes) hold; {} in-flight writes unsure",
+                "{} acknowledged writes ({deletes} deletes) hold; {} in-flight writes unsure; {} reads consistent",
                 self.history.acked.len(),
-                self.history.unsure.len()
+                self.history.unsure.len(),
+                verdict.reads
             ),
         )
         .await?;
