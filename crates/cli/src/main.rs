@@ -6,6 +6,8 @@
 //! - `multinode barrier pass LABEL...`: joins as the node the environment
 //!   names (ours, or mpirun's, srun's or an Indexed Job's rank) and passes
 //!   the barriers in order.
+//! - `multinode check-node -- PROGRAM ARGS...`: the node contract, checked
+//!   against a few processes of any program, as a table of requirements.
 //! - `multinode check PATH`: judges a kept run's `history.jsonl` again,
 //!   offline, to the verdict the run reached.
 //! - `multinode run -n N -- CMD ARGS...`: like `mpirun` for cluster tests;
@@ -23,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+mod check_node;
 mod cluster;
 mod control;
 mod faulty;
@@ -59,6 +62,9 @@ enum Cmd {
     /// Start a real cluster of node processes, run a seeded scenario with
     /// kills, and check that nothing acknowledged was lost.
     TestCluster(cluster::ClusterArgs),
+    /// Check that a program keeps the node contract (docs/node-contract.md):
+    /// a table of requirements, exit 0 only if all pass.
+    CheckNode(check_node::CheckNodeArgs),
     /// Check a run's history again, offline: `history.jsonl`, or the run
     /// directory that holds it. Exits 0 if it passes, 1 if not.
     Check(CheckArgs),
@@ -160,6 +166,7 @@ fn main() -> ExitCode {
             Cmd::Run(args) => run(args).await,
             Cmd::TestCluster(args) => cluster::run(args).await,
             Cmd::Check(args) => check(args),
+            Cmd::CheckNode(args) => check_node::run(args).await,
             Cmd::Node(args) => {
                 init_logging();
                 node::run(args).await

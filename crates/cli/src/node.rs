@@ -48,8 +48,9 @@ pub(crate) struct NodeArgs {
     #[arg(long = "peer", value_parser = parse_peer)]
     peers: Vec<(NodeId, SocketAddr)>,
     /// Under a barrier controller, do not exchange addresses at start; the
-    /// `JOIN <label>` command does it later.
-    #[arg(long)]
+    /// `JOIN <label>` command does it later (`MULTINODE_NO_JOIN=1` does the
+    /// same, as the node contract says).
+    #[arg(long, env = "MULTINODE_NO_JOIN", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0, default_missing_value = "true")]
     no_join: bool,
     /// The data-carrying barrier that exchanges listen addresses at start.
     #[arg(long, default_value = "join")]

@@ -253,6 +253,8 @@ fn ctrl_c_stops_every_node() {
 }
 
 #[cfg(target_os = "linux")]
+mod check_node;
+#[cfg(target_os = "linux")]
 mod lab;
 #[cfg(target_os = "linux")]
 mod launchers;
