@@ -265,10 +265,10 @@ async fn requirements(run: &Run, out: &mut Vec<(&'static str, Outcome)>) -> Resu
         "node 0's write read on every other node ({})",
         run.nodes - 1
     ));
-    for i in 1..procs.len() {
+    for (i, p) in procs.iter_mut().enumerate().skip(1) {
         let deadline = Instant::now() + run.wait;
         loop {
-            let got = procs[i].call("GET check-rep").await?;
+            let got = p.call("GET check-rep").await?;
             if want.as_ref().is_ok_and(|w| *w == got) {
                 break;
             }
@@ -314,7 +314,7 @@ async fn requirements(run: &Run, out: &mut Vec<(&'static str, Outcome)>) -> Resu
         "QUIT exits 0",
         match status {
             Ok(Ok(s)) if s.success() => Ok("exited 0".into()),
-            Ok(Ok(s)) => Err(format!("{}", multinode_barrier::describe(s))),
+            Ok(Ok(s)) => Err(multinode_barrier::describe(s)),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("still running after {:?}", run.wait)),
         },
