@@ -308,3 +308,29 @@ fn a_kept_history_rechecks_offline_and_a_lost_write_is_flagged() {
         "{text}"
     );
 }
+
+/// `--node-cmd`: our node started only as the node contract says (its
+/// arguments, `--data-dir` and the environment, `MULTINODE_NO_JOIN` on
+/// restart), through a kill and a partition.
+#[test]
+fn a_node_command_kept_to_the_contract_passes_with_a_kill_and_a_partition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cmd = format!("{} node --round-ms 50", multinode().display());
+    let args = [
+        "--node-cmd",
+        &cmd,
+        "--nodes",
+        "3",
+        "--keys",
+        "60",
+        "--kills",
+        "1",
+        "--partition",
+    ];
+    let (out, report) = test_cluster(dir.path(), &args);
+    assert_eq!(report["passed"], true, "{}", stdout(&out));
+    assert!(
+        report["replay"].as_str().unwrap().contains("--node-cmd"),
+        "{report}"
+    );
+}

@@ -65,6 +65,12 @@ pub(crate) struct ClusterArgs {
     /// then up again (needs --net).
     #[arg(long)]
     flap: bool,
+    /// Tests this program instead of `multinode node`: words separated by
+    /// spaces (no quoting), started as the node contract says
+    /// (docs/node-contract.md): its arguments, then `--data-dir DIR`, and
+    /// the contract's environment.
+    #[arg(long, value_name = "PROGRAM ARGS...")]
+    node_cmd: Option<String>,
     /// Keep logs and data directories even when the run passes.
     #[arg(long)]
     keep: bool,
@@ -136,6 +142,10 @@ fn probability(s: &str) -> Result<f64, String> {
         _ => Err(format!("{s:?} is not a probability in [0, 1)")),
     }
 }
+
+/// Why an in-node fault verb failed, for a `--node-cmd` program without it.
+pub(super) const IN_NODE_FAULTS: &str = "--drop and --partition without --net are made by the nodes \
+     (their DROP, CUT, HEAL and FAULTS lines, docs/node-control.md); with --net the kernel makes them";
 
 struct Conductor {
     args: ClusterArgs,
@@ -209,6 +219,13 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
             args.pause,
             args.nodes
         );
+    }
+    if args
+        .node_cmd
+        .as_deref()
+        .is_some_and(|c| c.split_whitespace().next().is_none())
+    {
+        bail!("--node-cmd is empty: give the program and its arguments");
     }
     if args.flap && !args.net {
         bail!("--flap takes a host's link down: it needs --net");
@@ -354,6 +371,9 @@ fn replay_command(a: &ClusterArgs, seed: u64) -> String {
     if a.flap {
         s.push_str(" --flap");
     }
+    if let Some(cmd) = &a.node_cmd {
+        let _ = write!(s, " --node-cmd {cmd:?}");
+    }
     if a.rate != 100 {
         let _ = write!(s, " --rate {}", a.rate);
     }
@@ -376,6 +396,9 @@ impl Conductor {
             .create(true)
             .append(true)
             .open(self.dir.join(format!("node-{index}.log")))?;
+        if let Some(words) = self.args.node_cmd.clone() {
+            return self.spawn_program(index, no_join, &words);
+        }
         let mut cmd = match &self.lab {
             Some(lab) => {
                 let host = multinode_wire::NodeId(index as u64);
@@ -433,6 +456,66 @@ impl Conductor {
             incarnation,
             sent: 0,
             reading: std::collections::VecDeque::new(),
+            digest: None,
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// Starts a `--node-cmd` program as node `index`, as the node contract
+    /// says: its arguments, `--data-dir`, and the environment.
+    fn spawn_program(&mut self, index: usize, no_join: bool, words: &str) -> Result<NodeProc> {
+        let ctl = self.controller.as_ref().expect("started").local_addr();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("node-{index}.log")))?;
+        let mut words = words.split_whitespace();
+        let program = words.next().context("--node-cmd is empty")?;
+        let host = multinode_wire::NodeId(index as u64);
+        let mut cmd = match &self.lab {
+            Some(lab) => {
+                let mut cmd = lab.command(host, program)?;
+                cmd.env(crate::netlab::ENV_HOST_ADDR, lab.addr(host)?.to_string());
+                cmd
+            }
+            None => tokio::process::Command::new(program),
+        };
+        cmd.args(words)
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("node-{index}")))
+            .env(ENV_ADDR, ctl.to_string())
+            .env(ENV_INDEX, index.to_string())
+            .env(ENV_NODES, self.args.nodes.to_string())
+            .env("MULTINODE_SECRET_FILE", &self.secret)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(true);
+        if no_join {
+            cmd.env("MULTINODE_NO_JOIN", "1");
+        } else {
+            cmd.env_remove("MULTINODE_NO_JOIN");
+        }
+        let mut child = match &self.lab {
+            Some(lab) => lab.spawn(host, &mut cmd)?,
+            None => cmd
+                .spawn()
+                .with_context(|| format!("cannot start --node-cmd program {program:?}"))?,
+        };
+        self.started += 1;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let incarnation = self.incarnations[index];
+        self.incarnations[index] += 1;
+        Ok(NodeProc {
+            index,
+            incarnation,
+            sent: 0,
+            reading: std::collections::VecDeque::new(),
+            digest: None,
             child,
             stdin,
             stdout,
@@ -590,7 +673,9 @@ impl Conductor {
                 continue;
             }
             if self.args.drop > 0.0 {
-                node.call(&format!("DROP {}", self.args.drop)).await?;
+                node.call(&format!("DROP {}", self.args.drop))
+                    .await
+                    .context(IN_NODE_FAULTS)?;
             }
             if let Some(side) = &side {
                 let mine = side.contains(&node.index);
@@ -598,7 +683,9 @@ impl Conductor {
                     .filter(|i| side.contains(i) != mine)
                     .map(|i| i.to_string())
                     .collect();
-                node.call(&format!("CUT {}", others.join(" "))).await?;
+                node.call(&format!("CUT {}", others.join(" ")))
+                    .await
+                    .context(IN_NODE_FAULTS)?;
             }
         }
         Ok(())

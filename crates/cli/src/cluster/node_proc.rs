@@ -31,6 +31,9 @@ pub(super) struct NodeProc {
     pub(super) sent: u64,
     /// Keys of the `GET`s in flight, oldest first.
     pub(super) reading: VecDeque<String>,
+    /// Whether the node answers `DIGEST` (unknown until asked): without
+    /// it, agreement is judged by comparing `DUMP`s.
+    pub(super) digest: Option<bool>,
     pub(super) child: Child,
     pub(super) stdin: ChildStdin,
     pub(super) stdout: Lines<BufReader<ChildStdout>>,
@@ -103,12 +106,46 @@ impl NodeProc {
         None
     }
 
+    /// Frames and bytes the node sent, from `STATS`; (0, 0) from a node
+    /// without it (the contract makes `STATS` optional).
     pub(super) async fn sent(&mut self) -> Result<(u64, u64)> {
-        let s = self.call("STATS").await?;
+        self.send("STATS").await?;
+        let s = self.recv().await?;
+        if s.starts_with("ERR") {
+            return Ok((0, 0));
+        }
+        if !s.starts_with("STATS") {
+            bail!("node {}: STATS answered {s:?}", self.index);
+        }
         Ok((
             field(&s, "frames_sent").unwrap_or(0),
             field(&s, "bytes_sent").unwrap_or(0),
         ))
+    }
+
+    /// What agreement is judged by: the node's `DIGEST` (fingerprint and
+    /// counts), or, from a node without `DIGEST`, a fingerprint of its
+    /// `DUMP` taken here.
+    pub(super) async fn agreement(&mut self) -> Result<String> {
+        if self.digest != Some(false) {
+            self.send("DIGEST").await?;
+            let d = self.recv().await?;
+            if d.starts_with("DIGEST ") {
+                self.digest = Some(true);
+                // The fingerprint and counts, not the transient resync flag.
+                return Ok(d.split(' ').take(4).collect::<Vec<_>>().join(" "));
+            }
+            if !d.starts_with("ERR") || self.digest == Some(true) {
+                bail!("node {}: DIGEST answered {d:?}", self.index);
+            }
+            self.digest = Some(false);
+        }
+        let dump = self.dump().await?;
+        let text: String = dump.iter().map(|e| format!("{e}\n")).collect();
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        Ok(format!("DUMP {hash:016x} entries={}", dump.len()))
     }
 
     /// Runs `ops[from..]`, up to [`WINDOW`] in flight, with a `GET` of

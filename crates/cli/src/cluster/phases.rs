@@ -249,7 +249,9 @@ impl Conductor {
             );
         } else if plan.side.is_some() {
             // What the cuts did, from each node's fault counters.
-            let faults = try_join_all(self.nodes.iter_mut().map(|n| n.call("FAULTS"))).await?;
+            let faults = try_join_all(self.nodes.iter_mut().map(|n| n.call("FAULTS")))
+                .await
+                .context(super::IN_NODE_FAULTS)?;
             let cut: u64 = faults.iter().filter_map(|f| field(f, "cut")).sum();
             self.all("HEAL").await?;
             let _ = write!(healed, "; partition healed ({cut} frames cut)");
@@ -271,11 +273,7 @@ impl Conductor {
         let digests = loop {
             let digests: Vec<(usize, String)> =
                 try_join_all(self.nodes.iter_mut().map(|n| async move {
-                    let d = n.call("DIGEST").await?;
-                    // Compare the fingerprint and counts, not the
-                    // transient resync flag.
-                    let d = d.split(' ').take(4).collect::<Vec<_>>().join(" ");
-                    Ok::<_, anyhow::Error>((n.index, d))
+                    Ok::<_, anyhow::Error>((n.index, n.agreement().await?))
                 }))
                 .await?;
             if check_digests(&digests).is_none() || Instant::now() >= deadline {
