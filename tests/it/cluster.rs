@@ -23,7 +23,7 @@ pub(crate) fn multinode() -> PathBuf {
 pub(crate) fn test_cluster(dir: &Path, args: &[&str]) -> (Output, serde_json::Value) {
     let json = dir.join(format!(
         "report-{}.json",
-        args.join("_").replace(['-', '.'], "")
+        args.join("_").replace(['-', '.', '/', ' '], "")
     ));
     let out = Command::new(multinode())
         .arg("test-cluster")
