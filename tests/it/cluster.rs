@@ -334,3 +334,26 @@ fn a_node_command_kept_to_the_contract_passes_with_a_kill_and_a_partition() {
         "{report}"
     );
 }
+
+/// The Python example node (standard library only) through the same
+/// scenario: kills, a partition made by its own CUT lines, and the DUMP
+/// comparison, since it has no DIGEST.
+#[test]
+fn the_python_example_node_passes_with_a_kill_and_a_partition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python-node/node.py");
+    let cmd = format!("python3 {}", node.display());
+    let args = [
+        "--node-cmd",
+        &cmd,
+        "--nodes",
+        "4",
+        "--keys",
+        "120",
+        "--kills",
+        "1",
+        "--partition",
+    ];
+    let (out, report) = test_cluster(dir.path(), &args);
+    assert_eq!(report["passed"], true, "{}", stdout(&out));
+}

@@ -167,3 +167,30 @@ fn a_host_far_ahead_fails_the_run_naming_its_clock() {
         "{text}"
     );
 }
+
+/// The Python example node on a network lab: the kernel's partition and
+/// loss, a kill.
+#[test]
+fn the_python_example_node_passes_on_the_lab() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python-node/node.py");
+    let cmd = format!("python3 {}", node.display());
+    let args = [
+        "--net",
+        "--node-cmd",
+        &cmd,
+        "--partition",
+        "--loss",
+        "0.2",
+        "--kills",
+        "1",
+        "--nodes",
+        "4",
+        "--keys",
+        "120",
+    ];
+    let (out, report) = test_cluster(dir.path(), &args);
+    assert_eq!(report["passed"], true, "{}", stdout(&out));
+    assert!(total(&report, "cut") > 0, "{}", stdout(&out));
+}

@@ -73,3 +73,19 @@ fn a_forgetful_node_fails_and_the_requirements_it_breaks_are_named() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_python_example_node_keeps_the_contract() {
+    let out = multinode(&[
+        "check-node",
+        "--",
+        "python3",
+        "examples/python-node/node.py",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("check-node: 10 of 10 requirement(s) pass: PASS"),
+        "{stdout}"
+    );
+}
