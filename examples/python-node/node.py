@@ -11,6 +11,9 @@ becomes visible; versions are hybrid logical clock timestamps
 (ms, logical, node) that never tie across nodes; peers exchange their
 entries over TCP (everything changed since the last push, and the whole
 state every 20 rounds); the highest version of a key wins everywhere.
+
+`--plant BUG` (test-only) starts it with one of five known defects, which
+`cargo xtask planted` proves the checker catches (docs/history.md).
 """
 import argparse
 import json
@@ -24,6 +27,17 @@ import urllib.parse
 
 ROUND = 0.05  # seconds between pushes
 FULL_EVERY = 20  # rounds between whole-state pushes
+
+# Known defects this node can be started with (`--plant BUG`), to prove that
+# test-cluster's checker catches them: `cargo xtask planted`. Test-only.
+PLANTS = (
+    "ack-before-durable",  # reply OK, write the log 300 ms later, no fsync
+    "ties-toward-local",  # compare (ms, logical) only; on a tie keep ours
+    "collect-tombstones-at-once",  # a delete forgets the key at once
+    "forget-log-tail",  # on restart, ignore the log's last 5 records
+    "merge-keeps-first",  # a key held is never replaced by a peer's
+)
+PLANT = None
 
 
 def enc(b):
@@ -57,13 +71,26 @@ class Store:
         self.clock = (0, 0)
         if os.path.exists(path):
             with open(path, "rb") as f:
-                for raw in f:
-                    try:
-                        k, v, x = json.loads(raw)
-                    except ValueError:
-                        break  # a torn last line: never acknowledged
-                    self._apply(k, tuple(v), x)
+                lines = f.readlines()
+            if PLANT == "forget-log-tail":
+                lines = lines[:-5]
+            for raw in lines:
+                try:
+                    k, v, x = json.loads(raw)
+                except ValueError:
+                    break  # a torn last line: never acknowledged
+                self._apply(k, tuple(v), x)
         self.log = open(path, "ab")
+
+    def _newer(self, k, v):
+        cur = self.data.get(k)
+        if cur is None:
+            return True
+        if PLANT == "merge-keeps-first":
+            return False
+        if PLANT == "ties-toward-local":
+            return v[:2] > cur[0][:2]
+        return v > cur[0]
 
     def _apply(self, k, v, x):
         cur = self.data.get(k)
@@ -87,18 +114,34 @@ class Store:
                 v = (ms, 0, self.me)
             else:
                 v = (self.clock[0], self.clock[1] + 1, self.me)
-            self._persist([(k, v, x)])
+            if PLANT == "ack-before-durable":
+                threading.Timer(0.3, self._late, args=((k, v, x),)).start()
+            else:
+                self._persist([(k, v, x)])
             self._apply(k, v, x)
+            if PLANT == "collect-tombstones-at-once" and x is None:
+                del self.data[k]
+                self.seq.pop(k, None)
             return v
+
+    def _late(self, item):
+        with self.lock:
+            k, v, x = item
+            self.log.write(json.dumps([k, list(v), x]).encode() + b"\n")
+            self.log.flush()
 
     def merge(self, items):
         with self.lock:
-            newer = [(k, v, x) for k, v, x in items
-                     if k not in self.data or v > self.data[k][0]]
+            newer = [(k, v, x) for k, v, x in items if self._newer(k, v)]
             if newer:
                 self._persist(newer)  # durable before visible
                 for k, v, x in newer:
-                    self._apply(k, v, x)
+                    cur = self.data.get(k)
+                    if cur is None or v != cur[0]:
+                        self.data[k] = (v, x)
+                        self.changes += 1
+                        self.seq[k] = self.changes
+                    self.clock = max(self.clock, v[:2])
 
     def since(self, mark):
         with self.lock:
@@ -254,9 +297,12 @@ def serve(node, barrier, out):
 
 
 def main():
+    global PLANT
     args = argparse.ArgumentParser()
     args.add_argument("--data-dir", required=True)
+    args.add_argument("--plant", choices=PLANTS, help="test-only: a known defect")
     a = args.parse_args()
+    PLANT = a.plant
     me = int(os.environ["MULTINODE_NODE_INDEX"])
     os.makedirs(a.data_dir, exist_ok=True)
     store = Store(os.path.join(a.data_dir, "log.jsonl"), me)

@@ -5,3 +5,4 @@ mod cluster;
 mod in_process;
 #[cfg(target_os = "linux")]
 mod lab_cluster;
+mod planted;

@@ -2,6 +2,7 @@
 //! wherever cargo does.
 
 mod bench;
+mod planted;
 mod sans_io;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +45,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Prove the checker: run test-cluster against each planted bug of the
+    /// Python example node until it is caught, and report seeds needed.
+    Planted,
 }
 
 fn main() -> Result<()> {
@@ -56,6 +60,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench(args) => bench::run(&args),
         Cmd::TestCluster { args } => test_cluster(&args),
+        Cmd::Planted => planted::planted(),
         Cmd::KillFuzz { cycles } => {
             let cycles = cycles.to_string();
             cargo(
