@@ -266,6 +266,20 @@ fn a_kept_history_rechecks_offline_and_a_lost_write_is_flagged() {
             .output()
             .expect("multinode check runs")
     };
+    // The timeline draws every record of the history.
+    let page = std::fs::read_to_string(run.join("report.html")).expect("report.html");
+    let drawn: std::collections::BTreeSet<u64> = page
+        .split("data-i=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .flat_map(|list| list.split(','))
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let records = std::fs::read_to_string(&history).unwrap().lines().count() as u64;
+    let all: std::collections::BTreeSet<u64> = (0..records).collect();
+    assert_eq!(drawn, all, "records the report does not draw");
+    assert!(stdout(&out).contains(&format!("report: {}", run.join("report.html").display())));
+
     let again = check(&run);
     assert!(again.status.success(), "{}", stdout(&again));
     assert!(stdout(&again).contains("PASSED"), "{}", stdout(&again));

@@ -44,6 +44,7 @@ pub(crate) const FILES: &[&str] = &[
     "crates/cli/src/history.rs",
     "crates/cli/src/reads.rs",
     "crates/cli/src/scenario.rs",
+    "crates/cli/src/timeline.rs",
 ];
 
 /// What such a file may not contain, and why.

@@ -322,30 +322,71 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
         std::fs::write(path, c.json(&failure, alive, &replay))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    match failure {
+    // The timeline, from the history as written, failed runs included.
+    let report = c.write_report(seed);
+    let kept = dir.keep();
+    let code = match &failure {
         None => {
             if args.keep {
-                let kept = dir.keep();
                 println!("kept: {}", kept.display());
-                println!(
-                    "history: {} (multinode check re-judges it)",
-                    kept.join("history.jsonl").display()
-                );
+            } else {
+                // A passing run keeps only its history and its timeline.
+                forget_data(&kept);
             }
-            Ok(ExitCode::SUCCESS)
+            ExitCode::SUCCESS
         }
         Some(cause) => {
             println!("FAILED: {cause}");
             println!("seed: {seed}");
             println!("replay: {replay}");
-            let kept = dir.keep();
             println!("logs and data kept in {}", kept.display());
-            println!(
-                "history: {} (multinode check re-judges it)",
-                kept.join("history.jsonl").display()
-            );
-            Ok(ExitCode::from(if interrupted { 130 } else { 1 }))
+            ExitCode::from(if interrupted { 130 } else { 1 })
         }
+    };
+    println!(
+        "history: {} (multinode check re-judges it)",
+        kept.join("history.jsonl").display()
+    );
+    match report {
+        Ok(path) => println!("report: {}", path.display()),
+        Err(e) => println!("report: not written: {}", crate::error_line(&e)),
+    }
+    Ok(code)
+}
+
+/// Removes a passing run's node data directories, logs and secret.
+fn forget_data(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name.starts_with("node-") && path.is_dir() {
+            let _ = std::fs::remove_dir_all(&path);
+        } else if name.ends_with(".log") || name == "cluster.secret" {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+impl Conductor {
+    /// Draws the history as `report.html` beside it.
+    fn write_report(&self, seed: u64) -> Result<PathBuf> {
+        self.recorder.flush()?;
+        let history = self.recorder.path();
+        let text = std::fs::read_to_string(history)
+            .with_context(|| format!("cannot read {}", history.display()))?;
+        let events = crate::history::parse(&text)?;
+        let title = format!(
+            "test-cluster, {} nodes, seed {seed}: {}",
+            self.args.nodes,
+            replay_command(&self.args, seed)
+        );
+        let page = crate::timeline::render(&title, &events);
+        let path = self.dir.join("report.html");
+        std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
     }
 }
 

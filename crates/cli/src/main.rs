@@ -34,6 +34,7 @@ mod netlab;
 mod node;
 mod reads;
 mod scenario;
+mod timeline;
 use clap::{Args, Parser, Subcommand};
 use multinode_barrier::{Config, Controller, LaunchReport, Launcher, OutputMode, describe};
 

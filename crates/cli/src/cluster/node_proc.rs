@@ -245,7 +245,19 @@ impl NodeProc {
                             rec.record(&self.write_event(Kind::Info, process, &ops[j], None, rec));
                             lost.push(ops[j].clone());
                         }
-                        Pending::Read => {}
+                        Pending::Read => {
+                            // Its outcome is unknown too: recorded, so no
+                            // invocation is left open.
+                            let key = self.reading.pop_front().unwrap_or_default();
+                            rec.record(&self.read_event(
+                                Kind::Info,
+                                process,
+                                &key,
+                                None,
+                                None,
+                                rec,
+                            ));
+                        }
                     }
                 }
                 rec.record(&Event::Fault {
