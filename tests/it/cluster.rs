@@ -94,13 +94,21 @@ fn three_node_processes_survive_a_kill_and_converge() {
     );
     assert!(text.contains("acknowledged writes recovered"), "{text}");
     assert!(text.contains("PASSED"), "{text}");
-    // A passing run cleans up after itself.
-    let left: Vec<_> = std::fs::read_dir(dir.path())
+    // A passing run keeps only its history and its timeline: no node data,
+    // logs or secret.
+    let runs: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir())
         .collect();
-    assert!(left.is_empty(), "run directory kept: {left:?}");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let mut left: Vec<String> = std::fs::read_dir(runs[0].path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["history.jsonl", "report.html"]);
 
     // The same seed is the same scenario.
     let (again, report2) = test_cluster(dir.path(), &args);
