@@ -481,18 +481,24 @@ impl Conductor {
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
                 .env("FAKETIME_NO_CACHE", "1");
         }
-        let mut child = match &self.lab {
+        let child = match &self.lab {
             Some(lab) => lab.spawn(multinode_wire::NodeId(index as u64), &mut cmd)?,
             None => cmd
                 .spawn()
                 .with_context(|| format!("cannot start {}", self.exe.display()))?,
         };
+        Ok(self.track(index, child))
+    }
+
+    /// Counts a started node process and holds its control pipe, as the
+    /// next incarnation of node `index`.
+    fn track(&mut self, index: usize, mut child: tokio::process::Child) -> NodeProc {
         self.started += 1;
         let stdin = child.stdin.take().expect("piped");
         let stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
         let incarnation = self.incarnations[index];
         self.incarnations[index] += 1;
-        Ok(NodeProc {
+        NodeProc {
             index,
             incarnation,
             sent: 0,
@@ -501,7 +507,7 @@ impl Conductor {
             child,
             stdin,
             stdout,
-        })
+        }
     }
 
     /// Starts a `--node-cmd` program as node `index`, as the node contract
@@ -540,27 +546,13 @@ impl Conductor {
         } else {
             cmd.env_remove("MULTINODE_NO_JOIN");
         }
-        let mut child = match &self.lab {
+        let child = match &self.lab {
             Some(lab) => lab.spawn(host, &mut cmd)?,
             None => cmd
                 .spawn()
                 .with_context(|| format!("cannot start --node-cmd program {program:?}"))?,
         };
-        self.started += 1;
-        let stdin = child.stdin.take().expect("piped");
-        let stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
-        let incarnation = self.incarnations[index];
-        self.incarnations[index] += 1;
-        Ok(NodeProc {
-            index,
-            incarnation,
-            sent: 0,
-            reading: std::collections::VecDeque::new(),
-            digest: None,
-            child,
-            stdin,
-            stdout,
-        })
+        Ok(self.track(index, child))
     }
 
     /// The first node whose clock is off the cluster's by more than it
