@@ -309,9 +309,18 @@ pub(crate) fn render(title: &str, events: &[Event]) -> String {
         .enumerate()
         .filter(|(_, e)| matches!(e, Event::Phase { .. }))
         .collect();
+    // Phase labels close to the previous one go on a second row.
+    let mut last_label = f64::NEG_INFINITY;
+    let mut row = 17.0;
     for (i, e) in events.iter().enumerate() {
         match e {
             Event::Phase { name, time_ns } => {
+                row = if x(*time_ns) - last_label < 70.0 && row == 17.0 {
+                    8.0
+                } else {
+                    17.0
+                };
+                last_label = x(*time_ns);
                 let converged = name == "converge";
                 let class = if converged {
                     "phase converged"
@@ -326,7 +335,7 @@ pub(crate) fn render(title: &str, events: &[Event]) -> String {
                 let (px, bottom) = (x(*time_ns), lat_top + LATENCY);
                 let _ = writeln!(
                     svg,
-                    r#"<line class="{class}" data-i="{i}" x1="{px:.1}" x2="{px:.1}" y1="20" y2="{bottom:.1}"/><text x="{:.1}" y="16" text-anchor="end">{text}</text>"#,
+                    r#"<line class="{class}" data-i="{i}" x1="{px:.1}" x2="{px:.1}" y1="20" y2="{bottom:.1}"/><text x="{:.1}" y="{row}" text-anchor="end">{text}</text>"#,
                     px - 3.0,
                 );
             }

@@ -59,7 +59,13 @@ impl NodeProc {
                     REPLY_TIMEOUT.as_secs()
                 )
             })?;
-        next?.ok_or_else(|| anyhow!("node {}: exited (end of its output)", self.index))
+        next?.ok_or_else(|| {
+            anyhow!(
+                "node {}: exited (end of its output; its stderr is node-{}.log in the run directory)",
+                self.index,
+                self.index
+            )
+        })
     }
 
     pub(super) async fn call(&mut self, line: &str) -> Result<String> {
