@@ -111,29 +111,20 @@ fn parse_skew(s: &str) -> Result<(usize, i64), String> {
     Ok((node, secs))
 }
 
-/// Where Debian (and most distributions) put libfaketime; `MULTINODE_LIBFAKETIME`
-/// overrides.
+/// libfaketime, or an error that says where it was looked for and how to
+/// get it.
 fn libfaketime() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("MULTINODE_LIBFAKETIME") {
-        return Ok(PathBuf::from(p));
-    }
-    let arch = std::env::consts::ARCH;
-    let candidates = [
-        format!("/usr/lib/{arch}-linux-gnu/faketime/libfaketime.so.1"),
-        "/usr/lib/faketime/libfaketime.so.1".to_owned(),
-        "/usr/local/lib/faketime/libfaketime.so.1".to_owned(),
-    ];
-    candidates
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .ok_or_else(|| {
-            anyhow!(
-                "--skew needs libfaketime, which is not installed (looked in {}): \
-                 install it (Debian: apt-get install faketime) or set MULTINODE_LIBFAKETIME",
-                candidates.join(", ")
-            )
-        })
+    multinode_net::libfaketime().ok_or_else(|| {
+        let looked: Vec<String> = multinode_net::libfaketime_candidates()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        anyhow!(
+            "--skew needs libfaketime, which is not installed (looked in {}): \
+             install it (Debian: apt-get install faketime) or set MULTINODE_LIBFAKETIME",
+            looked.join(", ")
+        )
+    })
 }
 
 fn probability(s: &str) -> Result<f64, String> {
@@ -433,10 +424,7 @@ fn replay_command(a: &ClusterArgs, seed: u64) -> String {
 impl Conductor {
     fn spawn(&mut self, index: usize, no_join: bool) -> Result<NodeProc> {
         let ctl = self.controller.as_ref().expect("started").local_addr();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("node-{index}.log")))?;
+        let log = self.log_file(index)?;
         if let Some(words) = self.args.node_cmd.clone() {
             return self.spawn_program(index, no_join, &words);
         }
@@ -490,6 +478,16 @@ impl Conductor {
         Ok(self.track(index, child))
     }
 
+    /// Node `index`'s log file (its stderr), appended to across restarts.
+    fn log_file(&self, index: usize) -> Result<std::fs::File> {
+        let path = self.dir.join(format!("node-{index}.log"));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))
+    }
+
     /// Counts a started node process and holds its control pipe, as the
     /// next incarnation of node `index`.
     fn track(&mut self, index: usize, mut child: tokio::process::Child) -> NodeProc {
@@ -502,7 +500,6 @@ impl Conductor {
             index,
             incarnation,
             sent: 0,
-            reading: std::collections::VecDeque::new(),
             digest: None,
             child,
             stdin,
@@ -514,10 +511,7 @@ impl Conductor {
     /// says: its arguments, `--data-dir`, and the environment.
     fn spawn_program(&mut self, index: usize, no_join: bool, words: &str) -> Result<NodeProc> {
         let ctl = self.controller.as_ref().expect("started").local_addr();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("node-{index}.log")))?;
+        let log = self.log_file(index)?;
         let mut words = words.split_whitespace();
         let program = words.next().context("--node-cmd is empty")?;
         let host = multinode_wire::NodeId(index as u64);

@@ -98,6 +98,16 @@ pub(crate) enum StateKind {
     Final,
 }
 
+impl StateKind {
+    /// The record's `f`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            StateKind::Recovered => "recovered",
+            StateKind::Final => "final",
+        }
+    }
+}
+
 impl Event {
     /// The record as one JSON object, numbered `index`.
     pub(crate) fn to_json(&self, index: u64) -> Value {
@@ -154,10 +164,7 @@ impl Event {
                         ])
                     })
                     .collect();
-                let f = match what {
-                    StateKind::Recovered => "recovered",
-                    StateKind::Final => "final",
-                };
+                let f = what.as_str();
                 json!({
                     "index": index, "type": "info", "process": "conductor",
                     "f": f, "node": node, "value": entries, "time": time_ns,

@@ -15,7 +15,7 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use crate::history::{Event, Kind, Micro, StateKind};
+use crate::history::{Event, Kind, Micro};
 
 /// Page width and the parts of it, in px.
 const WIDTH: f64 = 1200.0;
@@ -345,10 +345,7 @@ pub(crate) fn render(title: &str, events: &[Event]) -> String {
                 entries,
                 time_ns,
             } => {
-                let what = match what {
-                    StateKind::Recovered => "recovered",
-                    StateKind::Final => "final",
-                };
+                let what = what.as_str();
                 let _ = writeln!(
                     svg,
                     r#"<circle class="state {what}" data-i="{i}" cx="{:.1}" cy="{:.1}" r="4"><title>node {node}: {what} state, {} entries</title></circle>"#,

@@ -78,7 +78,7 @@ impl Lab {
         for to in next.changed(&rules, self.hosts()) {
             let script = next.script(&self.subnet, self.hosts(), to);
             self.hosts[to as usize].run("nft", &["-f", "-"], Some(&script))?;
-            self.tables.lock().insert(to, ());
+            self.tables.lock().insert(to);
         }
         *rules = next;
         Ok(())

@@ -11,7 +11,7 @@
 //! namespaces, links, bridge, qdiscs and nft tables go with the last
 //! reference. Dropping a [`Lab`] does the same at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::net::Ipv4Addr;
@@ -48,10 +48,10 @@ pub struct Lab {
     keeper: Option<(Child, ChildStdin)>,
     pub(crate) rules: Mutex<Rules>,
     /// Hosts whose nft table exists.
-    pub(crate) tables: Mutex<BTreeMap<u32, ()>>,
+    pub(crate) tables: Mutex<BTreeSet<u32>>,
     pub(crate) tally: Mutex<Counters>,
     /// Hosts with a bandwidth limit in force.
-    pub(crate) shaped: Mutex<std::collections::BTreeSet<u32>>,
+    pub(crate) shaped: Mutex<BTreeSet<u32>>,
     pub(crate) processes: Processes,
     pub(crate) clock: Mutex<BTreeMap<u32, i64>>,
 }
@@ -102,9 +102,9 @@ impl Lab {
             pid_ns: File::open(format!("/proc/{pid}/ns/pid_for_children"))?,
             keeper: Some((keeper, stdin)),
             rules: Mutex::new(Rules::default()),
-            tables: Mutex::new(BTreeMap::new()),
+            tables: Mutex::new(BTreeSet::new()),
             tally: Mutex::new(Counters::default()),
-            shaped: Mutex::new(std::collections::BTreeSet::new()),
+            shaped: Mutex::new(BTreeSet::new()),
             processes: Processes::new(hosts),
             clock: Mutex::new(BTreeMap::new()),
         };
@@ -199,7 +199,7 @@ impl Lab {
     /// network fault touched, and the lab's own tally.
     pub fn counters(&self) -> Result<Counters, NetError> {
         let mut c = self.tally.lock().clone();
-        let tables: Vec<u32> = self.tables.lock().keys().copied().collect();
+        let tables: Vec<u32> = self.tables.lock().iter().copied().collect();
         for to in tables {
             let node = NodeId(u64::from(to));
             let json = self.host(node)?.run(

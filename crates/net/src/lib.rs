@@ -34,5 +34,5 @@ mod subnet;
 pub use counters::{Counters, LinkDrops};
 pub use error::NetError;
 pub use lab::Lab;
-pub use process::libfaketime;
+pub use process::{libfaketime, libfaketime_candidates};
 pub use subnet::{MAX_HOSTS, Subnet};

@@ -155,17 +155,24 @@ impl Lab {
     }
 }
 
-/// Where libfaketime is: `MULTINODE_LIBFAKETIME`, else where Debian puts it.
-pub fn libfaketime() -> Option<PathBuf> {
+/// Where libfaketime may be: `MULTINODE_LIBFAKETIME`, else where Debian (and
+/// most distributions) put it.
+pub fn libfaketime_candidates() -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("MULTINODE_LIBFAKETIME") {
-        return Some(PathBuf::from(p)).filter(|p| p.exists());
+        return vec![PathBuf::from(p)];
     }
     let arch = std::env::consts::ARCH;
     [
         format!("/usr/lib/{arch}-linux-gnu/faketime/libfaketime.so.1"),
         "/usr/lib/faketime/libfaketime.so.1".to_owned(),
+        "/usr/local/lib/faketime/libfaketime.so.1".to_owned(),
     ]
     .into_iter()
     .map(PathBuf::from)
-    .find(|p| p.exists())
+    .collect()
+}
+
+/// The first of [`libfaketime_candidates`] that exists.
+pub fn libfaketime() -> Option<PathBuf> {
+    libfaketime_candidates().into_iter().find(|p| p.exists())
 }

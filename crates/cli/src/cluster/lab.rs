@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use multinode_net::{Counters, Lab};
 use multinode_wire::NodeId;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 
 use super::Conductor;
 
@@ -86,8 +88,8 @@ impl Conductor {
             match (&self.lab, stop) {
                 (Some(lab), true) => lab.pause(id(i))?,
                 (Some(lab), false) => lab.resume(id(i))?,
-                (None, true) => signal(self.pid(i)?, "-STOP")?,
-                (None, false) => signal(self.pid(i)?, "-CONT")?,
+                (None, true) => signal(self.pid(i)?, Signal::SIGSTOP)?,
+                (None, false) => signal(self.pid(i)?, Signal::SIGCONT)?,
             }
         }
         Ok(())
@@ -117,14 +119,10 @@ impl Conductor {
     }
 }
 
-/// Signals a node process (ours, by pid) with `kill(1)`: std has no safe
-/// wrapper for SIGSTOP, and the lab's own signals need a lab.
-fn signal(pid: u32, sig: &str) -> Result<()> {
-    let status = std::process::Command::new("kill")
-        .arg(sig)
-        .arg(pid.to_string())
-        .status()
-        .context("cannot run kill")?;
-    anyhow::ensure!(status.success(), "kill {sig} {pid} failed ({status})");
-    Ok(())
+/// Signals a node process, ours, by the pid we started it with (the
+/// conductor still holds its unreaped child, so the pid is not reused).
+fn signal(pid: u32, sig: Signal) -> Result<()> {
+    let pid = i32::try_from(pid).context("a pid out of range")?;
+    nix::sys::signal::kill(Pid::from_raw(pid), sig)
+        .with_context(|| format!("cannot send {sig} to pid {pid}"))
 }

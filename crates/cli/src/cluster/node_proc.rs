@@ -29,8 +29,6 @@ pub(super) struct NodeProc {
     pub(super) incarnation: u32,
     /// Requests sent so far: the next one's client lane.
     pub(super) sent: u64,
-    /// Keys of the `GET`s in flight, oldest first.
-    pub(super) reading: VecDeque<String>,
     /// Whether the node answers `DIGEST` (unknown until asked): without
     /// it, agreement is judged by comparing `DUMP`s.
     pub(super) digest: Option<bool>,
@@ -198,7 +196,8 @@ impl NodeProc {
                 self.start(Pending::Write(next), &ops[next], rec, &mut inflight)
                     .await?;
                 if read {
-                    self.start(Pending::Read, &ops[next], rec, &mut inflight)
+                    let key = ops[next].key.clone();
+                    self.start(Pending::Read(key), &ops[next], rec, &mut inflight)
                         .await?;
                 }
                 next += 1;
@@ -208,8 +207,8 @@ impl NodeProc {
             };
             let reply = self.recv().await?;
             let i = match pending {
-                Pending::Read => {
-                    self.finish_read(process, &reply, rec)?;
+                Pending::Read(key) => {
+                    self.finish_read(process, &key, &reply, rec)?;
                     continue;
                 }
                 Pending::Write(i) => i,
@@ -222,14 +221,16 @@ impl NodeProc {
                 } else {
                     Kind::Info
                 };
-                rec.record(&self.write_event(kind, process, &ops[i], None, rec));
+                let w = Micro::Write(ops[i].clone());
+                rec.record(&self.event(kind, process, w, None, rec));
                 bail!(
                     "node {}: {:?} answered {reply:?}",
                     self.index,
                     ops[i].command()
                 );
             };
-            rec.record(&self.write_event(Kind::Ok, process, &ops[i], Some(version), rec));
+            let w = Micro::Write(ops[i].clone());
+            rec.record(&self.event(Kind::Ok, process, w, Some(version), rec));
             history.push(Ack {
                 node: self.index,
                 op: ops[i].clone(),
@@ -248,21 +249,15 @@ impl NodeProc {
                 for (process, pending) in inflight {
                     match pending {
                         Pending::Write(j) => {
-                            rec.record(&self.write_event(Kind::Info, process, &ops[j], None, rec));
+                            let w = Micro::Write(ops[j].clone());
+                            rec.record(&self.event(Kind::Info, process, w, None, rec));
                             lost.push(ops[j].clone());
                         }
-                        Pending::Read => {
+                        Pending::Read(key) => {
                             // Its outcome is unknown too: recorded, so no
                             // invocation is left open.
-                            let key = self.reading.pop_front().unwrap_or_default();
-                            rec.record(&self.read_event(
-                                Kind::Info,
-                                process,
-                                &key,
-                                None,
-                                None,
-                                rec,
-                            ));
+                            let r = Micro::Read { key, value: None };
+                            rec.record(&self.event(Kind::Info, process, r, None, rec));
                         }
                     }
                 }
@@ -286,12 +281,16 @@ impl NodeProc {
                     key: keys[next].clone(),
                     value: None,
                 };
-                self.start(Pending::Read, &op, rec, &mut inflight).await?;
+                let key = op.key.clone();
+                self.start(Pending::Read(key), &op, rec, &mut inflight)
+                    .await?;
                 next += 1;
             }
-            if let Some((process, _)) = inflight.pop_front() {
+            if let Some((process, pending)) = inflight.pop_front() {
                 let reply = self.recv().await?;
-                self.finish_read(process, &reply, rec)?;
+                if let Pending::Read(key) = pending {
+                    self.finish_read(process, &key, &reply, rec)?;
+                }
             }
         }
         Ok(())
@@ -307,15 +306,19 @@ impl NodeProc {
     ) -> Result<()> {
         let process = self.index as u64 * LANES + self.sent % LANES;
         self.sent += 1;
-        match what {
+        match &what {
             Pending::Write(_) => {
-                rec.record(&self.write_event(Kind::Invoke, process, op, None, rec));
+                let w = Micro::Write(op.clone());
+                rec.record(&self.event(Kind::Invoke, process, w, None, rec));
                 self.send(&op.command()).await?;
             }
-            Pending::Read => {
-                self.reading.push_back(op.key.clone());
-                rec.record(&self.read_event(Kind::Invoke, process, &op.key, None, None, rec));
-                self.send(&format!("GET {}", encode(op.key.as_bytes())))
+            Pending::Read(key) => {
+                let r = Micro::Read {
+                    key: key.clone(),
+                    value: None,
+                };
+                rec.record(&self.event(Kind::Invoke, process, r, None, rec));
+                self.send(&format!("GET {}", encode(key.as_bytes())))
                     .await?;
             }
         }
@@ -325,8 +328,7 @@ impl NodeProc {
 
     /// Records a `GET`'s reply: `VALUE <version> <value>`, `GONE <version>`
     /// or `NONE`.
-    fn finish_read(&mut self, process: u64, reply: &str, rec: &Recorder) -> Result<()> {
-        let key = self.reading.pop_front().unwrap_or_default();
+    fn finish_read(&mut self, process: u64, key: &str, reply: &str, rec: &Recorder) -> Result<()> {
         let w: Vec<&str> = reply.split(' ').collect();
         let (value, version) = match w.as_slice() {
             ["VALUE", v, x] => {
@@ -339,7 +341,11 @@ impl NodeProc {
             ["GONE", v] => (None, parse_version(v)),
             ["NONE"] => (None, None),
             _ => {
-                rec.record(&self.read_event(Kind::Fail, process, &key, None, None, rec));
+                let r = Micro::Read {
+                    key: key.to_owned(),
+                    value: None,
+                };
+                rec.record(&self.event(Kind::Fail, process, r, None, rec));
                 bail!("node {}: GET {key:?} answered {reply:?}", self.index);
             }
         };
@@ -349,15 +355,21 @@ impl NodeProc {
                 self.index
             );
         }
-        rec.record(&self.read_event(Kind::Ok, process, &key, value, version, rec));
+        let r = Micro::Read {
+            key: key.to_owned(),
+            value,
+        };
+        rec.record(&self.event(Kind::Ok, process, r, version, rec));
         Ok(())
     }
 
-    fn write_event(
+    /// A history record of this process's request on client lane
+    /// `process`.
+    fn event(
         &self,
         kind: Kind,
         process: u64,
-        op: &Op,
+        micro: Micro,
         version: Option<multinode_wire::Timestamp>,
         rec: &Recorder,
     ) -> Event {
@@ -366,30 +378,7 @@ impl NodeProc {
             process,
             node: self.index,
             incarnation: self.incarnation,
-            micro: Micro::Write(op.clone()),
-            version,
-            time_ns: rec.now(),
-        }
-    }
-
-    fn read_event(
-        &self,
-        kind: Kind,
-        process: u64,
-        key: &str,
-        value: Option<String>,
-        version: Option<multinode_wire::Timestamp>,
-        rec: &Recorder,
-    ) -> Event {
-        Event::Op {
-            kind,
-            process,
-            node: self.index,
-            incarnation: self.incarnation,
-            micro: Micro::Read {
-                key: key.to_owned(),
-                value,
-            },
+            micro,
             version,
             time_ns: rec.now(),
         }
@@ -397,10 +386,9 @@ impl NodeProc {
 }
 
 /// What a request in flight was.
-#[derive(Clone, Copy)]
 enum Pending {
     /// The write at this index of the script.
     Write(usize),
-    /// A `GET` (its key waits in `NodeProc::reading`).
-    Read,
+    /// A `GET` of this key.
+    Read(String),
 }

@@ -86,15 +86,27 @@ fn hosts_reach_each_other_by_address_and_see_only_their_own_link() {
     s.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     assert_eq!(datagrams(&a, &s, 3), 3);
-    let lo = lab
-        .within(n(0), || {
-            let l = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-            l.local_addr().unwrap()
-        })
+    // A host's loopback is its own: a datagram host 0 sends to this
+    // process's loopback port never arrives here, while one sent from here
+    // does.
+    let ours = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    ours.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
-    // This process's loopback has nothing on that port: the host's own
-    // loopback is its own.
-    assert!(matches!(lo, SocketAddr::V4(v) if v.ip().is_loopback()));
+    let port = ours.local_addr().unwrap().port();
+    let from_host = lab
+        .within(n(0), || UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap())
+        .unwrap();
+    let here = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    from_host.send_to(b"from host 0", here).unwrap();
+    let local = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    local.send_to(b"from here", here).unwrap();
+    let mut buf = [0u8; 32];
+    let n = ours.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"from here");
+    assert!(
+        ours.recv(&mut buf).is_err(),
+        "host 0 reached this process's loopback"
+    );
 }
 
 #[test]
