@@ -379,3 +379,85 @@ fn the_python_example_node_passes_with_a_kill_and_a_partition() {
     let (out, report) = test_cluster(dir.path(), &args);
     assert_eq!(report["passed"], true, "{}", stdout(&out));
 }
+
+/// `--sweep`: seeds back to back, each its own drawn scenario, one line
+/// each, and the rate at the end; a drawn scenario replays by its seed.
+#[test]
+fn a_sweep_runs_drawn_scenarios_and_reports_seeds_per_minute() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seed = std::env::var("MULTINODE_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(40);
+    println!("first seed {seed} (MULTINODE_SEED replays it)");
+    let out = Command::new(multinode())
+        .arg("test-cluster")
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--sweep", "2", "--seed", &seed.to_string()])
+        .output()
+        .expect("multinode runs");
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("seed ") && l.contains("passed in"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with(&format!("seed {seed}: ")), "{text}");
+    assert!(
+        lines[1].starts_with(&format!("seed {}: ", seed + 1)),
+        "{text}"
+    );
+    // Each line names the scenario its seed drew: a node count in 3..=7.
+    for l in &lines {
+        let nodes: u32 = l
+            .split(": ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no node count in {l:?}"));
+        assert!((3..=7).contains(&nodes), "{l}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("sweep: 2 seeds passed in") && l.ends_with("seeds per minute")),
+        "{text}"
+    );
+    // A sweep's runs print no phases.
+    assert!(!text.contains("] join"), "{text}");
+    // The explicit scenario flags are refused beside --sweep.
+    let out = Command::new(multinode())
+        .args(["test-cluster", "--sweep", "2", "--nodes", "5"])
+        .output()
+        .expect("multinode runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A cluster larger than the descriptor hard limit allows fails at once,
+/// saying what it needs and how to get it.
+#[test]
+fn too_few_descriptors_for_the_nodes_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 300 && exec "$0" test-cluster --nodes 200 --dir "$1""#)
+        .arg(multinode())
+        .arg(dir.path())
+        .output()
+        .expect("sh runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("200 nodes need about 1056 file descriptors")
+            && err.contains("the hard limit is 300"),
+        "{err}"
+    );
+    // Nothing was started.
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+}

@@ -45,6 +45,16 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build `multinode`, then run `multinode sim-sweep --count N`: N seeds
+    /// of the deterministic LWW simulator with faults, each checked; the
+    /// first failing seed is printed with its trace hash and replay.
+    SimSweep {
+        /// Seeds to run.
+        count: u64,
+        /// Passed on, e.g. `--seed 7 --replicas 50`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Prove the checker: run test-cluster against each planted bug of the
     /// Python example node until it is caught, and report seeds needed.
     Planted,
@@ -60,6 +70,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench(args) => bench::run(&args),
         Cmd::TestCluster { args } => test_cluster(&args),
+        Cmd::SimSweep { count, args } => sim_sweep(count, &args),
         Cmd::Planted => planted::planted(),
         Cmd::KillFuzz { cycles } => {
             let cycles = cycles.to_string();
@@ -116,13 +127,12 @@ fn target_dir() -> PathBuf {
         .map_or_else(|| root().join("target"), |t| root().join(t))
 }
 
-/// Builds `multinode` and returns the `multinode test-cluster` command.
+/// Builds `multinode` (release: a cluster of hundreds of node processes
+/// on two cores needs optimised nodes) and returns the `multinode
+/// test-cluster` command.
 fn test_cluster_command(args: &[&str]) -> Result<Command> {
-    cargo("build", &["build", "--locked", "-p", "multinode"], &[])?;
+    let exe = multinode_release()?;
     let target = target_dir();
-    let exe = target
-        .join("debug")
-        .join(format!("multinode{}", std::env::consts::EXE_SUFFIX));
     let mut cmd = Command::new(&exe);
     cmd.arg("test-cluster")
         .arg("--dir")
@@ -130,6 +140,32 @@ fn test_cluster_command(args: &[&str]) -> Result<Command> {
         .args(args)
         .env("MULTINODE_REPLAY", "cargo xtask test-cluster");
     Ok(cmd)
+}
+
+/// Builds `multinode` (release) and returns the path of the binary.
+fn multinode_release() -> Result<PathBuf> {
+    cargo(
+        "build",
+        &["build", "--locked", "--release", "-p", "multinode"],
+        &[],
+    )?;
+    Ok(target_dir()
+        .join("release")
+        .join(format!("multinode{}", std::env::consts::EXE_SUFFIX)))
+}
+
+fn sim_sweep(count: u64, args: &[String]) -> Result<()> {
+    let exe = multinode_release()?;
+    let status = Command::new(&exe)
+        .arg("sim-sweep")
+        .args(["--count", &count.to_string()])
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    if !status.success() {
+        bail!("sim-sweep failed ({status})");
+    }
+    Ok(())
 }
 
 fn test_cluster(args: &[String]) -> Result<()> {
@@ -220,6 +256,15 @@ fn ci() -> Result<()> {
     if !status.success() {
         bail!("test-cluster --net failed ({status})");
     }
+    // Short seed sweeps: drawn real-process scenarios, and the simulator
+    // with faults at 100 replicas (a fresh first seed each run, printed).
+    let status = test_cluster_command(&["--sweep", "4"])?
+        .status()
+        .context("cannot run multinode test-cluster --sweep")?;
+    if !status.success() {
+        bail!("test-cluster --sweep failed ({status})");
+    }
+    sim_sweep(40, &[])?;
     eprintln!("==> ci: all checks passed");
     // One plain closing line with the totals of every test binary.
     println!("tests: {passed} passed, {failed} failed");

@@ -16,6 +16,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use futures_util::future::try_join_all;
 use multinode_barrier::{Controller, ENV_ADDR, ENV_INDEX, ENV_NODES};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 mod lab;
@@ -33,7 +35,7 @@ use crate::scenario::{History, Plan};
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ClusterArgs {
     /// Node processes to start.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=64))]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=4096))]
     nodes: u32,
     /// Distinct keys the scenario writes.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -81,20 +83,60 @@ pub(crate) struct ClusterArgs {
     /// that writing overlaps many gossip rounds.
     #[arg(long, default_value_t = 100)]
     rate: u32,
-    /// Milliseconds between gossip rounds on every node.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    round_ms: u64,
-    /// Seconds the nodes have to agree after the last write.
-    #[arg(long, default_value_t = 20.0, value_parser = crate::positive_secs)]
-    converge_timeout: f64,
+    /// Milliseconds between gossip rounds on every node (default: 100, or
+    /// the node count when larger: a round's digests list every node, so
+    /// a larger cluster gossips less often to keep the machine's load
+    /// per second flat).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    round_ms: Option<u64>,
+    /// Seconds the nodes have to agree after the last write (default: 20,
+    /// or 40 rounds when longer).
+    #[arg(long, value_parser = crate::positive_secs)]
+    converge_timeout: Option<f64>,
     /// Where run directories go (default: the system's temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Runs this many seeds back to back, from --seed on (default: one
+    /// from the clock), each a small scenario whose node count (3 to 7),
+    /// kills, partition, drops, pause and keys are drawn from the seed
+    /// (with --net, a flap too); stops at the first failure and prints
+    /// its replay command; reports seeds per minute.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000),
+          conflicts_with_all = ["nodes", "keys", "kills", "drop", "partition", "pause", "flap", "skews", "keep", "json"])]
+    sweep: Option<u32>,
+    /// One line per run instead of the phases and the summary (a sweep's
+    /// runs).
+    #[arg(skip)]
+    quiet: bool,
     /// Runs node NODE with its wall clock SECS seconds ahead (negative:
     /// behind), through libfaketime (Debian package `faketime`), as
     /// `NODE=SECS`; repeatable.
     #[arg(long = "skew", value_parser = parse_skew)]
     skews: Vec<(usize, i64)>,
+}
+
+impl ClusterArgs {
+    /// The gossip round interval in force.
+    pub(crate) fn round_ms(&self) -> u64 {
+        self.round_ms.unwrap_or(u64::from(self.nodes).max(100))
+    }
+
+    /// Seconds the nodes have to agree, in force.
+    pub(crate) fn converge_timeout(&self) -> f64 {
+        self.converge_timeout
+            .unwrap_or((40 * self.round_ms()) as f64 / 1000.0)
+            .max(if self.converge_timeout.is_some() {
+                0.0
+            } else {
+                20.0
+            })
+    }
+
+    /// How long a barrier waits for every node: starting and joining take
+    /// longer the more nodes there are.
+    pub(crate) fn barrier_timeout(&self) -> Duration {
+        Duration::from_secs(30) + Duration::from_millis(60) * self.nodes
+    }
 }
 
 fn parse_skew(s: &str) -> Result<(usize, i64), String> {
@@ -109,6 +151,30 @@ fn parse_skew(s: &str) -> Result<(usize, i64), String> {
         .parse()
         .map_err(|_| format!("{secs:?} is not a whole number of seconds"))?;
     Ok((node, secs))
+}
+
+/// Raises this process's descriptor limit (the soft one, up to the hard
+/// one) to what `nodes` node processes need here: three pipes and a
+/// barrier connection each, and some room. Says what to do when the hard
+/// limit is too low.
+fn descriptors(nodes: usize) -> Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let need = 4 * nodes as u64 + 256;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
+        .map_err(|e| anyhow!("cannot read the descriptor limit: {e}"))?;
+    if soft >= need {
+        return Ok(());
+    }
+    if hard < need {
+        bail!(
+            "{nodes} nodes need about {need} file descriptors here, and the hard limit is {hard}: raise it (as root, \
+             `ulimit -Hn {need}`, or LimitNOFILE= in a systemd unit) or start fewer nodes"
+        );
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, need, hard)
+        .map_err(|e| anyhow!("cannot raise the descriptor limit to {need}: {e}"))?;
+    println!("descriptor limit raised from {soft} to {need} (hard limit {hard})");
+    Ok(())
 }
 
 /// libfaketime, or an error that says where it was looked for and how to
@@ -190,12 +256,86 @@ fn write_secret(dir: &std::path::Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64 % 1_000_000)
+}
+
+/// `--sweep N`: N seeds back to back, each its own drawn scenario; stops
+/// at the first failure.
+async fn sweep(args: ClusterArgs, count: u32) -> Result<ExitCode> {
+    let first = args.seed.unwrap_or_else(clock_seed);
+    println!(
+        "sweep: {count} seeds from {first}, each a drawn scenario{}",
+        if args.net { " on a network lab" } else { "" }
+    );
+    let began = Instant::now();
+    for i in 0..u64::from(count) {
+        let seed = first + i;
+        let a = drawn(&args, seed);
+        let t = Instant::now();
+        let what = scenario_words(&a);
+        let code = Box::pin(run(a)).await?;
+        if code != ExitCode::SUCCESS {
+            println!("sweep: seed {seed} FAILED ({what}) after {i} passed; its replay is above");
+            return Ok(code);
+        }
+        let done = i + 1;
+        let rate = done as f64 * 60.0 / began.elapsed().as_secs_f64();
+        println!(
+            "seed {seed}: {what}: passed in {:.1} s ({done}/{count}, {rate:.1} seeds/min)",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let secs = began.elapsed().as_secs_f64();
+    println!(
+        "sweep: {count} seeds passed in {secs:.1} s: {:.1} seeds per minute",
+        f64::from(count) * 60.0 / secs
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The scenario seed `seed` draws for a sweep: small, every fault mixed in
+/// sometimes.
+fn drawn(base: &ClusterArgs, seed: u64) -> ClusterArgs {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5157_eeb0_5eed);
+    let mut a = base.clone();
+    a.sweep = None;
+    a.quiet = true;
+    a.seed = Some(seed);
+    a.nodes = rng.random_range(3..=7);
+    a.keys = rng.random_range(100..=400);
+    a.kills = rng.random_range(0..=2);
+    a.partition = rng.random_bool(0.5);
+    a.drop = [0.0, 0.0, 0.1, 0.2][rng.random_range(0..4)];
+    a.pause = u32::from(rng.random_bool(0.3));
+    a.flap = base.net && rng.random_bool(0.3);
+    a
+}
+
+fn scenario_words(a: &ClusterArgs) -> String {
+    let mut s = format!("{} nodes, {} keys, {} kill(s)", a.nodes, a.keys, a.kills);
+    if a.partition {
+        s.push_str(", partition");
+    }
+    if a.drop > 0.0 {
+        let _ = write!(s, ", drop {}", a.drop);
+    }
+    if a.pause > 0 {
+        let _ = write!(s, ", {} paused", a.pause);
+    }
+    if a.flap {
+        s.push_str(", flap");
+    }
+    s
+}
+
 pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64 % 1_000_000)
-    });
+    if let Some(count) = args.sweep {
+        return sweep(args, count).await;
+    }
+    let seed = args.seed.unwrap_or_else(clock_seed);
     let (n, keys) = (args.nodes as usize, args.keys as usize);
     if args.kills >= args.nodes {
         bail!(
@@ -224,6 +364,7 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
     if let Some((node, _)) = args.skews.iter().find(|(node, _)| *node >= n) {
         bail!("--skew {node}=…: there is no node {node} among {n}");
     }
+    descriptors(n)?;
     let faketime = match args.skews.is_empty() {
         true => None,
         false => Some(libfaketime()?),
@@ -246,7 +387,13 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
             lab.clock_offset(multinode_wire::NodeId(*node as u64), *secs)?;
         }
     }
-    println!(
+    let quiet = args.quiet;
+    let say = |line: &str| {
+        if !quiet {
+            println!("{line}");
+        }
+    };
+    say(&format!(
         "test-cluster: {n} nodes, {keys} keys, {} kill(s), drop {}{}{}, seed {seed} (plan {:016x})",
         args.kills,
         args.drop,
@@ -260,8 +407,8 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
             None => String::new(),
         },
         plan.digest()
-    );
-    println!("run directory: {}", dir.path().display());
+    ));
+    say(&format!("run directory: {}", dir.path().display()));
     let secret = write_secret(dir.path())?;
     let mut c = Conductor {
         args: args.clone(),
@@ -308,7 +455,9 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
             "{alive} node process(es) still alive after the run"
         ));
     }
-    c.print_summary(&failure, alive);
+    if !quiet || failure.is_some() {
+        c.print_summary(&failure, alive);
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, c.json(&failure, alive, &replay))
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -334,6 +483,9 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
             ExitCode::from(if interrupted { 130 } else { 1 })
         }
     };
+    if quiet && failure.is_none() {
+        return Ok(code);
+    }
     println!(
         "history: {} (multinode check re-judges it)",
         kept.join("history.jsonl").display()
@@ -409,14 +561,14 @@ fn replay_command(a: &ClusterArgs, seed: u64) -> String {
     if a.rate != 100 {
         let _ = write!(s, " --rate {}", a.rate);
     }
-    if a.round_ms != 100 {
-        let _ = write!(s, " --round-ms {}", a.round_ms);
+    if let Some(ms) = a.round_ms {
+        let _ = write!(s, " --round-ms {ms}");
     }
     for (node, secs) in &a.skews {
         let _ = write!(s, " --skew {node}={secs}");
     }
-    if a.converge_timeout != 20.0 {
-        let _ = write!(s, " --converge-timeout {}", a.converge_timeout);
+    if let Some(secs) = a.converge_timeout {
+        let _ = write!(s, " --converge-timeout {secs}");
     }
     s
 }
@@ -445,7 +597,7 @@ impl Conductor {
         };
         cmd.arg("--data-dir")
             .arg(self.dir.join(format!("node-{index}")))
-            .args(["--round-ms", &self.args.round_ms.to_string()])
+            .args(["--round-ms", &self.args.round_ms().to_string()])
             .args(["--seed", &(self.seed ^ (index as u64) << 32).to_string()])
             .env(ENV_ADDR, ctl.to_string())
             .env(ENV_INDEX, index.to_string())
@@ -501,6 +653,8 @@ impl Conductor {
             incarnation,
             sent: 0,
             digest: None,
+            // Past the barrier's own deadline: a JOIN waits for everyone.
+            reply_timeout: self.args.barrier_timeout() + Duration::from_secs(10),
             child,
             stdin,
             stdout,
@@ -604,6 +758,9 @@ impl Conductor {
     }
 
     fn say(&self, phase: &str, what: &str) {
+        if self.args.quiet {
+            return;
+        }
         println!(
             "[{:>6.2}s] {phase:<9} {what}",
             self.t0.elapsed().as_secs_f64()

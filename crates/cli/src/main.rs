@@ -34,6 +34,7 @@ mod netlab;
 mod node;
 mod reads;
 mod scenario;
+mod sim_sweep;
 mod timeline;
 use clap::{Args, Parser, Subcommand};
 use multinode_barrier::{Config, Controller, LaunchReport, Launcher, OutputMode, describe};
@@ -66,6 +67,10 @@ enum Cmd {
     /// Check that a program keeps the node contract (docs/node-contract.md):
     /// a table of requirements, exit 0 only if all pass.
     CheckNode(check_node::CheckNodeArgs),
+    /// Run many seeds of the deterministic LWW simulator, each a drawn
+    /// scenario of writes under faults, checked for agreement on every
+    /// key's last write; stops at the first failing seed with its replay.
+    SimSweep(sim_sweep::SimSweepArgs),
     /// Check a run's history again, offline: `history.jsonl`, or the run
     /// directory that holds it. Exits 0 if it passes, 1 if not.
     Check(CheckArgs),
@@ -167,6 +172,7 @@ fn main() -> ExitCode {
             Cmd::Run(args) => run(args).await,
             Cmd::TestCluster(args) => cluster::run(args).await,
             Cmd::Check(args) => check(args),
+            Cmd::SimSweep(args) => sim_sweep::run(args),
             Cmd::CheckNode(args) => check_node::run(args).await,
             Cmd::Node(args) => {
                 init_logging();

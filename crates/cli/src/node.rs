@@ -105,9 +105,17 @@ pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
         // Ours, or an existing launcher's rank (mpirun, srun, an Indexed Job).
         None => env_index().context("give --id, or run under a launcher")?,
     };
-    let inbox = Inbox::new(4096);
+    // Bounded in messages: a node that falls behind (an overloaded machine,
+    // a paused process) drops gossip, which the next round repeats, rather
+    // than holding thousands of stale digests.
+    let inbox = Inbox::new(256);
     let mut tcp = TcpTransportConfig::new(ClusterId(args.cluster), id);
     tcp.bind = args.bind;
+    // Gossip is periodic: frames a slow peer has not taken are soon stale,
+    // and a node of a large cluster has many peers. A small queue each
+    // bounds the memory an overloaded machine's slow peers can hold.
+    tcp.queue_frames = 64;
+    tcp.queue_bytes = 4 << 20;
     tcp.secret = args.secret_file.as_deref().map(read_secret).transpose()?;
     let transport = TcpTransport::bind(tcp, inbox.sink()).await?;
     let addr = transport.local_addr();

@@ -11,8 +11,10 @@
 //! - [`InProcessNetwork`] / [`InProcessTransport`]: many nodes in one
 //!   process, every link under the mesh's fault model.
 //! - [`TcpTransport`]: loopback by default, a `Hello` + `Session` handshake
-//!   (see `docs/wire-format.md`), one connection task per peer, reconnect
-//!   with jittered exponential backoff, connect/handshake/write timeouts.
+//!   (see `docs/wire-format.md`), one connection task per peer that dials
+//!   when a frame waits and closes after a quiet spell (`linger`),
+//!   reconnect with jittered exponential backoff, connect/handshake/write
+//!   timeouts.
 //!
 //! Invariants: frames from one sender to one peer arrive in send order or
 //! not at all; a slow or wedged peer delays only its own frames; a bad

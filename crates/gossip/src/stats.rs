@@ -47,8 +47,12 @@ pub struct PeerStats {
     pub queued: u64,
     /// Outbound connections established (TCP).
     pub connects: u64,
-    /// Connections established after the first: reconnects (TCP).
+    /// Connections established after the first, other than after a quiet
+    /// close: reconnects after a failure (TCP).
     pub reconnects: u64,
+    /// Outbound connections closed after the linger time with nothing to
+    /// write (TCP).
+    pub quiet_closes: u64,
     /// Outbound connection attempts that failed: refused, timed out, or
     /// broken during the handshake (TCP).
     pub connect_failures: u64,
@@ -114,6 +118,7 @@ pub(crate) struct PeerCounters {
     pub(crate) write_failed: AtomicU64,
     pub(crate) shutdown: AtomicU64,
     pub(crate) connects: AtomicU64,
+    pub(crate) quiet_closes: AtomicU64,
     pub(crate) connect_failures: AtomicU64,
     pub(crate) refused: AtomicU64,
     pub(crate) bad_frames: AtomicU64,
@@ -154,6 +159,7 @@ impl PeerCounters {
     pub(crate) fn snapshot(&self) -> PeerStats {
         let get = |c: &AtomicU64| c.load(Relaxed);
         let connects = get(&self.connects);
+        let quiet_closes = get(&self.quiet_closes);
         PeerStats {
             frames_sent: get(&self.frames_sent),
             bytes_sent: get(&self.bytes_sent),
@@ -167,7 +173,8 @@ impl PeerCounters {
             },
             queued: 0,
             connects,
-            reconnects: connects.saturating_sub(1),
+            reconnects: connects.saturating_sub(1).saturating_sub(quiet_closes),
+            quiet_closes,
             connect_failures: get(&self.connect_failures),
             refused: get(&self.refused),
             bad_frames: get(&self.bad_frames),

@@ -77,6 +77,13 @@ pub struct TcpTransportConfig {
     /// (gossip is periodic: silence means the peer is gone, or has nothing
     /// for us; its connection task dials again). Default 60 s.
     pub idle_timeout: Duration,
+    /// An outbound connection with nothing to write for this long is
+    /// closed; the peer is dialled again when a frame is queued for it.
+    /// Keeps the descriptors a node holds to the peers it talks to often,
+    /// not to every peer it ever talked to (a large cluster's gossip picks
+    /// a few peers a round out of many). Must stay below the peers'
+    /// `idle_timeout`. Default 10 s.
+    pub linger: Duration,
 }
 
 impl TcpTransportConfig {
@@ -100,6 +107,7 @@ impl TcpTransportConfig {
             seed: None,
             secret: None,
             idle_timeout: Duration::from_secs(60),
+            linger: Duration::from_secs(10),
         }
     }
 }
@@ -243,7 +251,9 @@ impl TcpTransport {
     }
 
     /// Adds `node` at `addr` (or moves it there) and starts its connection
-    /// task, which dials at once and keeps redialling with backoff.
+    /// task, which dials once a frame is queued for the peer, redials with
+    /// backoff while frames wait, and closes the connection after
+    /// [`TcpTransportConfig::linger`] with nothing to write.
     /// Moving a peer drops what was queued for its old address (counted).
     pub fn add_peer(&self, node: NodeId, addr: SocketAddr) -> Result<(), GossipError> {
         if self.shared.closed.load(Relaxed) {

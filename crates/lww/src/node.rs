@@ -167,7 +167,12 @@ impl<T: GossipTransport + 'static> LwwNode<T> {
                 replica.restore(entries, wall_ms());
                 Some(store)
             }
-            None => None,
+            None => {
+                // Nothing to load, but a new era all the same: this may be
+                // a restart.
+                replica.restore(Vec::new(), wall_ms());
+                None
+            }
         };
         let interval = Duration::from_millis(config.replica.round_interval_ms);
         let shared = Arc::new(Shared {

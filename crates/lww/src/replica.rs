@@ -335,8 +335,15 @@ impl Replica {
     /// resynchronises with the first peer it hears from: it cannot know
     /// which deletes it missed while it was down, nor which of its own
     /// writes it lost.
+    ///
+    /// It also starts a new watermark era, from the time: a sync on its
+    /// way to the previous process, answering one of its digests, must not
+    /// pass for an answer to this one's (it would move watermarks over
+    /// entries this process no longer holds, for good).
     pub fn restore(&mut self, entries: impl IntoIterator<Item = LwwEntry>, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
+        // Never NO_DIGEST (u32::MAX): the remainder stays below it.
+        self.era = (now_ms % u64::from(NO_DIGEST)) as u32;
         for e in entries {
             let at = now_ms.max(e.version.physical_ms);
             // Within the drift bound by construction: never refused.

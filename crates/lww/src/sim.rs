@@ -233,9 +233,8 @@ impl Simulator {
         }
         if wipe {
             self.durable[i].clear();
-        } else {
-            r.restore(self.durable[i].iter().cloned(), self.clock(i, self.now_ms));
         }
+        r.restore(self.durable[i].iter().cloned(), self.clock(i, self.now_ms));
         self.replicas[i] = Some(r);
         Ok(())
     }

@@ -19,8 +19,6 @@ use crate::scenario::{Ack, Op};
 pub(super) const WINDOW: usize = LANES as usize;
 /// A `GET` of the key follows every this many writes.
 const READ_EVERY: usize = 4;
-/// How long one control reply may take (a barrier may wait for others).
-const REPLY_TIMEOUT: Duration = Duration::from_secs(40);
 
 pub(super) struct NodeProc {
     pub(super) index: usize,
@@ -32,6 +30,8 @@ pub(super) struct NodeProc {
     /// Whether the node answers `DIGEST` (unknown until asked): without
     /// it, agreement is judged by comparing `DUMP`s.
     pub(super) digest: Option<bool>,
+    /// How long one control reply may take (a barrier may wait for others).
+    pub(super) reply_timeout: Duration,
     pub(super) child: Child,
     pub(super) stdin: ChildStdin,
     pub(super) stdout: Lines<BufReader<ChildStdout>>,
@@ -48,13 +48,13 @@ impl NodeProc {
     }
 
     pub(super) async fn recv(&mut self) -> Result<String> {
-        let next = tokio::time::timeout(REPLY_TIMEOUT, self.stdout.next_line())
+        let next = tokio::time::timeout(self.reply_timeout, self.stdout.next_line())
             .await
             .map_err(|_| {
                 anyhow!(
                     "node {}: no reply within {} s",
                     self.index,
-                    REPLY_TIMEOUT.as_secs()
+                    self.reply_timeout.as_secs()
                 )
             })?;
         next?.ok_or_else(|| {

@@ -18,7 +18,7 @@ impl Conductor {
     pub(super) async fn scenario(&mut self) -> Result<()> {
         let n = self.args.nodes as usize;
         let mut config = Config::new(self.args.nodes);
-        config.timeout = Duration::from_secs(30);
+        config.timeout = self.args.barrier_timeout();
         let listener = match &self.lab {
             // On a lab the controller listens on the switch, which every
             // host reaches and no fault touches.
@@ -269,7 +269,7 @@ impl Conductor {
 
         // converge: poll digests until every node agrees.
         let began = self.begin().await?;
-        let deadline = began + Duration::from_secs_f64(self.args.converge_timeout);
+        let deadline = began + Duration::from_secs_f64(self.args.converge_timeout());
         let digests = loop {
             let digests: Vec<(usize, String)> =
                 try_join_all(self.nodes.iter_mut().map(|n| async move {
@@ -282,7 +282,10 @@ impl Conductor {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         if let Some(v) = check_digests(&digests) {
-            bail!("no agreement within {} s: {v}", self.args.converge_timeout);
+            bail!(
+                "no agreement within {} s: {v}",
+                self.args.converge_timeout()
+            );
         }
         let converge = began.elapsed();
         let entries = digests[0]

@@ -43,10 +43,36 @@ enum Ended {
     Cancelled,
     /// The connection failed; reconnect.
     Failed(String),
+    /// Nothing to write for the linger time: closed, to be dialled again
+    /// when a frame waits.
+    Quiet,
 }
 
-/// The connection task of one peer: dial, handshake, then write what its
-/// queue holds, in order; on any failure, back off and dial again.
+/// Waits until the peer's outbox holds something to write; false when
+/// cancelled first.
+async fn work(peer: &Peer) -> bool {
+    loop {
+        {
+            let mut ob = peer.outbox.lock();
+            if ob.frames() > 0 || ob.partial.is_some() {
+                ob.idle = false;
+                return true;
+            }
+            // The next push wakes us (a permit is kept if it comes first).
+            ob.idle = true;
+        }
+        tokio::select! {
+            biased;
+            () = peer.cancel.cancelled() => return false,
+            () = peer.wake.notified() => {}
+        }
+    }
+}
+
+/// The connection task of one peer: once something is queued, dial,
+/// handshake, then write what its queue holds, in order; on any failure,
+/// back off and dial again; after the linger time with nothing to write,
+/// close and wait for the next frame.
 pub(super) async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>) {
     let cfg = &shared.config;
     let seed = cfg
@@ -57,6 +83,9 @@ pub(super) async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>) {
     let c = &*peer.counters;
     let mut conns = 0u64;
     loop {
+        if !work(&peer).await {
+            break;
+        }
         let dialled = tokio::select! {
             biased;
             () = peer.cancel.cancelled() => break,
@@ -99,6 +128,10 @@ pub(super) async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>) {
         };
         match ended {
             Ended::Cancelled => break,
+            Ended::Quiet => {
+                add(&c.quiet_closes, 1);
+                tracing::debug!(peer = %peer.id, "closed a quiet connection");
+            }
             Ended::Failed(why) => {
                 let delay = backoff.next_delay();
                 tracing::debug!(peer = %peer.id, ?delay, "reconnecting after: {why}");
@@ -216,6 +249,15 @@ async fn pump_on(shared: &Shared, peer: &Peer, stream: &TcpStream, conn: u64) ->
                 () = peer.cancel.cancelled() => return Ended::Cancelled,
                 () = peer.wake.notified() => continue,
                 why = closed(stream) => return Ended::Failed(why),
+                () = tokio::time::sleep(shared.config.linger) => {
+                    // Re-checked under the lock: a frame that came with
+                    // the timer is written first.
+                    let ob = peer.outbox.lock();
+                    if ob.frames() == 0 && ob.partial.is_none() && !ob.writing {
+                        return Ended::Quiet;
+                    }
+                    continue;
+                }
             }
         };
         let written = tokio::select! {

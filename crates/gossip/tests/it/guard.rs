@@ -62,6 +62,8 @@ async fn a_wrong_or_missing_secret_is_refused_both_ways_and_counted() {
     let (open, _) = with_secret(4, None).await;
     let (a, _) = with_secret(5, Some("the cluster secret")).await;
     a.add_peer(NodeId(4), open.local_addr()).unwrap();
+    // A peer is dialled once something is queued for it.
+    a.send(NodeId(4), &pdu(5)).unwrap();
     eventually("refused by the node without a secret", || {
         open.stats().auth_failures > 0
     })

@@ -396,7 +396,6 @@ async fn a_wedged_peer_replaced_mid_stream_gets_whole_frames_in_order() {
     let addr = listener.local_addr().expect("addr");
     let (a, _) = transport(0, Settings::default()).await;
     a.add_peer(NodeId(1), addr).expect("add");
-    let wedged = accept_as(&listener, NodeId(1)).await;
     // Odd-sized frames, so the socket fills part-way through a chunk.
     let frame = |i: u64| {
         let mut body = i.to_be_bytes().to_vec();
@@ -406,7 +405,10 @@ async fn a_wedged_peer_replaced_mid_stream_gets_whole_frames_in_order() {
             body: body.into(),
         })
     };
-    let (mut accepted, mut seq) = (0u64, 0u64);
+    // The first frame makes the transport dial.
+    a.send(NodeId(1), &frame(0)).expect("send");
+    let wedged = accept_as(&listener, NodeId(1)).await;
+    let (mut accepted, mut seq) = (1u64, 1u64);
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         match a.send(NodeId(1), &frame(seq)) {
@@ -532,4 +534,44 @@ async fn peers_inventing_node_ids_cannot_grow_memory() {
     })
     .await;
     b.shutdown().await;
+}
+
+/// A peer is dialled only once a frame waits for it, and a connection with
+/// nothing to write for the linger time is closed, then dialled again for
+/// the next frame: a node holds descriptors for the peers it talks to, not
+/// for every peer it knows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_are_dialled_on_demand_and_quiet_connections_close() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut config = tcp_config(0, Settings::default());
+    config.linger = Duration::from_millis(200);
+    let a = TcpTransport::bind(config, RecordingSink::new())
+        .await
+        .expect("bind");
+    a.add_peer(NodeId(1), addr).expect("add");
+    // Nothing queued: no dial, whatever the wait.
+    let early = tokio::time::timeout(Duration::from_millis(500), listener.accept()).await;
+    assert!(early.is_err(), "dialled with nothing to send");
+    assert_eq!(a.stats().peer(NodeId(1)).connects, 0);
+    a.send(NodeId(1), &pdu(1)).expect("send");
+    let mut first = accept_as(&listener, NodeId(1)).await;
+    // The dialler closes the quiet connection: end of stream after the frame.
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, first.read_to_end(&mut got))
+        .await
+        .expect("the quiet connection was never closed")
+        .expect("read");
+    assert!(!got.is_empty(), "the frame never came");
+    eventually("the quiet close counted", || {
+        a.stats().peer(NodeId(1)).quiet_closes == 1
+    })
+    .await;
+    // The next frame dials again; a quiet close is not a failure.
+    a.send(NodeId(1), &pdu(2)).expect("send");
+    let _second = accept_as(&listener, NodeId(1)).await;
+    eventually("dialled again", || a.stats().peer(NodeId(1)).connects == 2).await;
+    let s = a.stats().peer(NodeId(1));
+    assert_eq!((s.reconnects, s.connect_failures), (0, 0), "{s:?}");
+    a.shutdown().await;
 }
