@@ -123,13 +123,10 @@ impl ClusterArgs {
 
     /// Seconds the nodes have to agree, in force.
     pub(crate) fn converge_timeout(&self) -> f64 {
-        self.converge_timeout
-            .unwrap_or((40 * self.round_ms()) as f64 / 1000.0)
-            .max(if self.converge_timeout.is_some() {
-                0.0
-            } else {
-                20.0
-            })
+        match self.converge_timeout {
+            Some(secs) => secs,
+            None => ((40 * self.round_ms()) as f64 / 1000.0).max(20.0),
+        }
     }
 
     /// How long a barrier waits for every node: starting and joining take
@@ -256,7 +253,8 @@ fn write_secret(dir: &std::path::Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn clock_seed() -> u64 {
+/// A seed from the clock, when none is given (printed either way).
+pub(crate) fn clock_seed() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64 % 1_000_000)
@@ -272,11 +270,15 @@ async fn sweep(args: ClusterArgs, count: u32) -> Result<ExitCode> {
     );
     let began = Instant::now();
     for i in 0..u64::from(count) {
-        let seed = first + i;
+        let seed = first.wrapping_add(i);
         let a = drawn(&args, seed);
         let t = Instant::now();
         let what = scenario_words(&a);
         let code = Box::pin(run(a)).await?;
+        if code == ExitCode::from(130) {
+            println!("sweep: interrupted at seed {seed} after {i} passed");
+            return Ok(code);
+        }
         if code != ExitCode::SUCCESS {
             println!("sweep: seed {seed} FAILED ({what}) after {i} passed; its replay is above");
             return Ok(code);

@@ -51,11 +51,7 @@ pub(crate) struct Outcome {
 }
 
 pub(crate) fn run(args: SimSweepArgs) -> Result<ExitCode> {
-    let first = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64 % 1_000_000)
-    });
+    let first = args.seed.unwrap_or_else(crate::cluster::clock_seed);
     let n = args.replicas as usize;
     println!(
         "sim-sweep: {} seeds from {first}, {n} replicas each",
@@ -64,7 +60,7 @@ pub(crate) fn run(args: SimSweepArgs) -> Result<ExitCode> {
     let began = Instant::now();
     let mut last_line = Instant::now();
     for i in 0..args.count {
-        let seed = first + i;
+        let seed = first.wrapping_add(i);
         let o = simulate(seed, n)?;
         if let Some(why) = &o.failure {
             println!("seed {seed}: FAILED: {why}");

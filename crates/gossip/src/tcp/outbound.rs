@@ -252,8 +252,10 @@ async fn pump_on(shared: &Shared, peer: &Peer, stream: &TcpStream, conn: u64) ->
                 () = tokio::time::sleep(shared.config.linger) => {
                     // Re-checked under the lock: a frame that came with
                     // the timer is written first.
-                    let ob = peer.outbox.lock();
+                    let mut ob = peer.outbox.lock();
                     if ob.frames() == 0 && ob.partial.is_none() && !ob.writing {
+                        // No sender may start writing on it from here on.
+                        ob.conn = None;
                         return Ended::Quiet;
                     }
                     continue;
