@@ -105,10 +105,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
         // Ours, or an existing launcher's rank (mpirun, srun, an Indexed Job).
         None => env_index().context("give --id, or run under a launcher")?,
     };
-    // Bounded in messages: a node that falls behind (an overloaded machine,
-    // a paused process) drops gossip, which the next round repeats, rather
-    // than holding thousands of stale digests.
-    let inbox = Inbox::new(256);
+    let inbox = Inbox::new(4096);
     let mut tcp = TcpTransportConfig::new(ClusterId(args.cluster), id);
     tcp.bind = args.bind;
     // Gossip is periodic: frames a slow peer has not taken are soon stale,
