@@ -232,15 +232,13 @@ fn disagreement(sim: &Simulator) -> String {
     for r in sim.live() {
         by.entry(r.fingerprint()).or_default().push(r.node().0);
     }
-    let common = by.values().map(Vec::len).max().unwrap_or(0);
-    let odd: Vec<String> = by
-        .values()
-        .filter(|v| v.len() < common || by.len() == 1)
-        .map(|v| format!("{v:?}"))
-        .collect();
+    let mut groups: Vec<Vec<u64>> = by.into_values().collect();
+    groups.sort_by_key(|g| std::cmp::Reverse(g.len()));
+    let common = groups.first().map_or(0, Vec::len);
+    let odd: Vec<String> = groups.iter().skip(1).map(|g| format!("{g:?}")).collect();
     format!(
         "{} distinct states; apart from the {common} that agree: {}",
-        by.len(),
+        groups.len(),
         odd.join(" ")
     )
 }
