@@ -134,7 +134,9 @@ impl Storage for DiskStorage {
     }
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {
-        OpenOptions::new().write(true).open(path)?.sync_all()
+        // fdatasync: the contents and what reading them back needs (the
+        // length), without the timestamps a full fsync also writes.
+        OpenOptions::new().write(true).open(path)?.sync_data()
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -254,15 +254,20 @@ impl crate::LwwEntry {
 }
 
 impl crate::LwwMessage {
-    /// The most bytes a `Sync` whose watermarks (and `partial`, at most as
-    /// long) are `watermarks` takes besides its entries: its tag and
-    /// `reply`, `era`, `answers` and `sent_ms` and every count at their
-    /// widest, both timestamp lists, and the frame header and PDU tags. A
-    /// byte budget for a sync's entries is what is left of it after this.
+    /// The most bytes one timestamp of a sync's `partial` list takes: a
+    /// replica that cuts an origin short charges this against its budget.
+    pub const MAX_PARTIAL_LEN: usize = crate::stamps::MAX_PACKED;
+
+    /// The most bytes a `Sync` whose watermarks are `watermarks` takes
+    /// besides its entries and its `partial` timestamps (at most
+    /// [`Self::MAX_PARTIAL_LEN`] each): its tag and `reply`, `era`,
+    /// `answers` and `sent_ms` and every count at their widest, the packed
+    /// watermarks, and the frame header and PDU tags. A byte budget for a
+    /// sync's entries is what is left of it after this.
     pub fn sync_overhead(watermarks: &[crate::Timestamp]) -> usize {
-        let stamps = MAX_VARINT + watermarks.iter().map(|t| t.encoded_len()).sum::<usize>();
+        let stamps = MAX_VARINT + crate::stamps::packed_len(watermarks);
         let header = crate::FRAME_HEADER_LEN + 2;
-        2 + 5 + 5 + 2 * stamps + MAX_VARINT + MAX_VARINT + header
+        2 + 5 + 5 + stamps + MAX_VARINT + MAX_VARINT + MAX_VARINT + header
     }
 
     /// Bytes this message takes as a TCP frame: the frame header, the
@@ -274,7 +279,7 @@ impl crate::LwwMessage {
     /// Bytes this message takes inside a frame, computed without encoding.
     pub fn encoded_len(&self) -> usize {
         fn stamps(v: &[crate::Timestamp]) -> usize {
-            varint_len(v.len() as u64) + v.iter().map(|t| t.encoded_len()).sum::<usize>()
+            field_len(crate::stamps::packed_len(v))
         }
         match self {
             crate::LwwMessage::Digest {

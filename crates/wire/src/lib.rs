@@ -65,6 +65,7 @@ mod frame;
 mod hello;
 mod line;
 mod message;
+mod stamps;
 
 pub use auth::{CHALLENGE_LEN, Exchange, MAX_SECRET_LEN, MIN_SECRET_LEN, Proof, Secret};
 pub use blocking::{BlockingReader, BlockingWriter};

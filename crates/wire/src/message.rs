@@ -56,7 +56,9 @@ pub struct LwwEntry {
 ///
 /// A *watermark* `w` for origin `o` says: the sender holds every write `o`
 /// made with a version up to `w`, or a write that superseded it. Watermarks
-/// travel as timestamps whose `node` is the origin.
+/// travel as timestamps whose `node` is the origin, each list packed as
+/// differences from the timestamp before (about 4 bytes a watermark in node
+/// order; see `docs/wire-format.md`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LwwMessage {
     /// Opens a round: the sender's watermarks.
@@ -65,7 +67,7 @@ pub enum LwwMessage {
         /// watermarks to resynchronise; a sync answering this digest echoes it.
         era: u32,
         /// One per origin the sender knows.
-        #[serde(deserialize_with = "crate::bounded::seq")]
+        #[serde(with = "crate::stamps")]
         watermarks: Vec<Timestamp>,
         /// The sender's wall clock as it sent this, in ms since the Unix
         /// epoch: how the receiver keeps track of each peer's clock offset.
@@ -85,14 +87,14 @@ pub enum LwwMessage {
         /// watermarks.
         answers: u32,
         /// The sender's watermarks, one per origin it knows.
-        #[serde(deserialize_with = "crate::bounded::seq")]
+        #[serde(with = "crate::stamps")]
         watermarks: Vec<Timestamp>,
         /// The entries, each origin's in ascending version order.
         #[serde(deserialize_with = "crate::bounded::seq")]
         entries: Vec<LwwEntry>,
         /// Origins whose entries stop short of the sender's watermark: how
         /// far they reach.
-        #[serde(deserialize_with = "crate::bounded::seq")]
+        #[serde(with = "crate::stamps")]
         partial: Vec<Timestamp>,
         /// The sender's wall clock as it sent this (as in `Digest`).
         sent_ms: u64,

@@ -77,6 +77,7 @@ impl Replica {
             } => {
                 self.maybe_resync(&watermarks);
                 let reply = self.sync(from, true, era, &watermarks);
+                self.remember_opener(from, era, watermarks);
                 out.replies.push((from, reply));
             }
             LwwMessage::Sync {
@@ -93,15 +94,34 @@ impl Replica {
                         *waiting = false;
                     }
                 }
-                let reset = self.maybe_resync(&watermarks);
+                // A closing sync (`reply` unset) lists only the watermarks
+                // above the ones we answered with (see `sync`): too little
+                // to start a resynchronisation from.
+                let closing = !reply;
+                let reset = !closing && self.maybe_resync(&watermarks);
                 // Resynchronising, from a peer that has not seen what the
                 // dropped entries were: what it holds may have been deleted
                 // since. Its entries (and watermarks) wait until it has
                 // caught up; the exchange goes on.
-                let stale = self
-                    .resync
-                    .as_ref()
-                    .is_some_and(|r| !self.covers(&watermarks, &r.target, true));
+                let stale = match &self.resync {
+                    None => false,
+                    Some(r) if closing => match r.openers.get(&from) {
+                        // The peer's watermarks are at least what its
+                        // opener listed (in the same era): enough to show
+                        // it caught up.
+                        Some((opened_era, opened)) if *opened_era == era => {
+                            let whole = at_least(&watermarks, opened);
+                            !self.covers(&whole, &r.target, true)
+                        }
+                        _ => true,
+                    },
+                    Some(r) => !self.covers(&watermarks, &r.target, true),
+                };
+                if closing {
+                    if let Some(r) = &mut self.resync {
+                        r.openers.remove(&from);
+                    }
+                }
                 let rejected = if stale {
                     self.stats.rejected += entries.len() as u64;
                     BTreeSet::new()
@@ -111,6 +131,7 @@ impl Replica {
                 if answers == NO_DIGEST {
                     // A round opener: answer it as a digest.
                     let m = self.sync(from, true, era, &watermarks);
+                    self.remember_opener(from, era, watermarks);
                     out.replies.push((from, m));
                     return out;
                 }
@@ -124,6 +145,14 @@ impl Replica {
             }
         }
         out
+    }
+
+    /// While resynchronising, keeps the watermarks a peer opened an
+    /// exchange with until its closing sync (which lists only some) comes.
+    fn remember_opener(&mut self, from: NodeId, era: u32, watermarks: Vec<Timestamp>) {
+        if let Some(r) = &mut self.resync {
+            r.openers.insert(from, (era, watermarks));
+        }
     }
 
     /// Our watermark for ourselves: the clock, held below any write still
@@ -187,8 +216,19 @@ impl Replica {
     }
 
     /// A sync for `to`, whose watermarks (of era `answers`) are `theirs`.
+    ///
+    /// A closing sync (no `reply`: it answers `to`'s answer) lists only the
+    /// watermarks above `to`'s, and ours for `to` itself: the others would
+    /// move none of `to`'s, and in a settled cluster they are about half
+    /// the list. Our watermark for `to` always goes, because a replica
+    /// that does not know how far it had written counts the peers without
+    /// one (see `own_progress`).
     fn sync(&mut self, to: NodeId, reply: bool, answers: u32, theirs: &[Timestamp]) -> LwwMessage {
-        let watermarks = self.digest();
+        let mut watermarks = self.digest();
+        if !reply {
+            let known: HashMap<NodeId, Timestamp> = theirs.iter().map(|t| (t.node, *t)).collect();
+            watermarks.retain(|w| w.node == to || known.get(&w.node).is_none_or(|t| w > t));
+        }
         let fixed = LwwMessage::sync_overhead(&watermarks);
         let room = self.cfg.delta_budget.saturating_sub(fixed);
         let refused_above = self.refused_above(to);
@@ -236,7 +276,9 @@ impl Replica {
         if cursors.is_empty() {
             return (entries, partial);
         }
-        let mut left = room;
+        // Each origin still open may yet be cut short and named in
+        // `partial`: room for that stays set aside until it completes.
+        let mut spent = 0;
         let mut turn = self.rng.random_range(0..cursors.len());
         let mut open = cursors.len();
         let mut done = vec![false; cursors.len()];
@@ -255,7 +297,8 @@ impl Replica {
             let e = &self.entries[key];
             let len = e.encoded_len();
             let refused = refused_above.is_some_and(|limit| version.physical_ms > limit);
-            if len > left || refused {
+            let set_aside = open * LwwMessage::MAX_PARTIAL_LEN;
+            if spent + len + set_aside > room || refused {
                 done[i] = true;
                 open -= 1;
                 // Cut short: this origin's range ends at the last entry
@@ -271,10 +314,12 @@ impl Replica {
                 }
                 continue;
             }
-            left -= len;
+            spent += len;
             *last = Some(*version);
             entries.push(e.clone());
         }
+        // In origin order, it packs tightest.
+        partial.sort_unstable_by_key(|t| t.node);
         (entries, partial)
     }
 
@@ -353,4 +398,16 @@ impl Replica {
         self.resync_progress();
         self.own_progress(None);
     }
+}
+
+/// A closing sync's watermarks (`listed`), completed for the origins it
+/// left out by the ones the same peer opened the exchange with: a peer's
+/// watermarks only move up within its era, so each is a lower bound.
+fn at_least(listed: &[Timestamp], opened: &[Timestamp]) -> Vec<Timestamp> {
+    let mut whole: HashMap<NodeId, Timestamp> = opened.iter().map(|t| (t.node, *t)).collect();
+    for t in listed {
+        let w = whole.entry(t.node).or_insert(*t);
+        *w = (*w).max(*t);
+    }
+    whole.into_values().collect()
 }

@@ -42,6 +42,9 @@ pub(super) struct Resync {
     /// the clock: the peer holds writes of ours we dropped.
     pub(super) own_floor: Option<Timestamp>,
     pub(super) since_round: u64,
+    /// The era and watermarks of each peer whose exchange with us is
+    /// open, as its opener listed them: its closing sync lists only some.
+    pub(super) openers: HashMap<NodeId, (u32, Vec<Timestamp>)>,
 }
 
 impl Replica {
@@ -118,6 +121,7 @@ impl Replica {
             target,
             own_floor,
             since_round: self.round,
+            openers: HashMap::new(),
         });
         self.resync_progress();
         true

@@ -97,7 +97,7 @@ fn hello_frames() {
         "hello-wide",
         Hello {
             magic: MAGIC,
-            protocol_version: 2,
+            protocol_version: 3,
             cluster_id: ClusterId(0xc0ffee),
             node_id: NodeId(300),
         },

@@ -189,26 +189,37 @@ fn payload_len_matches_the_encoder() {
 /// LWW message's frame length is what the codec writes.
 #[test]
 fn a_sync_fits_its_overhead_and_frame_len_is_exact() {
-    let s = (proptest::collection::vec(stamp(), 0..40), any::<bool>());
-    run("a_sync_fits_its_overhead", 128, s, |(watermarks, reply)| {
-        let m = LwwMessage::Sync {
-            reply,
-            era: u32::MAX,
-            answers: u32::MAX,
-            watermarks: watermarks.clone(),
-            entries: Vec::new(),
-            partial: watermarks.clone(),
-            sent_ms: u64::MAX,
-        };
-        prop_assert!(m.frame_len() <= LwwMessage::sync_overhead(&watermarks));
-        let frame = ClusterFrame::Gossip(GossipPdu::Lww(m.clone()));
-        let mut wire = BytesMut::new();
-        MessageCodec::<ClusterFrame>::new()
-            .encode(&frame, &mut wire)
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert_eq!(m.frame_len(), wire.len());
-        Ok(())
-    });
+    let s = (
+        proptest::collection::vec(stamp(), 0..40),
+        proptest::collection::vec(stamp(), 0..40),
+        any::<bool>(),
+    );
+    run(
+        "a_sync_fits_its_overhead",
+        128,
+        s,
+        |(watermarks, partial, reply)| {
+            let m = LwwMessage::Sync {
+                reply,
+                era: u32::MAX,
+                answers: u32::MAX,
+                watermarks: watermarks.clone(),
+                entries: Vec::new(),
+                partial: partial.clone(),
+                sent_ms: u64::MAX,
+            };
+            let most = LwwMessage::sync_overhead(&watermarks)
+                + partial.len() * LwwMessage::MAX_PARTIAL_LEN;
+            prop_assert!(m.frame_len() <= most);
+            let frame = ClusterFrame::Gossip(GossipPdu::Lww(m.clone()));
+            let mut wire = BytesMut::new();
+            MessageCodec::<ClusterFrame>::new()
+                .encode(&frame, &mut wire)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(m.frame_len(), wire.len());
+            Ok(())
+        },
+    );
 }
 
 #[test]
