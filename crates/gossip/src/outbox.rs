@@ -1,7 +1,11 @@
-//! A peer's send queue: frames encoded back to back into 64 KiB chunks,
-//! in send order. Sans-IO: the connection task takes a chunk, writes it,
-//! and gives the buffer back for reuse, so steady traffic allocates
-//! nothing and every buffer stays small enough to stay in cache.
+//! A peer's send queue: frames encoded back to back into chunks, in send
+//! order. Sans-IO: the connection task takes a chunk, writes it, and gives
+//! the buffer back for reuse, so steady traffic allocates nothing and every
+//! buffer stays small enough to stay in cache. A chunk starts at 4 KiB and
+//! doubles, up to 64 KiB, each time frames fill one faster than it is
+//! written; a queue that drains gives its buffers back. A node of a large
+//! cluster has a queue for each of hundreds of peers, most of them quiet,
+//! and a quiet queue holds no buffer at all.
 
 use std::collections::VecDeque;
 
@@ -9,16 +13,17 @@ use bytes::BytesMut;
 use multinode_wire::{ClusterFrame, FRAME_HEADER_LEN, MessageCodec, WireError};
 use tokio_util::codec::Encoder;
 
-/// The size at which a chunk is closed and a new one started (a frame is
-/// never split: one larger than this makes a chunk of its own size).
+/// The largest size at which a chunk is closed and a new one started (a
+/// frame is never split: one larger than this makes a chunk of its own
+/// size).
 pub(crate) const CHUNK: usize = 64 << 10;
+
+/// The size a queue's first chunk is closed at.
+const MIN_CHUNK: usize = 4 << 10;
 
 /// Spare buffers kept for reuse while frames stream: up to 4 MiB, so a
 /// sender that refills half the queue at a time touches no fresh pages.
 const POOL: usize = 64;
-
-/// Spare buffers kept once the queue has drained ([`Outbox::trim`]).
-const POOL_IDLE: usize = 4;
 
 /// Why a frame was not queued.
 #[derive(Debug)]
@@ -33,6 +38,9 @@ pub(crate) struct Outbox {
     codec: MessageCodec<ClusterFrame>,
     open: BytesMut,
     open_frames: usize,
+    /// The size the open chunk is closed at: [`MIN_CHUNK`] doubling up to
+    /// [`CHUNK`] while frames stream.
+    chunk: usize,
     sealed: VecDeque<(BytesMut, usize)>,
     pool: Vec<BytesMut>,
     frames: usize,
@@ -73,6 +81,7 @@ impl Outbox {
             codec: MessageCodec::with_max(max_frame),
             open: BytesMut::new(),
             open_frames: 0,
+            chunk: MIN_CHUNK,
             sealed: VecDeque::new(),
             pool: Vec::new(),
             frames: 0,
@@ -125,13 +134,13 @@ impl Outbox {
         // recycle, and big enough for the allocator to map afresh).
         let want = FRAME_HEADER_LEN + frame.payload_len();
         if self.open_frames > 0 && self.open.len() + want > self.open.capacity() {
-            self.seal();
+            self.seal_full();
         }
         if self.open.capacity() == 0 {
             self.open = self
                 .pool
                 .pop()
-                .unwrap_or_else(|| BytesMut::with_capacity(CHUNK.max(want)));
+                .unwrap_or_else(|| BytesMut::with_capacity(self.chunk.max(want)));
         }
         let before = self.open.len();
         self.codec
@@ -145,8 +154,8 @@ impl Outbox {
         self.frames += 1;
         self.bytes += len;
         self.open_frames += 1;
-        if self.open.len() >= CHUNK {
-            self.seal();
+        if self.open.len() >= self.chunk {
+            self.seal_full();
         }
         Ok(())
     }
@@ -156,6 +165,13 @@ impl Outbox {
             frames: self.frames,
             bytes: self.bytes,
         }
+    }
+
+    /// Closes a full chunk: frames come faster than chunks go, so the next
+    /// ones are larger.
+    fn seal_full(&mut self) {
+        self.chunk = (self.chunk * 2).min(CHUNK);
+        self.seal();
     }
 
     /// Closes the open chunk; the next push starts another.
@@ -205,14 +221,21 @@ impl Outbox {
         Ok(next)
     }
 
-    /// Frees spare buffers beyond a few, once the queue has drained.
+    /// Frees every buffer once the queue has drained, and starts the next
+    /// chunk small again.
     pub(crate) fn trim(&mut self) {
-        self.pool.truncate(POOL_IDLE);
+        self.pool = Vec::new();
+        self.chunk = MIN_CHUNK;
+        if self.open_frames == 0 {
+            self.open = BytesMut::new();
+        }
     }
 
     /// Gives a written chunk's buffer back for reuse.
     pub(crate) fn recycle(&mut self, mut buf: BytesMut) {
-        if self.pool.len() < POOL && buf.capacity() <= 2 * CHUNK {
+        // Smaller than the chunks now made, it would cut the next one short.
+        let fits = (self.chunk..=2 * CHUNK).contains(&buf.capacity());
+        if self.pool.len() < POOL && fits {
             buf.clear();
             self.pool.push(buf);
         }
@@ -272,26 +295,29 @@ mod tests {
     }
 
     /// A frame that would not fit in the open chunk starts the next one:
-    /// no chunk of several frames grows past the size it was made with,
-    /// and written chunks are reused.
+    /// no chunk of several frames grows past the size it was made with.
+    /// Chunks start small and double while frames stream, up to `CHUNK`;
+    /// written chunks are reused, and a drained queue keeps no buffer.
     #[test]
-    fn chunks_never_grow_and_are_reused() {
+    fn chunks_never_grow_grow_while_streaming_and_are_reused() {
         let mut ob = Outbox::new(1 << 20, 1 << 20, 1 << 30);
         for round in 0..3 {
             for _ in 0..1000 {
                 ob.push(&frame(1000)).expect("room");
             }
-            let mut chunks = 0;
+            let (mut chunks, mut last) = (0, 0);
             while let Some((chunk, n)) = ob.take() {
-                assert_eq!(
-                    chunk.capacity(),
-                    CHUNK,
-                    "round {round}: chunk of {n} frames grew"
+                let cap = chunk.capacity();
+                assert!(
+                    cap <= CHUNK,
+                    "round {round}: chunk of {n} frames grew to {cap}"
                 );
-                assert!(chunk.len() <= CHUNK);
+                assert!(chunk.len() <= cap);
+                last = cap;
                 chunks += 1;
                 ob.recycle(chunk);
             }
+            assert_eq!(last, CHUNK, "round {round}: chunks never reached full size");
             assert!(
                 chunks >= 1000 * 1000 / CHUNK,
                 "round {round}: {chunks} chunks"
@@ -299,7 +325,14 @@ mod tests {
         }
         assert!(ob.pool.len() > 1, "written chunks were not kept for reuse");
         ob.trim();
-        assert!(ob.pool.len() <= POOL_IDLE);
+        assert!(ob.pool.is_empty() && ob.open.capacity() == 0);
+        ob.push(&frame(100)).expect("room");
+        let (chunk, _) = ob.take().expect("a chunk");
+        assert_eq!(
+            chunk.capacity(),
+            MIN_CHUNK,
+            "a drained queue starts small again"
+        );
     }
 
     /// One writer at a time, chunks in order, and a chunk cut short on one

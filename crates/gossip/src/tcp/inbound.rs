@@ -28,16 +28,19 @@ use crate::transport::dispatch;
 /// instructions per 1 KiB frame).
 const BATCH: usize = 7;
 
-/// What a connection reads at a time while its peer is quiet...
-const READ_BUF: usize = 64 << 10;
+/// What a connection reads at a time when it opens, and once its peer has
+/// been quiet for a while: a node of a large cluster holds hundreds of
+/// connections, most of them quiet...
+const READ_BUF: usize = 4 << 10;
 /// ...and at most, while its peer streams.
 const READ_BUF_MAX: usize = 256 << 10;
 
 /// How much a connection's reader offers the socket: [`READ_BUF`], doubling
 /// up to [`READ_BUF_MAX`] while reads fill all they are offered (the peer
-/// streams, and fewer, larger reads cost less), back to [`READ_BUF`] once a
-/// read comes back less than half full. A quiet connection keeps a small
-/// buffer; only a streaming one holds a large one.
+/// streams, and fewer, larger reads cost less), halving back towards
+/// [`READ_BUF`] while reads come back less than a quarter full. A stream
+/// that pauses keeps its large buffer for a few reads; a quiet connection
+/// ends up with a small one.
 #[derive(Debug)]
 struct ReadSize(usize);
 
@@ -54,8 +57,8 @@ impl ReadSize {
     fn after(&mut self, offered: usize, got: usize) {
         if got >= offered {
             self.0 = (self.0 * 2).min(READ_BUF_MAX);
-        } else if got < offered / 2 {
-            self.0 = READ_BUF;
+        } else if got < offered / 4 {
+            self.0 = (self.0 / 2).max(READ_BUF);
         }
     }
 }
@@ -240,7 +243,7 @@ async fn read_frames(
             continue;
         }
         let want = size.get();
-        if buf.is_empty() && buf.capacity() > 2 * want {
+        if buf.is_empty() && buf.capacity() > 4 * want {
             // A stream ended: give back the large buffer.
             buf = BytesMut::with_capacity(want);
         } else if buf.capacity() - buf.len() < want / 4 {
