@@ -83,10 +83,11 @@ pub(crate) struct ClusterArgs {
     /// that writing overlaps many gossip rounds.
     #[arg(long, default_value_t = 100)]
     rate: u32,
-    /// Milliseconds between gossip rounds on every node (default: 100, or
-    /// the node count when larger: a round's digests list every node, so
-    /// a larger cluster gossips less often to keep the machine's load
-    /// per second flat).
+    /// Milliseconds between gossip rounds on every node (default: the
+    /// node count squared over 200, at least 100 and at most 60,000: each
+    /// of N nodes handles messages that list all N nodes every round, so
+    /// a round costs the machine about N² and a larger cluster gossips
+    /// less often to keep the load per second flat).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     round_ms: Option<u64>,
     /// Seconds the nodes have to agree after the last write (default: 20,
@@ -118,7 +119,8 @@ pub(crate) struct ClusterArgs {
 impl ClusterArgs {
     /// The gossip round interval in force.
     pub(crate) fn round_ms(&self) -> u64 {
-        self.round_ms.unwrap_or(u64::from(self.nodes).max(100))
+        let n = u64::from(self.nodes);
+        self.round_ms.unwrap_or((n * n / 200).clamp(100, 60_000))
     }
 
     /// Seconds the nodes have to agree, in force.

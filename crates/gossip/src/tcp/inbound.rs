@@ -287,11 +287,17 @@ mod tests {
             size.after(offered, offered);
         }
         assert_eq!(size.get(), READ_BUF_MAX, "capped");
-        // Three quarters full: a stream still, of about this size.
-        size.after(READ_BUF_MAX, READ_BUF_MAX * 3 / 4);
+        // A third full: a stream still, of about this size.
+        size.after(READ_BUF_MAX, READ_BUF_MAX / 3);
         assert_eq!(size.get(), READ_BUF_MAX);
-        // A small read: the stream is over.
+        // A small read: the stream may be pausing; the size halves.
         size.after(READ_BUF_MAX, 100);
+        assert_eq!(size.get(), READ_BUF_MAX / 2);
+        // Small reads go on: back to the quiet size, and no lower.
+        for _ in 0..10 {
+            let offered = size.get();
+            size.after(offered, 100);
+        }
         assert_eq!(size.get(), READ_BUF);
     }
 }
