@@ -61,26 +61,25 @@ fn theirs(dir: &Path, keys: u64) -> Database {
     db
 }
 
-/// Puts per second from `threads` threads, `puts` each; thread `t` writes
-/// key `pick(t, i)` at its `i`th put.
-fn our_rate(
-    s: &FileStore<Cp>,
+/// Puts per second from `threads` threads, `puts` each: thread `t`'s
+/// `i`th put is `put(key(pick(t, i)), sequence)`, each put durable when
+/// `put` returns.
+fn rate(
     threads: u64,
     puts: u64,
     next: &Cell<u64>,
     pick: impl Fn(u64, u64) -> u64 + Sync,
+    put: impl Fn(&str, u64) + Sync,
 ) -> f64 {
     let base = next.get();
     next.set(base + puts);
     let start = Instant::now();
     std::thread::scope(|scope| {
         for t in 0..threads {
-            let pick = &pick;
+            let (pick, put) = (&pick, &put);
             scope.spawn(move || {
                 for i in 0..puts {
-                    s.put(&key(pick(t, i)), cp(base + i + 1))
-                        .wait()
-                        .expect("put");
+                    put(&key(pick(t, i)), base + i + 1);
                 }
             });
         }
@@ -88,36 +87,21 @@ fn our_rate(
     (threads * puts) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn their_rate(
-    db: &Database,
-    threads: u64,
-    puts: u64,
-    next: &Cell<u64>,
-    pick: impl Fn(u64, u64) -> u64 + Sync,
-) -> f64 {
-    let base = next.get();
-    next.set(base + puts);
-    let start = Instant::now();
-    std::thread::scope(|scope| {
-        for t in 0..threads {
-            let pick = &pick;
-            scope.spawn(move || {
-                for i in 0..puts {
-                    let mut tx = db.begin_write().expect("begin");
-                    tx.set_durability(Durability::Immediate)
-                        .expect("durability");
-                    {
-                        let mut table = tx.open_table(TABLE).expect("table");
-                        table
-                            .insert(key(pick(t, i)).as_str(), position(base + i + 1).as_str())
-                            .expect("insert");
-                    }
-                    tx.commit().expect("commit");
-                }
-            });
-        }
-    });
-    (threads * puts) as f64 / start.elapsed().as_secs_f64()
+/// One durable put into our store.
+fn our_put(s: &FileStore<Cp>, k: &str, seq: u64) {
+    s.put(k, cp(seq)).wait().expect("put");
+}
+
+/// One durable put into redb: a write transaction committed immediately.
+fn their_put(db: &Database, k: &str, seq: u64) {
+    let mut tx = db.begin_write().expect("begin");
+    tx.set_durability(Durability::Immediate)
+        .expect("durability");
+    {
+        let mut table = tx.open_table(TABLE).expect("table");
+        table.insert(k, position(seq).as_str()).expect("insert");
+    }
+    tx.commit().expect("commit");
 }
 
 fn main() {
@@ -133,8 +117,8 @@ fn main() {
     let n = if q { 100 } else { 400 };
     let (o, t) = interleaved(
         reps,
-        || our_rate(&s, 1, n, &ours_next, |_, _| 0),
-        || their_rate(&db, 1, n, &theirs_next, |_, _| 0),
+        || rate(1, n, &ours_next, |_, _| 0, |k, q| our_put(&s, k, q)),
+        || rate(1, n, &theirs_next, |_, _| 0, |k, q| their_put(&db, k, q)),
     );
     record(
         "peers",
@@ -150,8 +134,8 @@ fn main() {
     let per = if q { 25 } else { 100 };
     let (o, t) = interleaved(
         reps,
-        || our_rate(&s, 16, per, &ours_next, |t, _| t),
-        || their_rate(&db, 16, per, &theirs_next, |t, _| t),
+        || rate(16, per, &ours_next, |t, _| t, |k, q| our_put(&s, k, q)),
+        || rate(16, per, &theirs_next, |t, _| t, |k, q| their_put(&db, k, q)),
     );
     record(
         "peers",
@@ -170,8 +154,8 @@ fn main() {
     let spread = |_: u64, i: u64| i.wrapping_mul(7919) % 10_000;
     let (o, t) = interleaved(
         reps,
-        || our_rate(&s, 1, m, &ours_next, spread),
-        || their_rate(&db, 1, m, &theirs_next, spread),
+        || rate(1, m, &ours_next, spread, |k, q| our_put(&s, k, q)),
+        || rate(1, m, &theirs_next, spread, |k, q| their_put(&db, k, q)),
     );
     record(
         "peers",
