@@ -114,6 +114,7 @@ impl Conductor {
             "seed": self.seed,
             "plan": format!("{:016x}", self.plan.digest()),
             "nodes": self.args.nodes,
+            "round_ms": self.args.round_ms(),
             "keys": self.args.keys,
             "kills": self.args.kills,
             "drop": self.args.drop,

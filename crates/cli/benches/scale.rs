@@ -1,0 +1,185 @@
+//! `multinode test-cluster` at scale: 64, 256 and 1,000 node processes
+//! (64 and 256 with `MULTINODE_BENCH_QUICK`), no kills, seed 1, each figure
+//! beside its baseline from the same run:
+//!
+//! - join: from the first spawn until every node is up and addresses are
+//!   exchanged, beside spawning the same number of bare processes that do
+//!   nothing (`sleep`; reaped after the clock stops);
+//! - time to agreement: from the last acknowledged write until every digest
+//!   is equal, beside the simulator's p99 rounds for one write to reach
+//!   every replica (fanout 3, same N) times the run's round interval;
+//! - resident memory per node process (median of the largest sample each
+//!   node reached, sampled every second from `/proc`), beside 8 MiB, the
+//!   issue's target.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use multinode_benchkit::{Better, percentile, quick, record};
+use multinode_lww::{Fanout, Simulator};
+use multinode_wire::NodeId;
+
+/// What one test-cluster run measured.
+struct Run {
+    join_ms: f64,
+    converge_ms: f64,
+    round_ms: u64,
+    rss_kib: f64,
+}
+
+/// The pids whose parent is `parent`.
+fn children(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                // The fields after the command name (which may hold spaces).
+                let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+                rest.split_whitespace().nth(1) == Some(&parent.to_string())
+            })
+        })
+        .collect()
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn cluster(nodes: u32, dir: &Path) -> Run {
+    let json = dir.join("report.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_multinode"))
+        .args(["test-cluster", "--nodes", &nodes.to_string()])
+        .args(["--kills", "0", "--seed", "1", "--json"])
+        .arg(&json)
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("multinode runs");
+    // The largest RSS each node process reached, by pid.
+    let mut peak = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "test-cluster ran for an hour");
+        for pid in children(child.id()) {
+            if let Some(kib) = rss_kib(pid) {
+                let p = peak.entry(pid).or_insert(0);
+                *p = (*p).max(kib);
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(status.success(), "test-cluster --nodes {nodes} failed");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("report")).expect("JSON");
+    let phase = |name: &str| {
+        report["phases"]
+            .as_array()
+            .expect("phases")
+            .iter()
+            .find(|p| p["phase"] == name)
+            .unwrap_or_else(|| panic!("no {name} phase"))
+            .clone()
+    };
+    let mut peaks: Vec<f64> = peak.values().map(|k| *k as f64).collect();
+    Run {
+        join_ms: phase("join")["duration_ms"].as_f64().expect("join"),
+        converge_ms: phase("converge")["converge_ms"].as_f64().expect("converge"),
+        round_ms: report["round_ms"].as_u64().expect("round_ms"),
+        rss_kib: percentile(&mut peaks, 50.0),
+    }
+}
+
+/// Milliseconds to spawn `n` processes that do nothing (reaped after).
+fn bare(n: u32) -> f64 {
+    let start = Instant::now();
+    let mut kids: Vec<Child> = (0..n)
+        .map(|_| {
+            Command::new("sleep")
+                .arg("600")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("sleep")
+        })
+        .collect();
+    let spawned = start.elapsed();
+    for k in &mut kids {
+        // Our own children, by their pids.
+        let _ = k.kill();
+        let _ = k.wait();
+    }
+    spawned.as_secs_f64() * 1e3
+}
+
+/// The simulator's p99 rounds for one write to reach all `n` replicas.
+fn predicted_rounds(n: usize) -> f64 {
+    let mut s = Simulator::new(n, 0x5ca1e, 100, |c| c.fanout = Fanout::Fixed(3)).expect("config");
+    s.run_until(100, |s| s.live().all(|r| !r.is_resyncing()))
+        .expect("the replicas never settled");
+    let mut rounds = Vec::new();
+    for t in 0..20u64 {
+        let e = s
+            .set(NodeId(t * 7 % n as u64), &format!("t{t}"), b"v")
+            .expect("write");
+        let r = s
+            .run_until(200, |s| s.holders(&e) == n)
+            .expect("a write never spread");
+        rounds.push(r as f64);
+    }
+    percentile(&mut rounds, 99.0)
+}
+
+fn main() {
+    let sizes: &[u32] = if quick() {
+        &[64, 256]
+    } else {
+        &[64, 256, 1000]
+    };
+    for &n in sizes {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = cluster(n, dir.path());
+        let spawn = bare(n);
+        record(
+            "scale",
+            &format!("join_n{n}"),
+            "ms",
+            run.join_ms,
+            spawn,
+            &format!("spawning {n} bare processes"),
+            Better::Lower,
+            None,
+        );
+        let predicted = predicted_rounds(n as usize) * run.round_ms as f64;
+        record(
+            "scale",
+            &format!("agreement_n{n}"),
+            "ms",
+            run.converge_ms,
+            predicted,
+            &format!(
+                "simulator p99 rounds x the {} ms round interval",
+                run.round_ms
+            ),
+            Better::Lower,
+            Some(1.5),
+        );
+        record(
+            "scale",
+            &format!("rss_per_node_n{n}"),
+            "MiB",
+            run.rss_kib / 1024.0,
+            8.0,
+            "the 8 MiB target (absolute figure)",
+            Better::Lower,
+            Some(1.0),
+        );
+    }
+}
