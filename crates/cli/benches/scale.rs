@@ -20,6 +20,19 @@ use multinode_benchkit::{Better, percentile, quick, record};
 use multinode_lww::{Fanout, Simulator};
 use multinode_wire::NodeId;
 
+/// Children killed (by their pids) and reaped when dropped, so a failed
+/// assertion leaves no process behind.
+struct Reaped(Vec<Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// What one test-cluster run measured.
 struct Run {
     join_ms: f64,
@@ -52,15 +65,19 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 fn cluster(nodes: u32, dir: &Path) -> Run {
     let json = dir.join("report.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_multinode"))
-        .args(["test-cluster", "--nodes", &nodes.to_string()])
-        .args(["--kills", "0", "--seed", "1", "--json"])
-        .arg(&json)
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("multinode runs");
+    let mut conductor = Reaped(Vec::new());
+    conductor.0.push(
+        Command::new(env!("CARGO_BIN_EXE_multinode"))
+            .args(["test-cluster", "--nodes", &nodes.to_string()])
+            .args(["--kills", "0", "--seed", "1", "--json"])
+            .arg(&json)
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("multinode runs"),
+    );
+    let child = &mut conductor.0[0];
     // The largest RSS each node process reached, by pid.
     let mut peak = std::collections::HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(3600);
@@ -101,21 +118,17 @@ fn cluster(nodes: u32, dir: &Path) -> Run {
 /// Milliseconds to spawn `n` processes that do nothing (reaped after).
 fn bare(n: u32) -> f64 {
     let start = Instant::now();
-    let mut kids: Vec<Child> = (0..n)
-        .map(|_| {
-            Command::new("sleep")
-                .arg("600")
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("sleep")
-        })
-        .collect();
-    let spawned = start.elapsed();
-    for k in &mut kids {
-        // Our own children, by their pids.
-        let _ = k.kill();
-        let _ = k.wait();
+    let mut kids = Reaped(Vec::with_capacity(n as usize));
+    for _ in 0..n {
+        let k = Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("sleep");
+        kids.0.push(k);
     }
+    let spawned = start.elapsed();
+    drop(kids);
     spawned.as_secs_f64() * 1e3
 }
 

@@ -64,8 +64,9 @@ pub struct FileVersion {
     pub changed_ns: i128,
 }
 
-/// The real disk: `std::fs`, `fsync` via `File::sync_all`, and an
-/// `fd-lock` write lock on the sidecar file.
+/// The real disk: `std::fs`, files made durable by `fdatasync`
+/// (`File::sync_data`) and directories by `fsync`, and an `fd-lock` write
+/// lock on the sidecar file.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DiskStorage;
 

@@ -224,15 +224,16 @@ impl Replica {
     /// that does not know how far it had written counts the peers without
     /// one (see `own_progress`).
     fn sync(&mut self, to: NodeId, reply: bool, answers: u32, theirs: &[Timestamp]) -> LwwMessage {
+        // Their list comes from the peer: look up, never scan, per origin.
+        let theirs: HashMap<NodeId, Timestamp> = theirs.iter().map(|t| (t.node, *t)).collect();
         let mut watermarks = self.digest();
         if !reply {
-            let known: HashMap<NodeId, Timestamp> = theirs.iter().map(|t| (t.node, *t)).collect();
-            watermarks.retain(|w| w.node == to || known.get(&w.node).is_none_or(|t| w > t));
+            watermarks.retain(|w| w.node == to || theirs.get(&w.node).is_none_or(|t| w > t));
         }
         let fixed = LwwMessage::sync_overhead(&watermarks);
         let room = self.cfg.delta_budget.saturating_sub(fixed);
         let refused_above = self.refused_above(to);
-        let (entries, partial) = self.delta(theirs, room, refused_above);
+        let (entries, partial) = self.delta(&theirs, room, refused_above);
         let m = LwwMessage::Sync {
             reply,
             era: self.era,
@@ -254,11 +255,10 @@ impl Replica {
     /// round would cost bytes and change nothing.
     fn delta(
         &mut self,
-        theirs: &[Timestamp],
+        theirs: &HashMap<NodeId, Timestamp>,
         room: usize,
         refused_above: Option<u64>,
     ) -> (Vec<LwwEntry>, Vec<Timestamp>) {
-        let theirs: HashMap<NodeId, Timestamp> = theirs.iter().map(|t| (t.node, *t)).collect();
         let mut cursors = Vec::new();
         // Everything held above their watermark: up to ours it completes a
         // range; past ours (writes pushed to us ahead of our watermark) it
