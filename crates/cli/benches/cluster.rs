@@ -119,7 +119,7 @@ fn main() {
         base,
         "the file store alone, 5 writers one write at a time",
         Better::Higher,
-        None,
+        Some(0.8),
     );
     let converge = multinode_benchkit::median(&mut converge);
     record(

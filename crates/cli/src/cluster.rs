@@ -276,6 +276,7 @@ async fn sweep(args: ClusterArgs, count: u32) -> Result<ExitCode> {
         let a = drawn(&args, seed);
         let t = Instant::now();
         let what = scenario_words(&a);
+        let replay = replay_command(&a, seed);
         let code = Box::pin(run(a)).await?;
         if code == ExitCode::from(130) {
             println!("sweep: interrupted at seed {seed} after {i} passed");
@@ -288,7 +289,8 @@ async fn sweep(args: ClusterArgs, count: u32) -> Result<ExitCode> {
         let done = i + 1;
         let rate = done as f64 * 60.0 / began.elapsed().as_secs_f64();
         println!(
-            "seed {seed}: {what}: passed in {:.1} s ({done}/{count}, {rate:.1} seeds/min)",
+            "seed {seed}: {what}: passed in {:.1} s ({done}/{count}, {rate:.1} seeds/min); \
+             replay: {replay}",
             t.elapsed().as_secs_f64()
         );
     }

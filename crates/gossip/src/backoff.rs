@@ -42,6 +42,16 @@ impl Backoff {
     pub(crate) fn reset(&mut self) {
         self.failures = 0;
     }
+
+    /// Failed attempts in a row so far.
+    pub(crate) fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Carries on after `failures` failed attempts in a row.
+    pub(crate) fn resume(&mut self, failures: u32) {
+        self.failures = failures;
+    }
 }
 
 #[cfg(test)]
@@ -67,5 +77,11 @@ mod tests {
         assert_ne!(delays, theirs, "two seeds gave the same jitter");
         b.reset();
         assert!(b.next_delay() <= min);
+        // A new task for the same peer goes on where the last one stopped.
+        let mut next = Backoff::new(min, max, 9);
+        next.resume(b.failures() + 3);
+        assert_eq!(next.failures(), 4);
+        let d = next.next_delay();
+        assert!(d >= min * 8 && d <= min * 16, "resumed at {d:?}");
     }
 }

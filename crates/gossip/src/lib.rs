@@ -11,8 +11,9 @@
 //! - [`InProcessNetwork`] / [`InProcessTransport`]: many nodes in one
 //!   process, every link under the mesh's fault model.
 //! - [`TcpTransport`]: loopback by default, a `Hello` + `Session` handshake
-//!   (see `docs/wire-format.md`), one connection task per peer that dials
-//!   when a frame waits and closes after a quiet spell (`linger`),
+//!   (see `docs/wire-format.md`), a connection task per peer while frames
+//!   wait for it or its connection is open: it dials when a frame waits,
+//!   closes after a quiet spell (`linger`) and then ends,
 //!   reconnect with jittered exponential backoff, connect/handshake/write
 //!   timeouts.
 //!

@@ -49,6 +49,11 @@ pub(crate) struct Outbox {
     max_bytes: usize,
     /// The connection task waits for frames: the next push should wake it.
     pub(crate) idle: bool,
+    /// A connection task runs for this queue. It ends once the queue is
+    /// empty with no connection open, and the next push starts one: a node
+    /// of a large cluster keeps tasks for the peers it talks to now, not
+    /// for every peer it knows.
+    pub(crate) task: bool,
     /// The connection task has ended: pushes fail.
     pub(crate) closed: bool,
     /// A sender waits for room: the take that makes it should wake it.
@@ -89,6 +94,7 @@ impl Outbox {
             max_frames,
             max_bytes,
             idle: false,
+            task: false,
             closed: false,
             want_room: false,
             writing: false,

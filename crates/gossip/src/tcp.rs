@@ -1,12 +1,13 @@
-//! The TCP transport: a listener, one outbound connection task per peer
-//! (so a peer's frames keep their order and a wedged peer holds up only
-//! its own), and one reader task per inbound connection.
+//! The TCP transport: a listener, an outbound connection task per peer
+//! while it has frames or a connection (so a peer's frames keep their
+//! order and a wedged peer holds up only its own; a peer nobody sends to
+//! costs no task), and one reader task per inbound connection.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use multinode_wire::{ClusterFrame, ClusterId, DEFAULT_MAX_FRAME, Hello, NodeId, Secret};
@@ -158,6 +159,14 @@ struct Peer {
     /// The live connection and its number, for senders that write a whole
     /// chunk themselves.
     stream: Mutex<Option<(u64, Arc<TcpStream>)>>,
+    /// Connections made so far (their numbers), and connection tasks
+    /// started: both outlive any one task.
+    conns: AtomicU64,
+    tasks: AtomicU64,
+    /// Reconnect attempts that failed in a row, carried from one connection
+    /// task to the next, so a peer that is down is dialled less and less
+    /// often even while its tasks come and go.
+    failures: AtomicU32,
     counters: Arc<PeerCounters>,
     cancel: CancellationToken,
 }
@@ -250,10 +259,12 @@ impl TcpTransport {
         self.shared.incarnation
     }
 
-    /// Adds `node` at `addr` (or moves it there) and starts its connection
-    /// task, which dials once a frame is queued for the peer, redials with
-    /// backoff while frames wait, and closes the connection after
-    /// [`TcpTransportConfig::linger`] with nothing to write.
+    /// Adds `node` at `addr` (or moves it there). The first frame queued
+    /// for the peer starts its connection task, which dials, redials with
+    /// backoff while frames wait, closes the connection after
+    /// [`TcpTransportConfig::linger`] with nothing to write, and ends
+    /// there until the next frame: a peer nobody sends to costs no task,
+    /// no connection and no buffer.
     /// Moving a peer drops what was queued for its old address (counted).
     pub fn add_peer(&self, node: NodeId, addr: SocketAddr) -> Result<(), GossipError> {
         if self.shared.closed.load(Relaxed) {
@@ -279,15 +290,15 @@ impl TcpTransport {
             wake: Notify::new(),
             room: Notify::new(),
             stream: Mutex::new(None),
+            conns: AtomicU64::new(0),
+            tasks: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
             counters: self.shared.counters(node),
             cancel: self.cancel.child_token(),
         });
-        if let Some(old) = peers.insert(node, Arc::clone(&peer)) {
+        if let Some(old) = peers.insert(node, peer) {
             old.cancel.cancel();
         }
-        drop(peers);
-        self.tracker
-            .spawn_on(run_peer(Arc::clone(&self.shared), peer), &self.runtime);
         Ok(())
     }
 
@@ -418,8 +429,14 @@ impl GossipTransport for TcpTransport {
         }
         let direct = ob.take_sealed();
         let wake = std::mem::take(&mut ob.idle);
+        let start = !std::mem::replace(&mut ob.task, true);
         drop(ob);
-        if wake {
+        if start {
+            self.tracker.spawn_on(
+                run_peer(Arc::clone(&self.shared), Arc::clone(peer)),
+                &self.runtime,
+            );
+        } else if wake {
             peer.wake.notify_one();
         }
         if let Some((chunk, frames, conn)) = direct {

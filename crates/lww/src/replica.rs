@@ -92,7 +92,9 @@ pub struct Replica {
     round: u64,
     rng: ChaCha8Rng,
     entries: HashMap<String, LwwEntry>,
-    by_origin: BTreeMap<NodeId, BTreeMap<Timestamp, String>>,
+    /// Every entry's key, by its origin, then its version: one tree, not
+    /// one per origin (a large cluster has as many origins as nodes).
+    by_origin: BTreeMap<(NodeId, Timestamp), String>,
     tombstones: BTreeMap<Timestamp, String>,
     watermarks: BTreeMap<NodeId, Timestamp>,
     era: u32,
@@ -443,9 +445,7 @@ impl Replica {
             self.unindex(&cur);
         }
         self.by_origin
-            .entry(e.version.node)
-            .or_default()
-            .insert(e.version, e.key.clone());
+            .insert((e.version.node, e.version), e.key.clone());
         self.fingerprint = self.fingerprint.wrapping_add(entry_hash(&e));
         match &e.value {
             Some(_) => self.live += 1,
@@ -464,9 +464,7 @@ impl Replica {
     /// Removes `e`'s index entries and its share of the fingerprint (the
     /// caller removes or replaces the entry itself).
     fn unindex(&mut self, e: &LwwEntry) {
-        if let Some(index) = self.by_origin.get_mut(&e.version.node) {
-            index.remove(&e.version);
-        }
+        self.by_origin.remove(&(e.version.node, e.version));
         self.fingerprint = self.fingerprint.wrapping_sub(entry_hash(e));
         match &e.value {
             Some(_) => self.live -= 1,
@@ -475,6 +473,47 @@ impl Replica {
             }
         }
     }
+}
+
+/// The least and the greatest timestamps: the bounds of an origin's
+/// stretch of the index.
+const TS_MIN: Timestamp = Timestamp {
+    physical_ms: 0,
+    logical: 0,
+    node: NodeId(0),
+};
+const TS_MAX: Timestamp = Timestamp {
+    physical_ms: u64::MAX,
+    logical: u32::MAX,
+    node: NodeId(u64::MAX),
+};
+
+/// The index entries of `origin` above `from` (all of them without it).
+fn origin_range(
+    index: &BTreeMap<(NodeId, Timestamp), String>,
+    origin: NodeId,
+    from: Option<Timestamp>,
+) -> std::collections::btree_map::Range<'_, (NodeId, Timestamp), String> {
+    use std::ops::Bound::{Excluded, Included};
+    let lo = match from {
+        Some(t) => Excluded((origin, t)),
+        None => Included((origin, TS_MIN)),
+    };
+    index.range((lo, Included((origin, TS_MAX))))
+}
+
+/// The origins of the index's entries, in order: each costs one lookup.
+fn index_origins(index: &BTreeMap<(NodeId, Timestamp), String>) -> impl Iterator<Item = NodeId> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let mut next = index.keys().next().map(|(o, _)| *o);
+    std::iter::from_fn(move || {
+        let origin = next?;
+        next = index
+            .range((Excluded((origin, TS_MAX)), Unbounded))
+            .next()
+            .map(|((o, _), _)| *o);
+        Some(origin)
+    })
 }
 
 /// The greatest timestamp of the same node below `t`.

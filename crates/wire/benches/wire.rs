@@ -88,6 +88,6 @@ fn main() {
         b,
         "raw bincode encode_into_slice + decode_from_slice",
         Better::Higher,
-        Some(0.7),
+        Some(0.85),
     );
 }

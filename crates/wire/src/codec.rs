@@ -26,17 +26,21 @@ use crate::frame::{FRAME_HEADER_LEN, FrameCodec};
 pub(crate) fn encode_into<T: Message>(
     item: &T,
     dst: &mut BytesMut,
-    scratch: &mut [u8],
     max: usize,
 ) -> Result<(), WireError> {
     let exact = item.exact_len();
-    if exact.is_none_or(|len| len <= scratch.len()) {
-        if let Ok(n) = bincode::serde::encode_into_slice(item, scratch, config::standard()) {
-            if n > max {
-                return Err(WireError::FrameTooLarge { len: n as u64, max });
+    if exact.is_none_or(|len| len <= SCRATCH) {
+        let small = SCRATCH_BUF.with_borrow_mut(|scratch| {
+            let n = bincode::serde::encode_into_slice(item, scratch, config::standard()).ok()?;
+            if n <= max {
+                dst.extend_from_slice(&scratch[..n]);
             }
-            dst.extend_from_slice(&scratch[..n]);
-            return Ok(());
+            Some(n)
+        });
+        match small {
+            Some(n) if n > max => return Err(WireError::FrameTooLarge { len: n as u64, max }),
+            Some(_) => return Ok(()),
+            None => {}
         }
     }
     match exact {
@@ -320,12 +324,18 @@ impl crate::LwwMessage {
 #[derive(Debug)]
 pub struct MessageCodec<T> {
     frame: FrameCodec,
-    scratch: Box<[u8]>,
     _item: PhantomData<fn() -> T>,
 }
 
 /// Room for one small message, the common case on the encode fast path.
 const SCRATCH: usize = 512;
+
+thread_local! {
+    /// One scratch buffer per thread, not per codec: a node holds a codec
+    /// for each of its peers.
+    static SCRATCH_BUF: std::cell::RefCell<[u8; SCRATCH]> =
+        const { std::cell::RefCell::new([0; SCRATCH]) };
+}
 
 impl<T> MessageCodec<T> {
     /// A codec with the default frame cap.
@@ -337,7 +347,6 @@ impl<T> MessageCodec<T> {
     pub fn with_max(max: usize) -> Self {
         Self {
             frame: FrameCodec::with_max(max),
-            scratch: vec![0; SCRATCH].into_boxed_slice(),
             _item: PhantomData,
         }
     }
@@ -384,7 +393,7 @@ impl<T: Message> Encoder<&T> for MessageCodec<T> {
     fn encode(&mut self, item: &T, dst: &mut BytesMut) -> Result<(), WireError> {
         let max = self.max_frame();
         let at = FrameCodec::begin_in_place(dst);
-        if let Err(e) = encode_into(item, dst, &mut self.scratch, max) {
+        if let Err(e) = encode_into(item, dst, max) {
             dst.truncate(at);
             return Err(e);
         }

@@ -29,8 +29,8 @@ use crate::transport::dispatch;
 const BATCH: usize = 7;
 
 /// What a connection reads at a time when it opens, and once its peer has
-/// been quiet for a while: a node of a large cluster holds hundreds of
-/// connections, most of them quiet...
+/// been quiet for a while (a quiet connection with nothing buffered holds
+/// no buffer at all while it waits)...
 const READ_BUF: usize = 4 << 10;
 /// ...and at most, while its peer streams.
 const READ_BUF_MAX: usize = 256 << 10;
@@ -242,6 +242,24 @@ async fn read_frames(
         if more {
             continue;
         }
+        let idle = shared.config.idle_timeout;
+        if buf.is_empty() && size.get() == READ_BUF {
+            // A quiet connection holds no buffer while it waits: a node of
+            // a large cluster has hundreds of them.
+            buf = BytesMut::new();
+            match tokio::time::timeout(idle, io.readable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %node, "connection lost: {e}");
+                    return;
+                }
+                Err(_) => {
+                    add(&shared.idle_closed, 1);
+                    tracing::debug!(peer = %node, %from, ?idle, "closing an idle connection");
+                    return;
+                }
+            }
+        }
         let want = size.get();
         if buf.is_empty() && buf.capacity() > 4 * want {
             // A stream ended: give back the large buffer.
@@ -250,7 +268,6 @@ async fn read_frames(
             buf.reserve(want);
         }
         let offered = buf.capacity() - buf.len();
-        let idle = shared.config.idle_timeout;
         let Ok(read) = tokio::time::timeout(idle, io.read_buf(&mut buf)).await else {
             add(&shared.idle_closed, 1);
             tracing::debug!(peer = %node, %from, ?idle, "closing an idle connection");

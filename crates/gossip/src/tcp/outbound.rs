@@ -3,6 +3,7 @@
 //! with backoff; and the direct write a streaming sender makes itself.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -48,47 +49,44 @@ enum Ended {
     Quiet,
 }
 
-/// Waits until the peer's outbox holds something to write; false when
-/// cancelled first.
-async fn work(peer: &Peer) -> bool {
-    loop {
-        {
-            let mut ob = peer.outbox.lock();
-            if ob.frames() > 0 || ob.partial.is_some() {
-                ob.idle = false;
-                return true;
-            }
-            // The next push wakes us (a permit is kept if it comes first).
-            ob.idle = true;
-        }
-        tokio::select! {
-            biased;
-            () = peer.cancel.cancelled() => return false,
-            () = peer.wake.notified() => {}
-        }
+/// Whether the peer's outbox holds something to write; when not, the
+/// connection task ends (under the lock, so the next push starts another).
+fn work(peer: &Peer) -> bool {
+    let mut ob = peer.outbox.lock();
+    if ob.frames() > 0 || ob.partial.is_some() {
+        ob.idle = false;
+        return true;
     }
+    ob.idle = false;
+    ob.task = false;
+    false
 }
 
-/// The connection task of one peer: once something is queued, dial,
-/// handshake, then write what its queue holds, in order; on any failure,
-/// back off and dial again; after the linger time with nothing to write,
-/// close and wait for the next frame.
+/// The connection task of one peer, started by a push that finds none:
+/// dial, handshake, then write what its queue holds, in order; on any
+/// failure, back off and dial again while frames wait; after the linger
+/// time with nothing to write, close, and end if nothing came meanwhile.
 pub(super) async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>) {
     let cfg = &shared.config;
+    let started = peer.tasks.fetch_add(1, Relaxed);
     let seed = cfg
         .seed
         .unwrap_or(shared.incarnation ^ cfg.node_id.0.rotate_left(32))
-        ^ peer.id.0;
+        ^ peer.id.0
+        ^ started.rotate_left(48);
     let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max, seed);
+    backoff.resume(peer.failures.load(Relaxed));
     let c = &*peer.counters;
-    let mut conns = 0u64;
-    loop {
-        if !work(&peer).await {
-            break;
+    let cancelled = loop {
+        if peer.cancel.is_cancelled() {
+            break true;
+        }
+        if !work(&peer) {
+            break false;
         }
         let dialled = tokio::select! {
             biased;
-            () = peer.cancel.cancelled() => break,
+            () = peer.cancel.cancelled() => break true,
             r = dial(&shared, &peer) => r,
         };
         let ended = match dialled {
@@ -96,9 +94,9 @@ pub(super) async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>) {
                 add(&c.connects, 1);
                 shared.observe(peer.id, c, &shaken);
                 tracing::debug!(peer = %peer.id, addr = %peer.addr, "connected");
-                conns += 1;
+                let conn = peer.conns.fetch_add(1, Relaxed) + 1;
                 let since = Instant::now();
-                let ended = pump(&shared, &peer, stream, conns).await;
+                let ended = pump(&shared, &peer, stream, conn).await;
                 // Only a connection that lasted starts the delays afresh: a
                 // peer that accepts and at once closes (it does not list us
                 // as a peer yet, say) is dialled less and less often.
@@ -127,26 +125,30 @@ pub(super) async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>) {
             }
         };
         match ended {
-            Ended::Cancelled => break,
+            Ended::Cancelled => break true,
             Ended::Quiet => {
                 add(&c.quiet_closes, 1);
                 tracing::debug!(peer = %peer.id, "closed a quiet connection");
             }
             Ended::Failed(why) => {
                 let delay = backoff.next_delay();
+                peer.failures.store(backoff.failures(), Relaxed);
                 tracing::debug!(peer = %peer.id, ?delay, "reconnecting after: {why}");
                 tokio::select! {
                     biased;
-                    () = peer.cancel.cancelled() => break,
+                    () = peer.cancel.cancelled() => break true,
                     () = tokio::time::sleep(delay) => {}
                 }
             }
         }
+    };
+    peer.failures.store(backoff.failures(), Relaxed);
+    if cancelled {
+        // Shut down or removed: what is still queued is dropped, and counted.
+        let dropped = peer.outbox.lock().close();
+        peer.room.notify_waiters();
+        add(&c.shutdown, dropped as u64);
     }
-    // Shut down or removed: what is still queued is dropped, and counted.
-    let dropped = peer.outbox.lock().close();
-    peer.room.notify_waiters();
-    add(&c.shutdown, dropped as u64);
 }
 
 /// A sender that closed a chunk while nobody was writing writes it itself,

@@ -3,12 +3,13 @@
 //! byte budget, and how received entries and watermarks are taken in.
 
 use std::collections::{BTreeSet, HashMap};
-use std::ops::Bound;
 
 use multinode_wire::{LwwEntry, LwwMessage, NodeId, Timestamp};
 use rand::RngExt;
 
-use super::{HOT_ROUNDS, NO_DIGEST, Outgoing, Received, Replica, before};
+use super::{
+    HOT_ROUNDS, NO_DIGEST, Outgoing, Received, Replica, before, index_origins, origin_range,
+};
 
 impl Replica {
     /// Opens an exchange with each of `peers`: a digest, or a sync when
@@ -263,12 +264,11 @@ impl Replica {
         // Everything held above their watermark: up to ours it completes a
         // range; past ours (writes pushed to us ahead of our watermark) it
         // rides along, vouched for by nothing.
-        for (origin, index) in &self.by_origin {
-            let from = theirs.get(origin).copied();
-            let lo = from.map_or(Bound::Unbounded, Bound::Excluded);
-            let mut range = index.range((lo, Bound::Unbounded)).peekable();
+        for origin in index_origins(&self.by_origin) {
+            let from = theirs.get(&origin).copied();
+            let mut range = origin_range(&self.by_origin, origin, from).peekable();
             if range.peek().is_some() {
-                cursors.push((*origin, from, range, None::<Timestamp>));
+                cursors.push((origin, from, range, None::<Timestamp>));
             }
         }
         let mut entries = Vec::new();
@@ -289,7 +289,7 @@ impl Replica {
                 continue;
             }
             let (_, _, range, last) = &mut cursors[i];
-            let Some((version, key)) = range.next() else {
+            let Some((&(_, version), key)) = range.next() else {
                 done[i] = true;
                 open -= 1;
                 continue;
@@ -315,7 +315,7 @@ impl Replica {
                 continue;
             }
             spent += len;
-            *last = Some(*version);
+            *last = Some(version);
             entries.push(e.clone());
         }
         // In origin order, it packs tightest.

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use multinode_wire::{NodeId, Timestamp};
 
-use super::{NO_DIGEST, Replica};
+use super::{NO_DIGEST, Replica, TS_MIN, origin_range};
 
 /// Peers that must answer with no watermark for us, after a
 /// resynchronisation against a peer that knew nothing of our writes,
@@ -64,9 +64,9 @@ impl Replica {
         // it was heard from), the newest entry of it we hold.
         let seen = |o: &NodeId| {
             self.watermarks.get(o).copied().or_else(|| {
-                self.by_origin
-                    .get(o)
-                    .and_then(|index| index.keys().next_back().copied())
+                origin_range(&self.by_origin, *o, None)
+                    .next_back()
+                    .map(|(&(_, t), _)| t)
             })
         };
         let behind = theirs.iter().any(|w| {
@@ -90,10 +90,11 @@ impl Replica {
             .map(|w| (w.node, *w))
             .collect();
         for (origin, upto) in &target {
-            let Some(index) = self.by_origin.get(origin) else {
-                continue;
-            };
-            let seen: Vec<String> = index.range(..=*upto).map(|(_, k)| k.clone()).collect();
+            let seen: Vec<String> = self
+                .by_origin
+                .range((*origin, TS_MIN)..=(*origin, *upto))
+                .map(|(_, k)| k.clone())
+                .collect();
             for key in seen {
                 if let Some(e) = self.entries.remove(&key) {
                     self.unindex(&e);
