@@ -92,7 +92,8 @@ fn main() {
     );
 }
 
-/// Connections per second: a transport dials a peer, both sides shake
+/// Connections per second: a frame queued for a new peer makes the
+/// transport dial it, both sides shake
 /// hands (with the secret: challenge, HMAC proof and check, both ways),
 /// then the peer is removed and dialled again.
 async fn handshakes(secret: bool, conns: u64) -> f64 {
@@ -111,6 +112,8 @@ async fn handshakes(secret: bool, conns: u64) -> f64 {
     let started = Instant::now();
     for i in 1..=conns {
         a.add_peer(NodeId(1), b.local_addr()).expect("add");
+        // A peer is dialled once a frame waits for it.
+        a.send(NodeId(1), &frame(8)).expect("queued");
         let deadline = Instant::now() + Duration::from_secs(10);
         while a.stats().peer(NodeId(1)).connects < i {
             assert!(Instant::now() < deadline, "connection {i} never came up");
