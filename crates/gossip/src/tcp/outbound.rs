@@ -53,13 +53,10 @@ enum Ended {
 /// connection task ends (under the lock, so the next push starts another).
 fn work(peer: &Peer) -> bool {
     let mut ob = peer.outbox.lock();
-    if ob.frames() > 0 || ob.partial.is_some() {
-        ob.idle = false;
-        return true;
-    }
     ob.idle = false;
-    ob.task = false;
-    false
+    let work = ob.frames() > 0 || ob.partial.is_some();
+    ob.task = work;
+    work
 }
 
 /// The connection task of one peer, started by a push that finds none:
@@ -132,7 +129,6 @@ pub(super) async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>) {
             }
             Ended::Failed(why) => {
                 let delay = backoff.next_delay();
-                peer.failures.store(backoff.failures(), Relaxed);
                 tracing::debug!(peer = %peer.id, ?delay, "reconnecting after: {why}");
                 tokio::select! {
                     biased;
@@ -142,6 +138,7 @@ pub(super) async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>) {
             }
         }
     };
+    // Only one task runs for a peer at a time: the next one starts here.
     peer.failures.store(backoff.failures(), Relaxed);
     if cancelled {
         // Shut down or removed: what is still queued is dropped, and counted.
