@@ -9,6 +9,8 @@ use anyhow::{Context, Result, bail};
 use bytes::BytesMut;
 use clap::Args;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
 use multinode_barrier::{BarrierError, BarrierNode, ENV_ADDR, env_identity, env_index};
 use multinode_gossip::{GossipTransport, TcpTransport, TcpTransportConfig};
 use multinode_lww::{Fanout, Inbox, LwwNode, NodeConfig, ReplicaConfig};
@@ -90,6 +92,9 @@ fn parse_peer(s: &str) -> Result<(NodeId, SocketAddr), String> {
 }
 
 type Node = LwwNode<Faulty<TcpTransport>>;
+
+/// How many control-line writes a node runs at once.
+const PIPELINE: usize = 64;
 
 struct Proc {
     node: Node,
@@ -227,17 +232,49 @@ impl Proc {
     }
 
     /// Serves control lines until `QUIT`, end of input or a signal.
+    ///
+    /// `SET` and `DEL` lines that follow one another run together, up to
+    /// [`PIPELINE`] at a time, each taking its version as it is read: a
+    /// client that sends several writes at once has them share the store's
+    /// fsyncs. Answers still come in the order of the lines, and any other
+    /// line waits for the writes before it, so it sees them.
     async fn serve(&mut self) -> Result<&'static str> {
         let mut lines = FramedRead::new(tokio::io::stdin(), ControlLines::default());
         // One listener for the whole life of the node: a signal that lands
         // while a command is being served is still seen.
         let stop = crate::interrupted();
         tokio::pin!(stop);
+        let mut writes: FuturesOrdered<BoxFuture<'static, String>> = FuturesOrdered::new();
         loop {
             let next = tokio::select! {
-                next = lines.next() => next,
+                Some(answer) = writes.next(), if !writes.is_empty() => {
+                    self.reply(&answer).await?;
+                    continue;
+                }
+                next = lines.next(), if writes.len() < PIPELINE => next,
                 why = &mut stop => return Ok(why),
             };
+            let write: Option<BoxFuture<'static, _>> = match &next {
+                Some(Ok(Ok(line))) => match line.parse::<Command>() {
+                    Ok(Command::Set(key, value)) => Some(Box::pin(self.node.set(&key, value))),
+                    Ok(Command::Del(key)) => Some(Box::pin(self.node.delete(&key))),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(write) = write {
+                writes.push_back(Box::pin(async move {
+                    match write.await {
+                        Ok(version) => format!("OK {version}"),
+                        Err(e) => format!("ERR {}", crate::error_line(&e.into())),
+                    }
+                }));
+                continue;
+            }
+            // Anything else is answered after the writes before it.
+            while let Some(answer) = writes.next().await {
+                self.reply(&answer).await?;
+            }
             let line = match next {
                 None => return Ok("end of input"),
                 Some(Ok(Ok(line))) => line,

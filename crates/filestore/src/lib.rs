@@ -38,5 +38,6 @@ pub use format::FORMAT_VERSION;
 pub use pending::Pending;
 pub use storage::{DiskStorage, FileVersion, SimStorage, Storage};
 pub use store::{
-    Checkpoint, DEFAULT_LOCK_WAIT, FileStore, Merge, PutOutcome, StateStore, StoreConfig,
+    Checkpoint, DEFAULT_LOCK_WAIT, DEFAULT_STAGE_WAIT, FileStore, Merge, PutOutcome, StateStore,
+    StoreConfig,
 };

@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 mod cycle;
+mod queue;
 
 use crate::format::Entries;
 use crate::pending::Slot;
@@ -33,12 +34,19 @@ pub struct StoreConfig {
     /// hold on the lock before failing with [`StoreError::LockTimeout`]
     /// (the operations of that cycle fail; the handle stays usable).
     pub lock_wait: Duration,
+    /// How long a [staged](FileStore::stage) put waits for a write cycle
+    /// that another operation starts before it starts one itself.
+    pub stage_wait: Duration,
 }
+
+/// How long a staged put waits for a cycle by default.
+pub const DEFAULT_STAGE_WAIT: Duration = Duration::from_millis(100);
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             lock_wait: DEFAULT_LOCK_WAIT,
+            stage_wait: DEFAULT_STAGE_WAIT,
         }
     }
 }
@@ -147,9 +155,7 @@ struct Inner<V, S> {
     cache: RwLock<Entries<V>>,
     poisoned: AtomicBool,
     temps: AtomicU64,
-    /// Queued operations, and whether the handles are all gone.
-    queue: Mutex<(Vec<Queued<V>>, bool)>,
-    wake: Condvar,
+    queue: queue::Queue<Queued<V>>,
 }
 
 struct Handle<V, S> {
@@ -159,8 +165,7 @@ struct Handle<V, S> {
 
 impl<V, S> Drop for Handle<V, S> {
     fn drop(&mut self) {
-        self.inner.queue.lock().1 = true;
-        self.inner.wake.notify_all();
+        self.inner.queue.close();
         if let Some(t) = self.thread.take() {
             // The thread finishes what is queued, then stops.
             let _ = t.join();
@@ -271,8 +276,7 @@ where
             cache: RwLock::new(BTreeMap::new()),
             poisoned: AtomicBool::new(false),
             temps: AtomicU64::new(0),
-            queue: Mutex::new((Vec::new(), false)),
-            wake: Condvar::new(),
+            queue: queue::Queue::new(config.stage_wait),
         });
         let mut result = Ok(());
         inner.locked(&mut || {
@@ -320,20 +324,44 @@ where
         self.submit(Op::Compact, |_| ())
     }
 
+    /// Merges `value` into `key` like [`StateStore::put`], but starts no
+    /// write cycle of its own: the put rides on the next cycle another
+    /// operation starts, or starts one once it has waited
+    /// [`StoreConfig::stage_wait`]. Done, like a put, when it is durable.
+    ///
+    /// For writes whose loss in a crash costs nothing that cannot be had
+    /// again, such as a replica's copy of a write that is durable at its
+    /// origin: they stop costing a cycle (an fsync) each, and stop making
+    /// the writes that are awaited wait behind their cycles.
+    pub fn stage(&self, key: &str, value: V) -> Pending<PutOutcome> {
+        self.queue_op(self.put_op(key, value), true, |o| o)
+    }
+
     /// Whether an earlier write failed and this handle refuses more.
     pub fn is_poisoned(&self) -> bool {
         self.handle.inner.poisoned.load(Ordering::Acquire)
     }
 
     fn submit<T>(&self, op: Op<V>, map: fn(PutOutcome) -> T) -> Pending<T> {
+        self.queue_op(op, false, map)
+    }
+
+    fn queue_op<T>(&self, op: Op<V>, staged: bool, map: fn(PutOutcome) -> T) -> Pending<T> {
         let inner = &self.handle.inner;
         if inner.poisoned.load(Ordering::Acquire) {
             return Pending::ready(Err(StoreError::Poisoned));
         }
         let slot = Arc::new(Slot::default());
-        inner.queue.lock().0.push((op, Arc::clone(&slot)));
-        inner.wake.notify_one();
+        inner.queue.push((op, Arc::clone(&slot)), staged);
         Pending::queued(slot, map)
+    }
+
+    /// A put of `value` at `key`, under the key's epoch as this handle
+    /// last saw it.
+    fn put_op(&self, key: &str, value: V) -> Op<V> {
+        let inner = &self.handle.inner;
+        let seen = inner.cache.read().get(key).map_or(0, |e| e.epoch);
+        Op::Put(key.to_owned(), value, seen)
     }
 }
 
@@ -354,14 +382,7 @@ where
     }
 
     fn put(&self, key: &str, value: V) -> Pending<PutOutcome> {
-        let seen = self
-            .handle
-            .inner
-            .cache
-            .read()
-            .get(key)
-            .map_or(0, |e| e.epoch);
-        self.submit(Op::Put(key.to_owned(), value, seen), |o| o)
+        self.submit(self.put_op(key, value), |o| o)
     }
 
     fn delete(&self, key: &str) -> Pending<()> {

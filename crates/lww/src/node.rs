@@ -180,6 +180,33 @@ fn wall_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A write prepared in the replica and not yet committed: abandoned if it
+/// is dropped first (its store put failed, or its future was dropped), so
+/// the replica does not wait for it for ever.
+struct Prepared<'a, T> {
+    entry: Option<LwwEntry>,
+    shared: &'a Shared<T>,
+}
+
+impl<T> Prepared<'_, T> {
+    /// Applies the write to the replica, and tells the change listeners.
+    fn commit(mut self) -> LwwEntry {
+        let e = self.entry.take().expect("committed once");
+        if self.shared.replica.lock().commit(&e) {
+            let _ = self.shared.changes.send(e.clone());
+        }
+        e
+    }
+}
+
+impl<T> Drop for Prepared<'_, T> {
+    fn drop(&mut self) {
+        if let Some(e) = &self.entry {
+            self.shared.replica.lock().abandon(e);
+        }
+    }
+}
+
 impl<T: GossipTransport + 'static> LwwNode<T> {
     /// Starts a node on `transport`, whose sink must be `inbox`'s. With a
     /// data directory, the state kept there is loaded first and the node
@@ -254,37 +281,67 @@ impl<T: GossipTransport + 'static> LwwNode<T> {
         self.shared.replica.lock().remove_peer(peer);
     }
 
-    /// Writes `value` under `key`. Returns once the write is applied, and,
-    /// with a data directory, durable: then it survives a crash.
-    pub async fn set(&self, key: &str, value: impl Into<Bytes>) -> Result<Timestamp, LwwError> {
-        self.write(key, Some(value.into())).await
+    /// Writes `value` under `key`. The future is done once the write is
+    /// applied, and, with a data directory, durable: then it survives a
+    /// crash.
+    ///
+    /// The write takes its version, and its place in the store's queue,
+    /// when `set` is called, not when the future is first polled: writes
+    /// called one after another are ordered as called, even when their
+    /// futures are awaited together (a pipelined client's writes then share
+    /// the store's fsyncs). Dropping the future before it is done leaves
+    /// the write unacknowledged: it may or may not be kept.
+    pub fn set(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+    ) -> impl Future<Output = Result<Timestamp, LwwError>> + Send + 'static {
+        self.write(key, Some(value.into()))
     }
 
-    /// Deletes `key` (a tombstone, durable like a set).
-    pub async fn delete(&self, key: &str) -> Result<Timestamp, LwwError> {
-        self.write(key, None).await
+    /// Deletes `key` (a tombstone, durable like a set, and ordered like
+    /// one).
+    pub fn delete(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Timestamp, LwwError>> + Send + 'static {
+        self.write(key, None)
     }
 
-    async fn write(&self, key: &str, value: Option<Bytes>) -> Result<Timestamp, LwwError> {
-        let s = &self.shared;
-        if s.cancel.is_cancelled() {
-            return Err(LwwError::Closed);
-        }
-        let e = s.replica.lock().prepare(key, value, wall_ms())?;
-        if let Some(store) = &s.store {
-            let stored = Stored {
-                version: e.version,
-                value: e.value.clone(),
+    fn write(
+        &self,
+        key: &str,
+        value: Option<Bytes>,
+    ) -> impl Future<Output = Result<Timestamp, LwwError>> + Send + 'static {
+        let s = Arc::clone(&self.shared);
+        let prepared = if s.cancel.is_cancelled() {
+            Err(LwwError::Closed)
+        } else {
+            s.replica.lock().prepare(key, value, wall_ms())
+        };
+        let put = match (&prepared, &s.store) {
+            (Ok(e), Some(store)) => Some(store.put(
+                key,
+                Stored {
+                    version: e.version,
+                    value: e.value.clone(),
+                },
+            )),
+            _ => None,
+        };
+        async move {
+            let prepared = Prepared {
+                entry: Some(prepared?),
+                shared: &s,
             };
-            if let Err(err) = store.put(key, stored).await {
-                s.replica.lock().abandon(&e);
+            if let Some(put) = put
+                && let Err(err) = put.await
+            {
                 return Err(err.into());
             }
+            let e = prepared.commit();
+            Ok(e.version)
         }
-        if s.replica.lock().commit(&e) {
-            let _ = s.changes.send(e.clone());
-        }
-        Ok(e.version)
     }
 
     /// The live value of `key`.
@@ -400,8 +457,10 @@ async fn run<T: GossipTransport + 'static>(s: Arc<Shared<T>>, mut inbox: Inbox, 
                     if let Some(store) = &s.store {
                         let stored = Stored { version: e.version, value: e.value.clone() };
                         // Remote writes are durable at their origin; this
-                        // copy is queued, not awaited.
-                        drop(store.put(&e.key, stored));
+                        // copy is staged, not awaited: it rides on the
+                        // next local write's cycle instead of making that
+                        // write wait behind a cycle of its own.
+                        drop(store.stage(&e.key, stored));
                     }
                     let _ = s.changes.send(e);
                 }

@@ -17,35 +17,60 @@ use crate::frame::{FRAME_HEADER_LEN, FrameCodec};
 /// Encodes `item` as a payload appended to `dst`, failing without leaving
 /// anything behind if it is over `max` bytes.
 ///
-/// Small messages go through `scratch` with bincode's slice writer (one
-/// copy into `dst`, no per-field buffer checks). A larger one that knows its
-/// length ([`Message::exact_len`]) is checked against `max` and encoded in
-/// one pass into room made for it in `dst`; any other goes through a writer
-/// that stops as soon as the payload passes `max`, so an oversized message
-/// is never fully buffered.
+/// The fast way is bincode's slice writer (no per-field buffer checks)
+/// straight into zeroed room at the end of `dst`: exactly the room a message
+/// that knows its length ([`Message::exact_len`]) needs, or `room` bytes,
+/// the codec's guess from the last message, for one that does not. A
+/// message that does not fit its guess goes through a writer that stops as
+/// soon as the payload passes `max`, so an oversized message is never fully
+/// buffered; the guess then grows to fit it next time.
+#[inline(always)]
 pub(crate) fn encode_into<T: Message>(
     item: &T,
     dst: &mut BytesMut,
     max: usize,
+    room: &mut usize,
 ) -> Result<(), WireError> {
-    let exact = item.exact_len();
-    if exact.is_none_or(|len| len <= SCRATCH) {
-        let small = SCRATCH_BUF.with_borrow_mut(|scratch| {
-            let n = bincode::serde::encode_into_slice(item, scratch, config::standard()).ok()?;
-            if n <= max {
-                dst.extend_from_slice(&scratch[..n]);
-            }
-            Some(n)
-        });
-        match small {
-            Some(n) if n > max => return Err(WireError::FrameTooLarge { len: n as u64, max }),
-            Some(_) => return Ok(()),
-            None => {}
-        }
+    if let Some(len) = item.exact_len() {
+        return encode_exact(item, len, dst, max);
     }
-    match exact {
-        Some(len) => encode_exact(item, len, dst, max),
-        None => encode_capped(item, dst, max),
+    if let Some(n) = encode_in_room(item, dst, (*room).min(max)) {
+        *room = room_for(n);
+        return Ok(());
+    }
+    let start = dst.len();
+    encode_capped(item, dst, max)?;
+    *room = room_for(dst.len() - start);
+    Ok(())
+}
+
+/// The smallest and largest guess of a payload's length.
+const ROOM: std::ops::RangeInclusive<usize> = 32..=64 * 1024;
+
+/// The room to zero for the next message after one of `n` bytes: half as
+/// much again, so that messages of about one size fit at the first try.
+#[inline]
+fn room_for(n: usize) -> usize {
+    (n + n / 2).clamp(*ROOM.start(), *ROOM.end())
+}
+
+/// Encodes `item` with bincode's slice writer into `room` zeroed bytes at
+/// the end of `dst`, and returns its length; `None`, leaving `dst` as it
+/// was, if it does not fit (or its `Serialize` fails: the slower way then
+/// reports that).
+#[inline(always)]
+fn encode_in_room<T: Serialize>(item: &T, dst: &mut BytesMut, room: usize) -> Option<usize> {
+    let start = dst.len();
+    dst.put_bytes(0, room);
+    match bincode::serde::encode_into_slice(item, &mut dst[start..], config::standard()) {
+        Ok(n) => {
+            dst.truncate(start + n);
+            Some(n)
+        }
+        Err(_) => {
+            dst.truncate(start);
+            None
+        }
     }
 }
 
@@ -97,8 +122,8 @@ fn encode_capped<T: Serialize + ?Sized>(
 }
 
 /// Encodes `item`, whose payload is `len` bytes by its own account: over
-/// `max` it is refused before any encoding; otherwise `dst` makes room for
-/// it once and it is encoded straight in. An account that does not match what
+/// `max` it is refused before any encoding; otherwise it is encoded in one
+/// pass into `len` zeroed bytes. An account that does not match what
 /// bincode writes is a bug in the message type: the message then goes the
 /// general way, so the bytes are right whatever the account said.
 fn encode_exact<T: Message>(
@@ -113,20 +138,9 @@ fn encode_exact<T: Message>(
             max,
         });
     }
-    /// Appends to room reserved up front: no cap to watch, no realloc.
-    struct Reserved<'a>(&'a mut BytesMut);
-    impl Writer for Reserved<'_> {
-        #[inline]
-        fn write(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
-            self.0.extend_from_slice(bytes);
-            Ok(())
-        }
-    }
     let start = dst.len();
-    dst.reserve(len);
-    let written = bincode::serde::encode_into_writer(item, Reserved(dst), config::standard());
-    match written {
-        Ok(()) if dst.len() - start == len => Ok(()),
+    match encode_in_room(item, dst, len) {
+        Some(n) if n == len => Ok(()),
         _ => {
             debug_assert!(false, "exact_len {len} does not match the encoding");
             dst.truncate(start);
@@ -135,20 +149,23 @@ fn encode_exact<T: Message>(
     }
 }
 
-/// Decodes one payload, which must be consumed exactly.
+/// Decodes one payload with bincode: the value and how many bytes it used.
 ///
 /// No bincode byte limit: it charges every primitive read and halves decode
 /// speed. Allocation is bounded instead by reading strings and bytes by
 /// borrowing from `bytes` (see `bounded.rs`), so no field can claim more
 /// than the payload holds, and serde preallocates sequences cautiously
 /// (at most 1 MiB before elements actually decode).
-#[inline]
-pub(crate) fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
-    match bincode::serde::decode_from_slice(bytes, config::standard()) {
-        Ok((value, used)) if used == bytes.len() => Ok(value),
-        Ok((_, used)) => Err(trailing(bytes.len() - used)),
-        Err(e) => Err(undecodable(e)),
-    }
+///
+/// The caller checks that the payload was consumed exactly, and turns the
+/// result into its own without a `Result<T, _>` in between: moving the
+/// freshly decoded value through one more enum costs a small message a
+/// fifth of its decode time (a store that cannot be forwarded to the load).
+#[inline(always)]
+fn decode_payload<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(bytes, config::standard())
 }
 
 #[cold]
@@ -324,17 +341,9 @@ impl crate::LwwMessage {
 #[derive(Debug)]
 pub struct MessageCodec<T> {
     frame: FrameCodec,
+    /// How many bytes to zero for the next payload of unknown length.
+    room: usize,
     _item: PhantomData<fn() -> T>,
-}
-
-/// Room for one small message, the common case on the encode fast path.
-const SCRATCH: usize = 512;
-
-thread_local! {
-    /// One scratch buffer per thread, not per codec: a node holds a codec
-    /// for each of its peers.
-    static SCRATCH_BUF: std::cell::RefCell<[u8; SCRATCH]> =
-        const { std::cell::RefCell::new([0; SCRATCH]) };
 }
 
 impl<T> MessageCodec<T> {
@@ -347,6 +356,7 @@ impl<T> MessageCodec<T> {
     pub fn with_max(max: usize) -> Self {
         Self {
             frame: FrameCodec::with_max(max),
+            room: *ROOM.start(),
             _item: PhantomData,
         }
     }
@@ -373,6 +383,7 @@ impl<T: Message> Decoder for MessageCodec<T> {
     type Item = T;
     type Error = WireError;
 
+    #[inline(always)]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<T>, WireError> {
         // Decode the payload where it lies, then drop the frame: splitting
         // it off first (as `FrameCodec` does) costs two atomic refcount
@@ -380,20 +391,25 @@ impl<T: Message> Decoder for MessageCodec<T> {
         let Some(len) = self.frame.complete_frame(src)? else {
             return Ok(None);
         };
-        let payload = &src[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len];
-        let item = decode_payload(payload);
-        src.advance(FRAME_HEADER_LEN + len);
-        item.map(Some)
+        let end = FRAME_HEADER_LEN + len;
+        let decoded = decode_payload(&src[FRAME_HEADER_LEN..end]);
+        src.advance(end);
+        match decoded {
+            Ok((value, used)) if used == len => Ok(Some(value)),
+            Ok((_, used)) => Err(trailing(len - used)),
+            Err(e) => Err(undecodable(e)),
+        }
     }
 }
 
 impl<T: Message> Encoder<&T> for MessageCodec<T> {
     type Error = WireError;
 
+    #[inline(always)]
     fn encode(&mut self, item: &T, dst: &mut BytesMut) -> Result<(), WireError> {
         let max = self.max_frame();
         let at = FrameCodec::begin_in_place(dst);
-        if let Err(e) = encode_into(item, dst, max) {
+        if let Err(e) = encode_into(item, dst, max, &mut self.room) {
             dst.truncate(at);
             return Err(e);
         }

@@ -26,15 +26,8 @@ where
     /// The write thread: one cycle for everything queued, until closed.
     pub(super) fn run(&self) {
         loop {
-            let batch = {
-                let mut q = self.queue.lock();
-                while q.0.is_empty() && !q.1 {
-                    self.wake.wait(&mut q);
-                }
-                if q.0.is_empty() {
-                    return;
-                }
-                std::mem::take(&mut q.0)
+            let Some(batch) = self.queue.next() else {
+                return;
             };
             let (ops, slots): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let outcomes =

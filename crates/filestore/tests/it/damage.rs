@@ -118,6 +118,7 @@ fn a_hung_lock_holder_fails_the_write_after_the_lock_wait_naming_it() {
     let path = d.path().join("state.json");
     let config = StoreConfig {
         lock_wait: Duration::from_millis(200),
+        ..StoreConfig::default()
     };
     let store = Disk::open_configured(&path, DiskStorage, config).unwrap();
     store.put("before", cp(1)).wait().unwrap();

@@ -431,6 +431,91 @@ fn concurrent_puts_share_write_cycles() {
     }
 }
 
+fn staging(stage_wait: std::time::Duration) -> multinode_filestore::StoreConfig {
+    multinode_filestore::StoreConfig {
+        stage_wait,
+        ..Default::default()
+    }
+}
+
+/// Staged puts start no cycle: with a stage wait of an hour they wait,
+/// undone, until a put starts one; they ride on it (no more fsyncs than
+/// the put alone takes) and are durable when it is.
+#[test]
+fn staged_puts_ride_on_the_next_cycle() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (_d, path) = dir();
+    let disk = CountingDisk::default();
+    let hour = std::time::Duration::from_secs(3600);
+    let store = FileStore::<Cp, _>::open_configured(&path, disk.clone(), staging(hour)).unwrap();
+    store.put("warm", cp(1)).wait().unwrap();
+    let before = disk.0.load(Relaxed);
+    store.put("alone", cp(1)).wait().unwrap();
+    let one_put = disk.0.load(Relaxed) - before;
+    let staged: Vec<_> = (0..10)
+        .map(|i| store.stage(&format!("s{i}"), cp(2)))
+        .collect();
+    // Nothing but a cycle finishes them, and none comes in a while (a
+    // cycle takes milliseconds).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for p in staged {
+            let _ = tx.send(p.wait());
+        }
+    });
+    let early = rx.recv_timeout(std::time::Duration::from_millis(300));
+    assert!(
+        early.is_err(),
+        "a staged put finished without a cycle: {early:?}"
+    );
+    let before = disk.0.load(Relaxed);
+    store.put("now", cp(1)).wait().unwrap();
+    assert_eq!(
+        disk.0.load(Relaxed) - before,
+        one_put,
+        "staged puts took fsyncs of their own"
+    );
+    for _ in 0..10 {
+        let got = rx.recv_timeout(std::time::Duration::from_secs(30));
+        assert!(matches!(got, Ok(Ok(PutOutcome::Applied))), "{got:?}");
+    }
+    let fresh = Disk::open(&path).unwrap();
+    for i in 0..10 {
+        assert_eq!(seq(fresh.get(&format!("s{i}"))), Some(2));
+    }
+}
+
+/// With no other write, a staged put starts its own cycle once it has
+/// waited the stage wait; and the last handle's drop writes what is
+/// staged.
+#[test]
+fn a_staged_put_is_written_after_the_stage_wait_or_at_close() {
+    let (_d, path) = dir();
+    let store = Disk::open_configured(
+        &path,
+        DiskStorage,
+        staging(std::time::Duration::from_millis(20)),
+    )
+    .unwrap();
+    let pending = store.stage("waited", cp(1));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(pending.wait()));
+    let got = rx.recv_timeout(std::time::Duration::from_secs(30));
+    assert!(matches!(got, Ok(Ok(PutOutcome::Applied))), "{got:?}");
+    assert_eq!(seq(Disk::open(&path).unwrap().get("waited")), Some(1));
+
+    let store = Disk::open_configured(
+        &path,
+        DiskStorage,
+        staging(std::time::Duration::from_secs(3600)),
+    )
+    .unwrap();
+    let pending = store.stage("closed", cp(1));
+    drop(store);
+    assert!(matches!(pending.wait(), Ok(PutOutcome::Applied)));
+    assert_eq!(seq(Disk::open(&path).unwrap().get("closed")), Some(1));
+}
+
 #[test]
 fn get_and_keys_take_no_lock_and_do_no_io() {
     let (_d, path) = dir();

@@ -184,6 +184,52 @@ fn payload_len_matches_the_encoder() {
     }
 }
 
+/// A message that does not know its length: the codec guesses its room
+/// from the last one, so a run of sizes that jump up and down takes the
+/// guess that fits, the one that is too small, and the capped writer.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Unsized(#[serde(deserialize_with = "multinode_wire::bounded::string")] String);
+impl multinode_wire::Message for Unsized {}
+
+#[test]
+fn messages_of_unknown_length_encode_as_bincode_whatever_the_sizes_before() {
+    let sizes = proptest::collection::vec(
+        prop_oneof![0usize..40, 40usize..300, 300usize..100_000],
+        1..12,
+    );
+    run(
+        "messages_of_unknown_length_encode_as_bincode",
+        128,
+        sizes,
+        |sizes| {
+            let mut codec = MessageCodec::<Unsized>::new();
+            let mut wire = BytesMut::from(&b"lead"[..]);
+            let mut expected = b"lead".to_vec();
+            let sent: Vec<Unsized> = sizes.iter().map(|&n| Unsized("y".repeat(n))).collect();
+            for m in &sent {
+                codec
+                    .encode(m, &mut wire)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let plain = bincode::serde::encode_to_vec(m, bincode::config::standard())
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                expected.extend_from_slice(&(plain.len() as u32).to_be_bytes());
+                expected.extend_from_slice(&plain);
+            }
+            prop_assert!(wire[..] == expected[..], "the frames differ from bincode's");
+            let _ = wire.split_to(4);
+            let mut got = Vec::new();
+            while let Some(m) = codec
+                .decode(&mut wire)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?
+            {
+                got.push(m);
+            }
+            prop_assert_eq!(got, sent);
+            Ok(())
+        },
+    );
+}
+
 /// What the replica budgets for a sync besides its entries is never less
 /// than such a sync takes as a frame, at the widest of every field; and an
 /// LWW message's frame length is what the codec writes.
