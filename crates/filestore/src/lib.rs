@@ -1,11 +1,12 @@
 //! A crash-safe key-value state store shared by processes.
 //!
 //! - [`FileStore`]: a human-readable JSON snapshot (`<file>`) and a
-//!   checksummed append-only log (`<file>.log`). Every write cycle takes a
-//!   cross-process lock on a sidecar file that is never deleted, catches up
-//!   with other processes' writes, merges key by key with the value's
-//!   [`Merge`] rule, appends one line and fsyncs it before it
-//!   acknowledges. The log is folded into a new snapshot by the durable
+//!   checksummed append-only log (`<file>.log`, with room made ahead of
+//!   its lines so that writing one changes no file length). Every write
+//!   cycle takes a cross-process lock on a sidecar file that is never
+//!   deleted, catches up with other processes' writes, merges key by key
+//!   with the value's [`Merge`] rule, writes one line and fsyncs it before
+//!   it acknowledges. The log is folded into a new snapshot by the durable
 //!   replace (temp file, fsync, rename, fsync of the directory) once it
 //!   outgrows it. Writes queued together share one cycle.
 //! - [`StateStore`]: the interface. `get` and `keys` answer from memory;
@@ -36,7 +37,7 @@ mod store;
 pub use error::StoreError;
 pub use format::FORMAT_VERSION;
 pub use pending::Pending;
-pub use storage::{DiskStorage, FileVersion, SimStorage, Storage};
+pub use storage::{DiskStorage, FileSize, FileVersion, SimStorage, Storage};
 pub use store::{
     Checkpoint, DEFAULT_LOCK_WAIT, DEFAULT_STAGE_WAIT, FileStore, Merge, PutOutcome, StateStore,
     StoreConfig,

@@ -33,9 +33,20 @@ impl Slot {
     }
 }
 
+/// Who runs the cycle an operation is queued for.
+pub(crate) trait Runner: Send + Sync {
+    /// Runs a cycle for what is queued in the calling thread, if no cycle
+    /// runs now; whether it ran.
+    fn try_run(&self) -> bool;
+    /// Hands the cycle to the write thread.
+    fn wake(&self);
+}
+
 /// A store operation on its way to disk: `.await` it, or [`Pending::wait`]
-/// for it from blocking code. The operation is queued when this is made;
-/// dropping it does not cancel it.
+/// for it from blocking code. The operation is queued when this is made,
+/// in order; its cycle starts once it is awaited, waited for or dropped
+/// (or with a cycle another operation starts). Dropping it does not cancel
+/// it.
 #[must_use = "the outcome says whether the write is durable"]
 pub struct Pending<T> {
     state: State<T>,
@@ -43,7 +54,7 @@ pub struct Pending<T> {
 
 enum State<T> {
     Ready(Option<Result<T, StoreError>>),
-    Queued(Arc<Slot>, fn(PutOutcome) -> T),
+    Queued(Arc<Slot>, fn(PutOutcome) -> T, Option<Arc<dyn Runner>>),
 }
 
 impl<T> Unpin for Pending<T> {}
@@ -63,17 +74,34 @@ impl<T> Pending<T> {
         }
     }
 
-    pub(crate) fn queued(slot: Arc<Slot>, map: fn(PutOutcome) -> T) -> Self {
+    pub(crate) fn queued(
+        slot: Arc<Slot>,
+        map: fn(PutOutcome) -> T,
+        runner: Option<Arc<dyn Runner>>,
+    ) -> Self {
         Self {
-            state: State::Queued(slot, map),
+            state: State::Queued(slot, map, runner),
         }
     }
 
     /// Blocks the thread until the operation is durable or has failed.
-    pub fn wait(self) -> Result<T, StoreError> {
-        match self.state {
+    ///
+    /// If no write cycle runs when it is called, the calling thread runs
+    /// the cycle for what is queued (its own operation among them) rather
+    /// than hand it to the write thread and wait to be woken: one put at a
+    /// time then costs no switch between threads.
+    pub fn wait(mut self) -> Result<T, StoreError> {
+        match std::mem::replace(&mut self.state, State::Ready(None)) {
             State::Ready(r) => r.unwrap_or(Err(StoreError::Polled)),
-            State::Queued(slot, map) => {
+            State::Queued(slot, map, runner) => {
+                if let Some(runner) = runner {
+                    // A turn that ran took this operation, which was queued
+                    // before it: it is done. One that could not run leaves
+                    // it to the write thread.
+                    if slot.state.lock().0.is_none() && !runner.try_run() {
+                        runner.wake();
+                    }
+                }
                 let mut s = slot.state.lock();
                 loop {
                     if let Some(o) = s.0.take() {
@@ -86,6 +114,15 @@ impl<T> Pending<T> {
     }
 }
 
+impl<T> Drop for Pending<T> {
+    fn drop(&mut self) {
+        // Not awaited, nor waited for: the write thread writes it.
+        if let State::Queued(_, _, Some(runner)) = &self.state {
+            runner.wake();
+        }
+    }
+}
+
 impl<T> Future for Pending<T> {
     type Output = Result<T, StoreError>;
 
@@ -93,7 +130,11 @@ impl<T> Future for Pending<T> {
         let this = self.get_mut();
         let done = match &mut this.state {
             State::Ready(r) => r.take().unwrap_or(Err(StoreError::Polled)),
-            State::Queued(slot, map) => {
+            State::Queued(slot, map, runner) => {
+                // Awaited: the write thread runs the cycle.
+                if let Some(runner) = runner.take() {
+                    runner.wake();
+                }
                 let mut s = slot.state.lock();
                 match s.0.take() {
                     Some(o) => o.map(*map),

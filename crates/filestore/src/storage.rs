@@ -27,10 +27,27 @@ pub trait Storage: Send + Sync + 'static {
     /// Which version of `path` is there now, or `None` if it does not
     /// exist: cheap (a `stat`), and different after any replace or write.
     fn version(&self, path: &Path) -> io::Result<Option<FileVersion>>;
+    /// Which file is at `path` and how long it is, or `None` if it does
+    /// not exist: [`Storage::version`] without the change time, for a file
+    /// that is written in place. Asking for a file's change time can cost
+    /// its next write: Linux (6.13 on) then stamps that write with a
+    /// fine-grained time, and the fsync after it has an inode to write too.
+    fn size(&self, path: &Path) -> io::Result<Option<FileSize>> {
+        Ok(self.version(path)?.map(|v| FileSize {
+            device: v.device,
+            inode: v.inode,
+            len: v.len,
+        }))
+    }
     /// Creates or truncates `path` and writes `data` (not yet durable).
     fn write(&self, path: &Path, data: &[u8]) -> io::Result<()>;
-    /// Appends `data` to `path`, creating it if missing (not yet durable).
-    fn append(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Up to `len` bytes of the file from byte `offset` on (empty past the
+    /// end), or `None` if it does not exist.
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>>;
+    /// Writes `data` into the existing file `path` at byte `offset`, over
+    /// what is there and past its end if it reaches further (not yet
+    /// durable). A gap before `offset` reads as zeros.
+    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Cuts `path` to `len` bytes (not yet durable).
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     /// Makes `path`'s contents durable (fsync).
@@ -62,6 +79,17 @@ pub struct FileVersion {
     pub len: u64,
     /// When its contents or metadata last changed, in nanoseconds.
     pub changed_ns: i128,
+}
+
+/// Which file is at a path (device and inode) and its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileSize {
+    /// The device the file is on.
+    pub device: u64,
+    /// The file's inode number.
+    pub inode: u64,
+    /// Its length in bytes.
+    pub len: u64,
 }
 
 /// The real disk: `std::fs`, files made durable by `fdatasync`
@@ -120,13 +148,39 @@ impl Storage for DiskStorage {
         Ok(Some(v))
     }
 
+    #[cfg(target_os = "linux")]
+    fn size(&self, path: &Path) -> io::Result<Option<FileSize>> {
+        use rustix::fs::{AtFlags, CWD, StatxFlags, makedev, statx};
+        let want = StatxFlags::INO | StatxFlags::SIZE;
+        let Some(x) = found(statx(CWD, path, AtFlags::empty(), want).map_err(io::Error::from))?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(FileSize {
+            device: makedev(x.stx_dev_major, x.stx_dev_minor),
+            inode: x.stx_ino,
+            len: x.stx_size,
+        }))
+    }
+
     fn write(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let mut f = File::create(path)?;
         f.write_all(data)
     }
 
-    fn append(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+        let Some(mut f) = found(File::open(path))? else {
+            return Ok(None);
+        };
+        f.seek(SeekFrom::Start(offset))?;
+        let mut out = Vec::with_capacity(len.min(64 * 1024));
+        f.take(len as u64).read_to_end(&mut out)?;
+        Ok(Some(out))
+    }
+
+    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut f = OpenOptions::new().write(true).open(path)?;
+        f.seek(SeekFrom::Start(offset))?;
         f.write_all(data)
     }
 
@@ -287,27 +341,41 @@ impl SimStorage {
 
     /// Loses power, but a file whose unsynced contents extend its synced
     /// ones keeps up to `torn` bytes of the extension, as a half-finished
-    /// append would.
+    /// append would. Writing over zeros at the end of a file counts as an
+    /// extension (an append into room made for it); any other unsynced
+    /// change is lost whole.
     pub fn power_cut_keeping(&self, torn: usize) {
         let mut d = self.disk.lock();
         d.names = d.durable_names.clone();
         let live: Vec<u64> = d.names.values().copied().collect();
         d.inodes.retain(|ino, _| live.contains(ino));
         for f in d.inodes.values_mut() {
-            let keep = if f.now.starts_with(&f.synced) {
-                f.synced.len().saturating_add(torn).min(f.now.len())
-            } else {
-                0
-            };
-            f.now = if keep > 0 {
-                f.now[..keep].to_vec()
-            } else {
-                f.synced.clone()
-            };
+            f.now = torn_write(&f.synced, &f.now, torn);
             f.changes += 1;
         }
         d.fail_from = None;
     }
+}
+
+/// What a power cut leaves of a file that was `synced` and is `now`:
+/// `synced`, but where `now` only extends it (past its end, or over zeros
+/// at its end), with up to `torn` bytes of the extension.
+fn torn_write(synced: &[u8], now: &[u8], torn: usize) -> Vec<u8> {
+    let Some(from) = (0..now.len()).find(|&i| synced.get(i) != Some(&now[i])) else {
+        return synced.to_vec();
+    };
+    let extends =
+        now.len() >= synced.len() && synced[from.min(synced.len())..].iter().all(|&b| b == 0);
+    if torn == 0 || !extends {
+        return synced.to_vec();
+    }
+    let to = from.saturating_add(torn).min(now.len());
+    let mut kept = synced.to_vec();
+    if kept.len() < to {
+        kept.resize(to, 0);
+    }
+    kept[from..to].copy_from_slice(&now[from..to]);
+    kept
 }
 
 impl SimStorage {
@@ -356,10 +424,25 @@ impl Storage for SimStorage {
         Ok(())
     }
 
-    fn append(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.lookup(path)?.map(|(_, f)| {
+            let from = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(f.now.len());
+            f.now[from..from.saturating_add(len).min(f.now.len())].to_vec()
+        }))
+    }
+
+    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut d = self.disk.lock();
         d.step()?;
-        d.create(path).now.extend_from_slice(data);
+        let f = d.file(path)?;
+        let at = usize::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let end = at + data.len();
+        if f.now.len() < end {
+            f.now.resize(end, 0);
+        }
+        f.now[at..end].copy_from_slice(data);
         Ok(())
     }
 

@@ -116,8 +116,10 @@ enum LogState {
     /// A log of an older generation (a compaction's leftover): ignored,
     /// replaced by the next write.
     Stale((u64, u64)),
-    /// The live log (device, inode) and where its intact lines end.
-    Live((u64, u64), u64),
+    /// The live log (device, inode), where its intact lines end (where
+    /// the next line goes), and its length as last seen: the zeros between
+    /// the two are room made for lines to come.
+    Live((u64, u64), u64, u64),
 }
 
 /// What the writer knows of the files, under the cross-process lock.
@@ -156,6 +158,23 @@ struct Inner<V, S> {
     poisoned: AtomicBool,
     temps: AtomicU64,
     queue: queue::Queue<Queued<V>>,
+    /// Held by whoever runs a cycle: the write thread, or a thread that
+    /// waits for its own put.
+    turn: Mutex<()>,
+}
+
+impl<V, S> crate::pending::Runner for Inner<V, S>
+where
+    V: Merge + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    S: Storage,
+{
+    fn try_run(&self) -> bool {
+        self.try_turn()
+    }
+
+    fn wake(&self) {
+        self.queue.wake();
+    }
 }
 
 struct Handle<V, S> {
@@ -183,7 +202,9 @@ impl<V, S> Drop for Handle<V, S> {
 /// it, and only then acknowledges. When the log outgrows the snapshot it is
 /// folded into a new one by the durable replace (temp file, fsync, rename,
 /// fsync of the directory). Operations queued while a cycle runs share the
-/// next one (group commit), on one write thread per opened store. An fsync
+/// next one (group commit). Cycles run on one write thread per opened
+/// store, or on a thread that blocks in [`Pending::wait`] while no cycle
+/// runs (one put at a time then costs no switch between threads). An fsync
 /// error fails the cycle and poisons the handle: it never retries and
 /// acknowledges.
 ///
@@ -277,6 +298,7 @@ where
             poisoned: AtomicBool::new(false),
             temps: AtomicU64::new(0),
             queue: queue::Queue::new(config.stage_wait),
+            turn: Mutex::new(()),
         });
         let mut result = Ok(());
         inner.locked(&mut || {
@@ -353,7 +375,11 @@ where
         }
         let slot = Arc::new(Slot::default());
         inner.queue.push((op, Arc::clone(&slot)), staged);
-        Pending::queued(slot, map)
+        // A thread that waits for the outcome runs the cycle itself if it
+        // can; otherwise the pending wakes the write thread when it is
+        // awaited or dropped. A staged operation waits for another's cycle.
+        let runner = (!staged).then(|| Arc::clone(inner) as Arc<dyn crate::pending::Runner>);
+        Pending::queued(slot, map, runner)
     }
 
     /// A put of `value` at `key`, under the key's epoch as this handle

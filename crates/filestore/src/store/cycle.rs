@@ -25,28 +25,48 @@ where
 {
     /// The write thread: one cycle for everything queued, until closed.
     pub(super) fn run(&self) {
-        loop {
-            let Some(batch) = self.queue.next() else {
-                return;
-            };
-            let (ops, slots): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let outcomes =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.cycle(ops)))
-                    .unwrap_or_else(|_| {
-                        self.poisoned.store(true, Ordering::Release);
-                        Err(StoreError::Poisoned)
-                    });
-            match outcomes {
-                Ok(list) => {
-                    for (slot, o) in slots.iter().zip(list) {
-                        slot.complete(Ok(o));
-                    }
+        while self.queue.wait_due() {
+            self.take_turn();
+        }
+    }
+
+    /// Runs one cycle for everything queued, if anything is. Cycles take
+    /// turns: the write thread's, and those of threads that wait for their
+    /// own puts and run them rather than wait for the write thread.
+    pub(super) fn take_turn(&self) {
+        let _turn = self.turn.lock();
+        self.run_queued();
+    }
+
+    /// [`Inner::take_turn`], if no cycle runs now; whether it ran.
+    pub(super) fn try_turn(&self) -> bool {
+        let Some(_turn) = self.turn.try_lock() else {
+            return false;
+        };
+        self.run_queued();
+        true
+    }
+
+    fn run_queued(&self) {
+        let Some(batch) = self.queue.take() else {
+            return;
+        };
+        let (ops, slots): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let outcomes = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.cycle(ops)))
+            .unwrap_or_else(|_| {
+                self.poisoned.store(true, Ordering::Release);
+                Err(StoreError::Poisoned)
+            });
+        match outcomes {
+            Ok(list) => {
+                for (slot, o) in slots.iter().zip(list) {
+                    slot.complete(Ok(o));
                 }
-                Err(e) => {
-                    let e = Arc::new(e);
-                    for slot in &slots {
-                        slot.complete(Err(StoreError::Batch(Arc::clone(&e))));
-                    }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for slot in &slots {
+                    slot.complete(Err(StoreError::Batch(Arc::clone(&e))));
                 }
             }
         }
@@ -156,17 +176,12 @@ where
         if !t.valid || snapshot != t.snapshot {
             return self.reload(t);
         }
-        let log = s.version(&self.log_path).map_err(at(&self.log_path))?;
+        let log = s.size(&self.log_path).map_err(at(&self.log_path))?;
         let id = log.map(|v| (v.device, v.inode));
         match (t.log, log) {
             (LogState::Missing, None) => Ok(Delta::Keys(Vec::new())),
             (LogState::Stale(was), Some(_)) if Some(was) == id => Ok(Delta::Keys(Vec::new())),
-            // Torn bytes are only ever cut past an intact line, so a log of
-            // the same file and length has no line this handle has not read.
-            (LogState::Live(was, end), Some(v)) if Some(was) == id && v.len == end => {
-                Ok(Delta::Keys(Vec::new()))
-            }
-            (LogState::Live(was, end), Some(v)) if Some(was) == id && v.len < end => Err(self
+            (LogState::Live(was, end, _), Some(v)) if Some(was) == id && v.len < end => Err(self
                 .damaged(
                     &self.log_path,
                     format!(
@@ -180,17 +195,28 @@ where
             (LogState::Live(..), None) => {
                 Err(self.damaged(&self.log_path, "the live log was deleted"))
             }
-            (LogState::Live(was, _), Some(_)) if Some(was) != id => {
+            (LogState::Live(was, ..), Some(_)) if Some(was) != id => {
                 Err(self.damaged(&self.log_path, "the live log was replaced by another file"))
             }
-            (LogState::Live(was, end), Some(v)) if Some(was) == id && v.len > end => {
+            (LogState::Live(was, end, _), Some(v)) if Some(was) == id => {
+                // Lines are written where the last one ends, into zeros: a
+                // zero (or the end of the file) there means no other
+                // writer has written a line since this handle read.
+                let first = s
+                    .read_at(&self.log_path, end, 1)
+                    .map_err(at(&self.log_path))?
+                    .unwrap_or_default();
+                if first.first().is_none_or(|&b| b == 0) {
+                    t.log = LogState::Live(was, end, v.len);
+                    return Ok(Delta::Keys(Vec::new()));
+                }
                 let tail = s
                     .read_from(&self.log_path, end)
                     .map_err(at(&self.log_path))?
                     .unwrap_or_default();
                 let mut keys = Vec::new();
-                let good = self.replay(&mut t.entries, &tail, end, &mut keys)?;
-                t.log = LogState::Live(was, end + good);
+                let (good, len) = self.replay(&mut t.entries, &tail, end, &mut keys)?;
+                t.log = LogState::Live(was, end + good, len);
                 if !keys.is_empty() {
                     t.durable = false;
                 }
@@ -200,15 +226,16 @@ where
         }
     }
 
-    /// Applies the intact records in `tail` (the log from byte `at` on),
-    /// cuts a torn tail, and returns how many bytes were intact.
+    /// Applies the intact records in `tail` (the log from byte `from`
+    /// on), cuts a torn tail, and returns how many bytes were intact and
+    /// how long the log is now.
     fn replay(
         &self,
         entries: &mut Entries<V>,
         tail: &[u8],
         from: u64,
         keys: &mut Vec<String>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, u64), StoreError> {
         let lines = log::split(tail).map_err(|e| self.corrupt(&self.log_path, e))?;
         for line in &lines.lines {
             let rec: LogRecord<Entries<V>> = self.parse_record(line)?;
@@ -223,8 +250,9 @@ where
             s.truncate(&self.log_path, from + good)
                 .map_err(at(&self.log_path))?;
             s.sync_file(&self.log_path).map_err(at(&self.log_path))?;
+            return Ok((good, from + good));
         }
-        Ok(good)
+        Ok((good, from + tail.len() as u64))
     }
 
     fn parse_record(&self, line: &[u8]) -> Result<LogRecord<Entries<V>>, StoreError> {
@@ -243,7 +271,7 @@ where
                 (snap.entries, snap.generation, bytes.len() as u64)
             }
         };
-        let log = s.version(&self.log_path).map_err(at(&self.log_path))?;
+        let log = s.size(&self.log_path).map_err(at(&self.log_path))?;
         let state = match (log, s.read(&self.log_path).map_err(at(&self.log_path))?) {
             (Some(v), Some(bytes)) => {
                 let id = (v.device, v.inode);
@@ -259,13 +287,13 @@ where
                         } else {
                             let head = first.len() as u64 + 10;
                             let mut keys = Vec::new();
-                            let good = self.replay(
+                            let (good, len) = self.replay(
                                 &mut entries,
                                 &bytes[head as usize..],
                                 head,
                                 &mut keys,
                             )?;
-                            LogState::Live(id, head + good)
+                            LogState::Live(id, head + good, len)
                         }
                     }
                 }
@@ -396,25 +424,33 @@ where
             }
             return Ok(());
         }
-        let (id, end) = match t.log {
-            LogState::Live(id, end) => (id, end),
+        let (id, end, len) = match t.log {
+            LogState::Live(id, end, len) => (id, end, len),
             _ => self.new_log(t)?,
         };
         let json = serde_json::to_vec(&LogRecord { set: record }).map_err(encode)?;
-        let line = log::encode_line(&json);
-        s.append(&self.log_path, &line)
+        let mut line = log::encode_line(&json);
+        let line_len = line.len() as u64;
+        // Into the room after the last line; when it is used up, the line
+        // comes with new room, so that most writes change no length and
+        // their fsync has no metadata to commit.
+        if end + line_len > len {
+            line.resize((line_len + log::room_after(end + line_len)) as usize, 0);
+        }
+        s.write_at(&self.log_path, end, &line)
             .map_err(at(&self.log_path))?;
         s.sync_file(&self.log_path).map_err(at(&self.log_path))?;
-        let end = end + line.len() as u64;
-        // The append went to whatever file is at the path now: make sure it
+        let len = len.max(end + line.len() as u64);
+        let end = end + line_len;
+        // The write went to whatever file is at the path now: make sure it
         // is still the log we know, whole, before acknowledging.
-        match s.version(&self.log_path).map_err(at(&self.log_path))? {
-            Some(v) if (v.device, v.inode) == id && v.len == end => {}
+        match s.size(&self.log_path).map_err(at(&self.log_path))? {
+            Some(v) if (v.device, v.inode) == id && v.len == len => {}
             Some(v) if (v.device, v.inode) == id => {
                 return Err(self.damaged(
                     &self.log_path,
                     format!(
-                        "it is {} bytes after an append that should end at {end}",
+                        "it is {} bytes after a write that should leave it {len}",
                         v.len
                     ),
                 ));
@@ -422,11 +458,11 @@ where
             _ => {
                 return Err(self.damaged(
                     &self.log_path,
-                    "the live log was deleted or replaced during an append",
+                    "the live log was deleted or replaced during a write",
                 ));
             }
         }
-        t.log = LogState::Live(id, end);
+        t.log = LogState::Live(id, end, len);
         if !t.durable {
             // Earlier lines read this cycle may be another writer's that
             // died before its fsync; the file's fsync covered them, but a
@@ -462,7 +498,7 @@ where
         Ok(())
     }
 
-    fn new_log(&self, t: &mut Tracked<V>) -> Result<((u64, u64), u64), StoreError> {
+    fn new_log(&self, t: &mut Tracked<V>) -> Result<((u64, u64), u64, u64), StoreError> {
         let header = LogHeader {
             log: FORMAT_VERSION,
             generation: t.generation,
@@ -471,11 +507,11 @@ where
         self.replace(&self.log_path, &line)?;
         let v = self
             .storage
-            .version(&self.log_path)
+            .size(&self.log_path)
             .map_err(at(&self.log_path))?
             .ok_or_else(|| StoreError::io(&self.log_path, io::ErrorKind::NotFound.into()))?;
-        let pos = ((v.device, v.inode), line.len() as u64);
-        t.log = LogState::Live(pos.0, pos.1);
+        let pos = ((v.device, v.inode), line.len() as u64, v.len);
+        t.log = LogState::Live(pos.0, pos.1, pos.2);
         if t.marker < t.generation {
             self.write_marker(t.generation)?;
             t.marker = t.generation;

@@ -38,21 +38,26 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Queues `op`: for the next cycle, started now, or, `staged`, started
-    /// by another operation or once it has waited the stage wait.
+    /// Queues `op` for the next cycle: one due now (whoever runs it: the
+    /// write thread once [`Queue::wake`] is called, or the thread waiting
+    /// for it), or, `staged`, one started by another operation or once it
+    /// has waited the stage wait.
     pub(super) fn push(&self, op: T, staged: bool) {
         let mut s = self.state.lock();
         s.ops.push(op);
         if !staged {
             s.urgent = true;
-            drop(s);
-            self.wake.notify_one();
         } else if s.staged_since.is_none() {
             s.staged_since = Some(Instant::now());
             drop(s);
             // The thread may be waiting with no deadline.
             self.wake.notify_one();
         }
+    }
+
+    /// Wakes the write thread for a cycle that is due.
+    pub(super) fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// Closes the queue: [`Queue::next`] hands out what is left, then
@@ -62,30 +67,34 @@ impl<T> Queue<T> {
         self.wake.notify_all();
     }
 
-    /// Blocks until a cycle is due, and returns everything queued for it;
-    /// `None` once closed and empty.
-    pub(super) fn next(&self) -> Option<Vec<T>> {
+    /// Blocks until a cycle is due; `false` once closed and empty.
+    pub(super) fn wait_due(&self) -> bool {
         let mut s = self.state.lock();
         loop {
             if s.urgent || s.closed {
-                break;
+                return !s.ops.is_empty() || !s.closed;
             }
             match s.staged_since {
                 None => self.wake.wait(&mut s),
                 Some(since) => {
                     let due = since + self.stage_wait;
                     if Instant::now() >= due {
-                        break;
+                        return true;
                     }
                     self.wake.wait_until(&mut s, due);
                 }
             }
         }
+    }
+
+    /// Everything queued, for one cycle; `None` if nothing is.
+    pub(super) fn take(&self) -> Option<Vec<T>> {
+        let mut s = self.state.lock();
+        s.urgent = false;
+        s.staged_since = None;
         if s.ops.is_empty() {
             return None;
         }
-        s.urgent = false;
-        s.staged_since = None;
         Some(std::mem::take(&mut s.ops))
     }
 }
