@@ -129,6 +129,10 @@ pub struct Controller {
     tasks: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// The accept queue a controller asks for (the kernel caps it at
+/// `net.core.somaxconn`, 4,096 by default).
+const ACCEPT_BACKLOG: i32 = 4096;
+
 impl Controller {
     /// Binds `addr` (use `127.0.0.1:0` for an ephemeral loopback port) and
     /// starts serving.
@@ -161,6 +165,10 @@ impl Controller {
         conductor: Option<Arc<dyn Conductor>>,
     ) -> io::Result<Self> {
         let addr = listener.local_addr()?;
+        // Every member connects at once: with the usual backlog of 128,
+        // the kernel drops the SYNs past it and those members retry a
+        // second later, then three, so the join grew faster than N.
+        socket2::SockRef::from(&listener).listen(ACCEPT_BACKLOG)?;
         let inner = Arc::new(Inner {
             shared: Mutex::new(Shared {
                 core: Core::new(config),

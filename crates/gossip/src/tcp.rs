@@ -13,6 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use multinode_wire::{ClusterFrame, ClusterId, DEFAULT_MAX_FRAME, Hello, NodeId, Secret};
 use parking_lot::{Mutex, RwLock};
 use tokio::net::{TcpListener, TcpStream};
+
+/// The accept queue the transport asks for (the kernel caps it at
+/// `net.core.somaxconn`).
+const ACCEPT_BACKLOG: i32 = 4096;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -208,6 +212,15 @@ impl TcpTransport {
                     addr: config.bind,
                     source,
                 })?;
+        // Peers dial on demand, many at once after a join: room for them
+        // in the accept queue (the usual 128 drops SYNs past it, and a
+        // dropped dial waits a second to retry).
+        socket2::SockRef::from(&listener)
+            .listen(ACCEPT_BACKLOG)
+            .map_err(|source| GossipError::Bind {
+                addr: config.bind,
+                source,
+            })?;
         let local_addr = listener.local_addr().map_err(|source| GossipError::Bind {
             addr: config.bind,
             source,
