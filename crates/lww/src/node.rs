@@ -181,14 +181,14 @@ fn wall_ms() -> u64 {
 }
 
 /// A write prepared in the replica and not yet committed: abandoned if it
-/// is dropped first (its store put failed, or its future was dropped), so
-/// the replica does not wait for it for ever.
-struct Prepared<'a, T> {
+/// is dropped first (its store put failed, or its future was dropped,
+/// polled or not), so the replica does not wait for it for ever.
+struct Prepared<T> {
     entry: Option<LwwEntry>,
-    shared: &'a Shared<T>,
+    shared: Arc<Shared<T>>,
 }
 
-impl<T> Prepared<'_, T> {
+impl<T> Prepared<T> {
     /// Applies the write to the replica, and tells the change listeners.
     fn commit(mut self) -> LwwEntry {
         let e = self.entry.take().expect("committed once");
@@ -199,7 +199,7 @@ impl<T> Prepared<'_, T> {
     }
 }
 
-impl<T> Drop for Prepared<'_, T> {
+impl<T> Drop for Prepared<T> {
     fn drop(&mut self) {
         if let Some(e) = &self.entry {
             self.shared.replica.lock().abandon(e);
@@ -329,11 +329,12 @@ impl<T: GossipTransport + 'static> LwwNode<T> {
             )),
             _ => None,
         };
+        let prepared = prepared.map(|e| Prepared {
+            entry: Some(e),
+            shared: s,
+        });
         async move {
-            let prepared = Prepared {
-                entry: Some(prepared?),
-                shared: &s,
-            };
+            let prepared = prepared?;
             if let Some(put) = put
                 && let Err(err) = put.await
             {

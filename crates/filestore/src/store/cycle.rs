@@ -201,7 +201,10 @@ where
             (LogState::Live(was, end, _), Some(v)) if Some(was) == id => {
                 // Lines are written where the last one ends, into zeros: a
                 // zero (or the end of the file) there means no other
-                // writer has written a line since this handle read.
+                // writer has written a line since this handle read. A
+                // writer killed mid-write leaves a prefix of its line, so
+                // a first byte; only a power cut leaves holes, and after
+                // one every handle starts over with a full read.
                 let first = s
                     .read_at(&self.log_path, end, 1)
                     .map_err(at(&self.log_path))?

@@ -112,3 +112,29 @@ async fn acknowledged_writes_survive_a_restart_from_the_data_directory() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A write takes its version when `set` is called; a write whose future is
+/// dropped, even before it is first polled, is abandoned, so the node's
+/// watermark for itself does not stay below it and later writes still go
+/// out as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_dropped_before_it_is_polled_does_not_hold_the_watermark_back() {
+    let net = InProcessNetwork::new(2);
+    let nodes = [node(&net, 0, None).await, node(&net, 1, None).await];
+    nodes[0].add_peer(NodeId(1));
+    nodes[1].add_peer(NodeId(0));
+    let me = NodeId(0);
+    eventually(10, "node 0 to settle", || {
+        nodes[0].with_replica(|r| !r.is_resyncing())
+    })
+    .await;
+    let first = nodes[0].set("first", "1");
+    let second = nodes[0].set("second", "2");
+    drop(first);
+    let v = second.await.expect("second write");
+    eventually(10, "node 0's watermark to reach its last write", || {
+        nodes[0].with_replica(|r| r.watermark(me).is_some_and(|w| w >= v))
+    })
+    .await;
+    assert_eq!(nodes[0].get("first"), None, "a dropped write was applied");
+}
