@@ -13,8 +13,8 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
 use multinode_barrier::{BarrierError, BarrierNode, ENV_ADDR, env_identity, env_index};
 use multinode_gossip::{GossipTransport, TcpTransport, TcpTransportConfig};
-use multinode_lww::{Fanout, Inbox, LwwNode, NodeConfig, ReplicaConfig};
-use multinode_wire::{ClusterId, LwwEntry, NodeId};
+use multinode_lww::{Fanout, Inbox, LwwError, LwwNode, NodeConfig, ReplicaConfig};
+use multinode_wire::{ClusterId, LwwEntry, NodeId, Timestamp};
 use tokio::io::{AsyncWriteExt, Stdout};
 use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 
@@ -95,6 +95,18 @@ type Node = LwwNode<Faulty<TcpTransport>>;
 
 /// How many control-line writes a node runs at once.
 const PIPELINE: usize = 64;
+
+/// A write's answer line, once it is done: `OK <version>` or `ERR <why>`.
+fn written(
+    write: impl Future<Output = Result<Timestamp, LwwError>> + Send + 'static,
+) -> BoxFuture<'static, String> {
+    Box::pin(async move {
+        match write.await {
+            Ok(version) => format!("OK {version}"),
+            Err(e) => format!("ERR {}", crate::error_line(&e.into())),
+        }
+    })
+}
 
 struct Proc {
     node: Node,
@@ -254,40 +266,33 @@ impl Proc {
                 next = lines.next(), if writes.len() < PIPELINE => next,
                 why = &mut stop => return Ok(why),
             };
-            let write: Option<BoxFuture<'static, _>> = match &next {
-                Some(Ok(Ok(line))) => match line.parse::<Command>() {
-                    Ok(Command::Set(key, value)) => Some(Box::pin(self.node.set(&key, value))),
-                    Ok(Command::Del(key)) => Some(Box::pin(self.node.delete(&key))),
-                    _ => None,
-                },
-                _ => None,
+            let line = match next {
+                None => Err(None),
+                Some(Ok(Ok(line))) => Ok(line),
+                Some(Ok(Err(problem))) => Err(Some(format!("ERR {problem}"))),
+                Some(Err(e)) => bail!("control input failed: {e}"),
             };
-            if let Some(write) = write {
-                writes.push_back(Box::pin(async move {
-                    match write.await {
-                        Ok(version) => format!("OK {version}"),
-                        Err(e) => format!("ERR {}", crate::error_line(&e.into())),
-                    }
-                }));
-                continue;
-            }
+            let cmd = line.map(|l| l.parse::<Command>().map_err(|e| format!("ERR {e}")));
+            let cmd = match cmd {
+                Ok(Ok(Command::Set(key, value))) => {
+                    writes.push_back(written(self.node.set(&key, value)));
+                    continue;
+                }
+                Ok(Ok(Command::Del(key))) => {
+                    writes.push_back(written(self.node.delete(&key)));
+                    continue;
+                }
+                other => other,
+            };
             // Anything else is answered after the writes before it.
             while let Some(answer) = writes.next().await {
                 self.reply(&answer).await?;
             }
-            let line = match next {
-                None => return Ok("end of input"),
-                Some(Ok(Ok(line))) => line,
-                Some(Ok(Err(problem))) => {
-                    self.reply(&format!("ERR {problem}")).await?;
-                    continue;
-                }
-                Some(Err(e)) => bail!("control input failed: {e}"),
-            };
-            let cmd = match line.parse::<Command>() {
-                Ok(cmd) => cmd,
-                Err(e) => {
-                    self.reply(&format!("ERR {e}")).await?;
+            let cmd = match cmd {
+                Err(None) => return Ok("end of input"),
+                Ok(Ok(cmd)) => cmd,
+                Err(Some(refused)) | Ok(Err(refused)) => {
+                    self.reply(&refused).await?;
                     continue;
                 }
             };
@@ -307,8 +312,8 @@ impl Proc {
         let node = &self.node;
         Ok(match cmd {
             Command::Ping => "PONG".into(),
-            Command::Set(key, value) => format!("OK {}", node.set(&key, value).await?),
-            Command::Del(key) => format!("OK {}", node.delete(&key).await?),
+            Command::Set(key, value) => written(node.set(&key, value)).await,
+            Command::Del(key) => written(node.delete(&key)).await,
             Command::Get(key) => match node.with_replica(|r| r.entry(&key).cloned()) {
                 None => "NONE".into(),
                 Some(LwwEntry {

@@ -34,7 +34,9 @@ pub(crate) fn encode_into<T: Message>(
     if let Some(len) = item.exact_len() {
         return encode_exact(item, len, dst, max);
     }
-    if let Some(n) = encode_in_room(item, dst, (*room).min(max)) {
+    if *room > 0
+        && let Some(n) = encode_in_room(item, dst, (*room).min(max))
+    {
         *room = room_for(n);
         return Ok(());
     }
@@ -48,9 +50,15 @@ pub(crate) fn encode_into<T: Message>(
 const ROOM: std::ops::RangeInclusive<usize> = 32..=64 * 1024;
 
 /// The room to zero for the next message after one of `n` bytes: half as
-/// much again, so that messages of about one size fit at the first try.
+/// much again, so that messages of about one size fit at the first try;
+/// none after one larger than the largest guess, so that a run of large
+/// messages goes straight to the capped writer, not through a failed try
+/// each.
 #[inline]
 fn room_for(n: usize) -> usize {
+    if n > *ROOM.end() {
+        return 0;
+    }
     (n + n / 2).clamp(*ROOM.start(), *ROOM.end())
 }
 
@@ -341,7 +349,8 @@ impl crate::LwwMessage {
 #[derive(Debug)]
 pub struct MessageCodec<T> {
     frame: FrameCodec,
-    /// How many bytes to zero for the next payload of unknown length.
+    /// How many bytes to zero for the next payload of unknown length (0:
+    /// the last was too large to guess; take the capped writer).
     room: usize,
     _item: PhantomData<fn() -> T>,
 }

@@ -60,8 +60,8 @@ impl<T> Queue<T> {
         self.wake.notify_one();
     }
 
-    /// Closes the queue: [`Queue::next`] hands out what is left, then
-    /// `None`.
+    /// Closes the queue: [`Queue::wait_due`] reports a cycle due until
+    /// what is left is taken, then `false`.
     pub(super) fn close(&self) {
         self.state.lock().closed = true;
         self.wake.notify_all();
@@ -72,7 +72,7 @@ impl<T> Queue<T> {
         let mut s = self.state.lock();
         loop {
             if s.urgent || s.closed {
-                return !s.ops.is_empty() || !s.closed;
+                return !(s.closed && s.ops.is_empty());
             }
             match s.staged_since {
                 None => self.wake.wait(&mut s),
