@@ -4,18 +4,22 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
+use bytes::BytesMut;
 use multinode_wire::{
-    CHALLENGE_LEN, ClusterFrame, Exchange, Hello, MessageCodec, NodeId, Proof, Secret, Session,
-    WireError,
+    CHALLENGE_LEN, ClusterFrame, Exchange, Hello, Message, MessageCodec, NodeId, Proof, Secret,
+    Session, WireError,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Decoder, Encoder};
 
 /// The read buffer a connection has until its handshake is done: enough for
 /// the handshake frames, so a flood of connections that never complete one
 /// costs little memory.
 const HANDSHAKE_BUF: usize = 512;
+
+/// The room a handshake read is offered at least.
+const READ_MIN: usize = 128;
 
 /// Why a connection attempt or a handshake failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,9 +64,44 @@ pub(crate) struct Shaken {
     pub(crate) clock_offset_ms: i64,
 }
 
-/// The stream after a handshake, which may already hold frames the peer
-/// sent after it.
-pub(crate) type Conn = Framed<TcpStream, MessageCodec<ClusterFrame>>;
+/// The stream after a handshake, and what was read past the handshake's
+/// frames (frames the peer sent right after it).
+pub(crate) struct Conn {
+    pub(crate) io: TcpStream,
+    /// Bytes read and not yet decoded: a small buffer, not a streaming
+    /// one, so a connection that has just shaken hands costs little.
+    pub(crate) read_buf: BytesMut,
+    /// The cluster frame codec, with the frame cap in force.
+    pub(crate) codec: MessageCodec<ClusterFrame>,
+}
+
+/// Reads one `T` of at most `max` bytes from `io`, buffering in `buf`.
+async fn read_one<T: Message>(
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<T, DialError> {
+    let mut codec = MessageCodec::<T>::with_max(max);
+    // Bounded: every read adds at least a byte, and a frame past `max`
+    // fails to decode, so a frame is complete or refused within
+    // `max` + its header.
+    loop {
+        if let Some(frame) = codec.decode(buf)? {
+            return Ok(frame);
+        }
+        if buf.capacity() - buf.len() < READ_MIN {
+            buf.reserve(HANDSHAKE_BUF);
+        }
+        if io.read_buf(buf).await? == 0 {
+            return Err(DialError::Closed);
+        }
+    }
+}
+
+/// Encodes `frame` (of at most `max` bytes) at the end of `out`.
+fn put<T: Message>(frame: &T, max: usize, out: &mut BytesMut) -> Result<(), DialError> {
+    Ok(MessageCodec::<T>::with_max(max).encode(frame, out)?)
+}
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub(crate) fn wall_ms() -> u64 {
@@ -88,30 +127,28 @@ pub(crate) async fn handshake(
     stream: TcpStream,
     expected: Option<NodeId>,
 ) -> Result<(Shaken, Conn), DialError> {
-    let _ = stream.set_nodelay(true);
+    let mut io = stream;
+    let _ = io.set_nodelay(true);
     let ours = local.secret.map(|_| challenge()).transpose()?;
-    let mut conn =
-        Framed::with_capacity(stream, MessageCodec::<Hello>::with_max(64), HANDSHAKE_BUF);
-    conn.feed(local.hello).await?;
-    let mut conn = conn.map_codec(|_| MessageCodec::<Session>::with_max(128));
-    conn.send(Session {
+    let mut out = BytesMut::with_capacity(HANDSHAKE_BUF);
+    put(&local.hello, 64, &mut out)?;
+    let session = Session {
         incarnation: local.incarnation,
         wall_ms: wall_ms(),
         challenge: ours,
-    })
-    .await?;
-    let mut conn = conn.map_codec(|_| MessageCodec::<Hello>::with_max(64));
-    let hello = conn.next().await.ok_or(DialError::Closed)??;
+    };
+    put(&session, 128, &mut out)?;
+    io.write_all(&out).await?;
+    let mut buf = BytesMut::with_capacity(HANDSHAKE_BUF);
+    let hello: Hello = read_one(&mut io, &mut buf, 64).await?;
     local.hello.check(&hello, expected)?;
-    let mut conn = conn.map_codec(|_| MessageCodec::<Session>::with_max(128));
-    let session = conn.next().await.ok_or(DialError::Closed)??;
+    let session: Session = read_one(&mut io, &mut buf, 128).await?;
     // Peer input: any u64. The difference saturates instead of overflowing.
     let diff = i128::from(session.wall_ms) - i128::from(wall_ms());
     let clock_offset_ms = i64::try_from(diff).unwrap_or(if diff < 0 { i64::MIN } else { i64::MAX });
     let peer = hello.node_id;
-    let max = local.max_frame;
-    let conn = match (local.secret.zip(ours), session.challenge) {
-        (None, None) => conn.map_codec(|_| MessageCodec::with_max(max)),
+    match (local.secret.zip(ours), session.challenge) {
+        (None, None) => {}
         (None, Some(_)) => {
             return Err(auth(format!(
                 "node {peer} requires a cluster secret and this node has none"
@@ -125,7 +162,6 @@ pub(crate) async fn handshake(
         (Some((secret, ours)), Some(theirs)) => {
             let me = local.hello.node_id;
             let cluster = local.hello.cluster_id;
-            let mut conn = conn.map_codec(|_| MessageCodec::<Proof>::with_max(64));
             let mine = Exchange {
                 cluster,
                 prover: me,
@@ -133,8 +169,10 @@ pub(crate) async fn handshake(
                 verifier_challenge: theirs,
                 prover_challenge: ours,
             };
-            conn.send(mine.prove(secret)).await?;
-            let proof = conn.next().await.ok_or(DialError::Closed)??;
+            out.clear();
+            put(&mine.prove(secret), 64, &mut out)?;
+            io.write_all(&out).await?;
+            let proof: Proof = read_one(&mut io, &mut buf, 64).await?;
             let their = Exchange {
                 cluster,
                 prover: peer,
@@ -143,8 +181,12 @@ pub(crate) async fn handshake(
                 prover_challenge: theirs,
             };
             their.verify(secret, &proof)?;
-            conn.map_codec(|_| MessageCodec::with_max(max))
         }
+    }
+    let conn = Conn {
+        io,
+        read_buf: buf,
+        codec: MessageCodec::with_max(local.max_frame),
     };
     let shaken = Shaken {
         hello,

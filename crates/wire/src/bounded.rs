@@ -117,6 +117,10 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for Seq<T> {
         while let Some(item) = items.next_element()? {
             v.push(item);
         }
+        // Grown by doubling past the trusted count: give back the slack, as
+        // a decoded list may be held a while (a node queues what it
+        // receives).
+        v.shrink_to_fit();
         Ok(v)
     }
 }

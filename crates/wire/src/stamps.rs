@@ -115,8 +115,11 @@ fn take_leb(bytes: &mut &[u8]) -> Result<u64, Unpack> {
 }
 
 fn unpack(mut bytes: &[u8]) -> Result<Vec<Timestamp>, Unpack> {
-    // Every timestamp takes at least three bytes: the input bounds this.
-    let mut out = Vec::with_capacity(bytes.len() / 3);
+    // Each number ends in a byte without the top bit, and a timestamp is
+    // three numbers: room for exactly the timestamps a valid list holds
+    // (about 4 bytes of input each, 24 in memory), bounded by the input.
+    let ends = bytes.iter().filter(|b| **b & 0x80 == 0).count();
+    let mut out = Vec::with_capacity(ends / 3);
     let mut prev = (0u64, 0u64);
     while !bytes.is_empty() {
         let node = prev.0.wrapping_add(unzigzag(take_leb(&mut bytes)?) as u64);
@@ -192,6 +195,20 @@ mod tests {
             .collect();
         let len = packed_len(&v);
         assert!(len <= 4 * 1000 + 8, "{len} bytes");
+    }
+
+    #[test]
+    fn an_unpacked_list_holds_no_more_room_than_its_stamps() {
+        let v: Vec<_> = (0..1000)
+            .map(|i| t(1_767_225_600_000 - (i * 37 % 5000), i as u32 % 3, i))
+            .collect();
+        let back = unpack(&pack(&v)).unwrap();
+        assert_eq!(back, v);
+        assert_eq!(
+            back.capacity(),
+            v.len(),
+            "room for stamps that are not there"
+        );
     }
 
     #[test]

@@ -29,13 +29,12 @@ async fn dial(shared: &Shared, peer: &Peer) -> Result<(Shaken, TcpStream), DialE
     )
     .await
     .map_err(|_| DialError::HandshakeTimeout(cfg.handshake_timeout))??;
-    let parts = conn.into_parts();
-    if !parts.read_buf.is_empty() {
+    if !conn.read_buf.is_empty() {
         return Err(DialError::Wire(WireError::Decode {
             reason: "the peer sent frames on a connection it accepted".into(),
         }));
     }
-    Ok((shaken, parts.io))
+    Ok((shaken, conn.io))
 }
 
 /// How a connection's pump ended.

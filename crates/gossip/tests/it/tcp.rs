@@ -170,6 +170,11 @@ async fn hostile_bytes_close_only_their_connection() {
         "undecodable frame: connection kept"
     );
     eventually("junk counted", || b.stats().peer(NodeId(6)).bad_frames == 1).await;
+    assert_eq!(
+        b.stats().peer(NodeId(6)).frames_received,
+        0,
+        "an undecodable frame is not counted as received"
+    );
     healthy_frame_arrives("an undecodable frame").await;
 
     // A valid handshake, then half a frame and a close.

@@ -416,3 +416,38 @@ fn a_message_of_unknown_length_over_the_cap_is_refused_on_encode() {
         .unwrap();
     assert_eq!(buf.len(), 4 + 4 + CAP);
 }
+
+/// A decoded list is held while the node works through its queue: one that
+/// grew past the count trusted up front gives back the room it did not use.
+#[test]
+fn a_decoded_list_holds_no_room_beyond_its_items() {
+    let entries: Vec<LwwEntry> = (0..1000)
+        .map(|i| LwwEntry {
+            key: format!("key-{i}"),
+            value: None,
+            version: stamp(i % 7),
+        })
+        .collect();
+    let frame = ClusterFrame::Gossip(GossipPdu::Lww(LwwMessage::Sync {
+        reply: false,
+        era: 1,
+        answers: 1,
+        watermarks: vec![stamp(1)],
+        entries,
+        partial: vec![],
+        sent_ms: 0,
+    }));
+    let mut codec = MessageCodec::<ClusterFrame>::new();
+    let mut buf = BytesMut::new();
+    codec.encode(&frame, &mut buf).unwrap();
+    let back = codec.decode(&mut buf).unwrap().expect("a whole frame");
+    assert_eq!(back, frame);
+    let ClusterFrame::Gossip(GossipPdu::Lww(LwwMessage::Sync { entries, .. })) = back else {
+        unreachable!("decoded as encoded");
+    };
+    assert_eq!(
+        entries.capacity(),
+        1000,
+        "room for entries that are not there"
+    );
+}
