@@ -41,6 +41,20 @@ pub trait Storage: Send + Sync + 'static {
     }
     /// Creates or truncates `path` and writes `data` (not yet durable).
     fn write(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Creates or truncates `path` and writes what `fill` writes (not yet
+    /// durable); returns the bytes written. The default gathers them and
+    /// calls [`Storage::write`]; a disk streams them, so a large file
+    /// needs no buffer of its size.
+    fn write_from(
+        &self,
+        path: &Path,
+        fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<u64> {
+        let mut data = Vec::new();
+        fill(&mut data)?;
+        self.write(path, &data)?;
+        Ok(data.len() as u64)
+    }
     /// Up to `len` bytes of the file from byte `offset` on (empty past the
     /// end), or `None` if it does not exist.
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>>;
@@ -97,6 +111,21 @@ pub struct FileSize {
 /// lock on the sidecar file.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DiskStorage;
+
+/// A writer that counts what it passes on.
+struct Counted<W>(W, u64);
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.0.write(buf)?;
+        self.1 += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
 
 fn found<T>(r: io::Result<T>) -> io::Result<Option<T>> {
     match r {
@@ -166,6 +195,17 @@ impl Storage for DiskStorage {
     fn write(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let mut f = File::create(path)?;
         f.write_all(data)
+    }
+
+    fn write_from(
+        &self,
+        path: &Path,
+        fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<u64> {
+        let mut w = Counted(io::BufWriter::new(File::create(path)?), 0);
+        fill(&mut w)?;
+        w.0.flush()?;
+        Ok(w.1)
     }
 
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {

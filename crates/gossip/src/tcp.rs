@@ -134,7 +134,7 @@ struct Shared {
     config: TcpTransportConfig,
     incarnation: u64,
     sink: Arc<dyn RemoteMessageSink>,
-    peers: RwLock<BTreeMap<NodeId, Arc<Peer>>>,
+    peers: RwLock<BTreeMap<NodeId, Known>>,
     counters: RwLock<HashMap<NodeId, Arc<PeerCounters>>>,
     closed: AtomicBool,
     unknown_peer: AtomicU64,
@@ -148,6 +148,14 @@ struct Shared {
     inbound: Mutex<HashMap<NodeId, (u64, CancellationToken)>>,
     next_inbound: AtomicU64,
     warnings: Warnings,
+}
+
+/// A peer added: its address and, from the first frame sent to it, its
+/// queue and connection state. A node of a large cluster adds every member
+/// and sends to the few its gossip picks: the others cost an address.
+struct Known {
+    addr: SocketAddr,
+    live: Option<Arc<Peer>>,
 }
 
 /// One peer we send to.
@@ -289,27 +297,11 @@ impl TcpTransport {
             )));
         }
         let mut peers = self.shared.peers.write();
-        if peers.get(&node).is_some_and(|p| p.addr == addr) {
+        if peers.get(&node).is_some_and(|k| k.addr == addr) {
             return Ok(());
         }
-        let peer = Arc::new(Peer {
-            id: node,
-            addr,
-            outbox: Mutex::new(Outbox::new(
-                self.shared.config.max_frame,
-                self.shared.config.queue_frames,
-                self.shared.config.queue_bytes,
-            )),
-            wake: Notify::new(),
-            room: Notify::new(),
-            stream: Mutex::new(None),
-            conns: AtomicU64::new(0),
-            tasks: AtomicU64::new(0),
-            failures: AtomicU32::new(0),
-            counters: self.shared.counters(node),
-            cancel: self.cancel.child_token(),
-        });
-        if let Some(old) = peers.insert(node, peer) {
+        let known = Known { addr, live: None };
+        if let Some(old) = peers.insert(node, known).and_then(|k| k.live) {
             old.cancel.cancel();
         }
         Ok(())
@@ -319,7 +311,9 @@ impl TcpTransport {
     /// dropped (counted). Returns whether it was a peer.
     pub fn remove_peer(&self, node: NodeId) -> bool {
         let removed = self.shared.peers.write().remove(&node);
-        removed.inspect(|p| p.cancel.cancel()).is_some()
+        removed
+            .inspect(|k| k.live.iter().for_each(|p| p.cancel.cancel()))
+            .is_some()
     }
 
     /// The peers added, with their addresses.
@@ -328,8 +322,8 @@ impl TcpTransport {
             .shared
             .peers
             .read()
-            .values()
-            .map(|p| (p.id, p.addr))
+            .iter()
+            .map(|(id, k)| (*id, k.addr))
             .collect();
         v.sort();
         v
@@ -369,6 +363,34 @@ impl Shared {
         Arc::clone(self.counters.write().entry(node).or_default())
     }
 
+    /// `node`'s queue and connection state, made on the first frame sent
+    /// to it; `None` once it is no longer a peer.
+    fn live(&self, node: NodeId, cancel: &CancellationToken) -> Option<Arc<Peer>> {
+        let mut peers = self.peers.write();
+        let known = peers.get_mut(&node)?;
+        let addr = known.addr;
+        let peer = known.live.get_or_insert_with(|| {
+            Arc::new(Peer {
+                id: node,
+                addr,
+                outbox: Mutex::new(Outbox::new(
+                    self.config.max_frame,
+                    self.config.queue_frames,
+                    self.config.queue_bytes,
+                )),
+                wake: Notify::new(),
+                room: Notify::new(),
+                stream: Mutex::new(None),
+                conns: AtomicU64::new(0),
+                tasks: AtomicU64::new(0),
+                failures: AtomicU32::new(0),
+                counters: self.counters(node),
+                cancel: cancel.child_token(),
+            })
+        });
+        Some(Arc::clone(peer))
+    }
+
     /// The counters of an inbound peer: existing ones, or new ones while
     /// fewer than `max_tracked_peers` node ids are tracked.
     fn tracked_counters(&self, node: NodeId) -> Option<Arc<PeerCounters>> {
@@ -404,21 +426,13 @@ impl Shared {
     }
 }
 
-impl GossipTransport for TcpTransport {
-    fn local_node(&self) -> NodeId {
-        self.shared.config.node_id
-    }
+/// A chunk a sender writes itself, once the peer map is let go.
+type Direct = Option<(Arc<Peer>, bytes::BytesMut, usize, u64)>;
 
-    fn send(&self, to: NodeId, frame: &ClusterFrame) -> Result<(), SendError> {
-        let shared = &*self.shared;
-        if shared.closed.load(Relaxed) {
-            return Err(SendError::Closed);
-        }
-        let peers = shared.peers.read();
-        let Some(peer) = peers.get(&to) else {
-            add(&shared.unknown_peer, 1);
-            return Err(SendError::UnknownPeer(to));
-        };
+impl TcpTransport {
+    /// Queues `frame` for `peer`, starting or waking its connection task;
+    /// hands back a whole chunk for the caller to write when one is ready.
+    fn enqueue(&self, peer: &Arc<Peer>, frame: &ClusterFrame) -> Result<Direct, SendError> {
         let mut ob = peer.outbox.lock();
         if ob.closed {
             return Err(SendError::Closed);
@@ -429,7 +443,7 @@ impl GossipTransport for TcpTransport {
                 drop(ob);
                 add(&peer.counters.queue_full, 1);
                 return Err(SendError::QueueFull {
-                    peer: to,
+                    peer: peer.id,
                     frames,
                     bytes,
                 });
@@ -452,10 +466,44 @@ impl GossipTransport for TcpTransport {
         } else if wake {
             peer.wake.notify_one();
         }
-        if let Some((chunk, frames, conn)) = direct {
-            // Once per chunk: the peer map is not held across the write.
-            let peer = Arc::clone(peer);
-            drop(peers);
+        Ok(direct.map(|(chunk, frames, conn)| (Arc::clone(peer), chunk, frames, conn)))
+    }
+}
+
+impl GossipTransport for TcpTransport {
+    fn local_node(&self) -> NodeId {
+        self.shared.config.node_id
+    }
+
+    fn send(&self, to: NodeId, frame: &ClusterFrame) -> Result<(), SendError> {
+        let shared = &*self.shared;
+        if shared.closed.load(Relaxed) {
+            return Err(SendError::Closed);
+        }
+        let peers = shared.peers.read();
+        let direct = match peers.get(&to) {
+            Some(Known {
+                live: Some(peer), ..
+            }) => {
+                let direct = self.enqueue(peer, frame)?;
+                drop(peers);
+                direct
+            }
+            Some(_) => {
+                drop(peers);
+                let Some(peer) = shared.live(to, &self.cancel) else {
+                    add(&shared.unknown_peer, 1);
+                    return Err(SendError::UnknownPeer(to));
+                };
+                self.enqueue(&peer, frame)?
+            }
+            None => {
+                add(&shared.unknown_peer, 1);
+                return Err(SendError::UnknownPeer(to));
+            }
+        };
+        if let Some((peer, chunk, frames, conn)) = direct {
+            // Once per chunk, with the peer map no longer held.
             write_direct(&peer, chunk, frames, conn);
         }
         Ok(())
@@ -463,7 +511,14 @@ impl GossipTransport for TcpTransport {
 
     fn ready(&self, to: NodeId) -> Ready<'_> {
         Box::pin(async move {
-            let Some(peer) = self.shared.peers.read().get(&to).cloned() else {
+            // A peer never sent to has an empty queue: room.
+            let live = self
+                .shared
+                .peers
+                .read()
+                .get(&to)
+                .and_then(|k| k.live.clone());
+            let Some(peer) = live else {
                 return;
             };
             loop {
@@ -498,8 +553,8 @@ impl GossipTransport for TcpTransport {
                     .iter()
                     .map(|(id, c)| (*id, c.snapshot()))
                     .collect();
-                for (id, p) in s.peers.read().iter() {
-                    if let Some(stats) = peers.get_mut(id) {
+                for (id, k) in s.peers.read().iter() {
+                    if let (Some(stats), Some(p)) = (peers.get_mut(id), &k.live) {
                         stats.queued = p.outbox.lock().frames() as u64;
                     }
                 }

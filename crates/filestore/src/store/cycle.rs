@@ -431,20 +431,23 @@ where
             LogState::Live(id, end, len) => (id, end, len),
             _ => self.new_log(t)?,
         };
-        let json = serde_json::to_vec(&LogRecord { set: record }).map_err(encode)?;
-        let mut line = log::encode_line(&json);
+        let line = log::line_of(&LogRecord { set: record }).map_err(encode)?;
         let line_len = line.len() as u64;
+        s.write_at(&self.log_path, end, &line)
+            .map_err(at(&self.log_path))?;
+        drop(line);
+        let end = end + line_len;
         // Into the room after the last line; when it is used up, the line
         // comes with new room, so that most writes change no length and
         // their fsync has no metadata to commit.
-        if end + line_len > len {
-            line.resize((line_len + log::room_after(end + line_len)) as usize, 0);
-        }
-        s.write_at(&self.log_path, end, &line)
-            .map_err(at(&self.log_path))?;
+        let len = if end > len {
+            let room = log::room_after(end);
+            self.write_zeros(end, room)?;
+            end + room
+        } else {
+            len
+        };
         s.sync_file(&self.log_path).map_err(at(&self.log_path))?;
-        let len = len.max(end + line.len() as u64);
-        let end = end + line_len;
         // The write went to whatever file is at the path now: make sure it
         // is still the log we know, whole, before acknowledging.
         match s.size(&self.log_path).map_err(at(&self.log_path))? {
@@ -489,11 +492,25 @@ where
             generation,
             entries: &t.entries,
         };
-        let mut json = serde_json::to_vec_pretty(&snap).map_err(encode)?;
-        json.push(b'\n');
-        self.replace(&self.path, &json)?;
+        // Streamed to the file: a large store's snapshot needs no buffer
+        // of its size (a node of a thousand held one at its heap's peak).
+        let mut bad = None;
+        let written = self.replace_with(&self.path, &mut |w| match serde_json::to_writer_pretty(
+            &mut *w, &snap,
+        ) {
+            Ok(()) => w.write_all(b"\n"),
+            Err(e) if e.is_io() => Err(e.into()),
+            Err(e) => {
+                bad = Some(e);
+                Err(io::Error::other("the snapshot cannot be encoded"))
+            }
+        });
+        if let Some(e) = bad {
+            return Err(encode(e));
+        }
+        let written = written?;
         t.generation = generation;
-        t.snapshot_len = json.len() as u64;
+        t.snapshot_len = written;
         t.snapshot = self.storage.version(&self.path).map_err(at(&self.path))?;
         t.log = LogState::Missing;
         self.new_log(t)?;
@@ -522,17 +539,45 @@ where
         Ok(pos)
     }
 
+    /// Writes `n` zeros into the log from byte `at`, a piece at a time:
+    /// room for a large log is never a buffer of its size.
+    fn write_zeros(&self, from: u64, n: u64) -> Result<(), StoreError> {
+        const PIECE: u64 = 64 << 10;
+        let zeros = vec![0; n.min(PIECE) as usize];
+        let mut done = 0;
+        while done < n {
+            let piece = (n - done).min(PIECE) as usize;
+            self.storage
+                .write_at(&self.log_path, from + done, &zeros[..piece])
+                .map_err(at(&self.log_path))?;
+            done += piece as u64;
+        }
+        Ok(())
+    }
+
     /// The durable replace: temp file, fsync, rename, fsync the directory.
     fn replace(&self, path: &Path, data: &[u8]) -> Result<(), StoreError> {
+        self.replace_with(path, &mut |w| w.write_all(data))
+            .map(drop)
+    }
+
+    /// [`Self::replace`] with the contents written by `fill`; returns
+    /// their length.
+    fn replace_with(
+        &self,
+        path: &Path,
+        fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
+    ) -> Result<u64, StoreError> {
         let n = self.temps.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .dir
             .join(format!("{}{}-{n}", self.temp_prefix, std::process::id()));
         let s = &self.storage;
-        s.write(&tmp, data).map_err(at(&tmp))?;
+        let written = s.write_from(&tmp, fill).map_err(at(&tmp))?;
         s.sync_file(&tmp).map_err(at(&tmp))?;
         s.rename(&tmp, path).map_err(at(path))?;
-        s.sync_dir(&self.dir).map_err(at(&self.dir))
+        s.sync_dir(&self.dir).map_err(at(&self.dir))?;
+        Ok(written)
     }
 }
 

@@ -681,3 +681,29 @@ fn random_operations_from_several_handles_match_a_model() {
         })
         .unwrap();
 }
+
+/// A compaction streams the snapshot to the disk: a store far larger than
+/// the writer's buffer comes back whole, in one valid JSON document.
+#[test]
+fn a_large_snapshot_is_streamed_whole() {
+    let (_d, path) = dir();
+    let store = Disk::open(&path).unwrap();
+    let keys = 3000u64;
+    let staged: Vec<_> = (0..keys)
+        .map(|i| store.stage(&format!("key-{i:05}"), cp(i + 1)))
+        .collect();
+    store.put("last", cp(1)).wait().unwrap();
+    for s in staged {
+        assert_eq!(s.wait().unwrap(), PutOutcome::Applied);
+    }
+    store.compact().wait().unwrap();
+    let text = std::fs::read(&path).unwrap();
+    assert!(text.len() > 64 << 10, "only {} bytes", text.len());
+    assert_eq!(text.last(), Some(&b'\n'));
+    let doc: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    assert_eq!(doc["entries"].as_object().map(|e| e.len()), Some(3001));
+    let fresh = Disk::open(&path).unwrap();
+    for i in (0..keys).step_by(97) {
+        assert_eq!(seq(fresh.get(&format!("key-{i:05}"))), Some(i + 1));
+    }
+}

@@ -558,7 +558,17 @@ async fn peers_are_dialled_on_demand_and_quiet_connections_close() {
     // Nothing queued: no dial, whatever the wait.
     let early = tokio::time::timeout(Duration::from_millis(500), listener.accept()).await;
     assert!(early.is_err(), "dialled with nothing to send");
-    assert_eq!(a.stats().peer(NodeId(1)).connects, 0);
+    // A peer nobody sent to is an address: no queue, no counters.
+    assert_eq!(a.peers(), vec![(NodeId(1), addr)]);
+    assert!(
+        !a.stats().peers.contains_key(&NodeId(1)),
+        "{:?}",
+        a.stats().peers
+    );
+    // Room is there at once: nothing is queued.
+    tokio::time::timeout(DEADLINE, a.ready(NodeId(1)))
+        .await
+        .expect("ready waited for a peer with nothing queued");
     a.send(NodeId(1), &pdu(1)).expect("send");
     let mut first = accept_as(&listener, NodeId(1)).await;
     // The dialler closes the quiet connection: end of stream after the frame.
