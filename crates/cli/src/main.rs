@@ -28,6 +28,7 @@ use anyhow::{Context, Result, bail};
 mod check_node;
 mod cluster;
 mod control;
+mod control_pipe;
 mod faulty;
 mod history;
 mod netlab;

@@ -15,7 +15,9 @@ use multinode_barrier::{BarrierError, BarrierNode, ENV_ADDR, env_identity, env_i
 use multinode_gossip::{GossipTransport, TcpTransport, TcpTransportConfig};
 use multinode_lww::{Fanout, Inbox, LwwError, LwwNode, NodeConfig, ReplicaConfig};
 use multinode_wire::{ClusterId, LwwEntry, NodeId, Timestamp};
-use tokio::io::{AsyncWriteExt, Stdout};
+use tokio::io::AsyncWriteExt;
+
+use crate::control_pipe::{Input, Output, input, output};
 use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 
 use crate::control::{Command, DumpLine, MAX_LINE, encode};
@@ -97,15 +99,39 @@ type Node = LwwNode<Faulty<TcpTransport>>;
 const PIPELINE: usize = 64;
 
 /// A write's answer line, once it is done: `OK <version>` or `ERR <why>`.
-fn written(
+async fn written(write: impl Future<Output = Result<Timestamp, LwwError>>) -> String {
+    match write.await {
+        Ok(version) => format!("OK {version}"),
+        Err(e) => format!("ERR {}", crate::error_line(&e.into())),
+    }
+}
+
+/// One place in the line of answers: a write's answer once it is
+/// durable, or a read, served when its turn comes.
+enum Turn {
+    Answer(String),
+    Read(String),
+}
+
+/// A write's place in the line of answers.
+fn write_turn(
     write: impl Future<Output = Result<Timestamp, LwwError>> + Send + 'static,
-) -> BoxFuture<'static, String> {
-    Box::pin(async move {
-        match write.await {
-            Ok(version) => format!("OK {version}"),
-            Err(e) => format!("ERR {}", crate::error_line(&e.into())),
-        }
-    })
+) -> BoxFuture<'static, Turn> {
+    let answer = written(write);
+    Box::pin(async move { Turn::Answer(answer.await) })
+}
+
+/// The answer to `GET key`.
+fn read(node: &Node, key: &str) -> String {
+    match node.with_replica(|r| r.entry(key).cloned()) {
+        None => "NONE".into(),
+        Some(LwwEntry {
+            value: Some(v),
+            version,
+            ..
+        }) => format!("VALUE {version} {}", encode(&v)),
+        Some(LwwEntry { version, .. }) => format!("GONE {version}"),
+    }
 }
 
 struct Proc {
@@ -113,7 +139,7 @@ struct Proc {
     id: NodeId,
     addr: SocketAddr,
     barrier: Option<BarrierNode>,
-    out: Stdout,
+    out: Output,
 }
 
 pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
@@ -152,7 +178,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
         id,
         addr,
         barrier: None,
-        out: tokio::io::stdout(),
+        out: output(),
     };
     for (peer, at) in &args.peers {
         p.add_peer(*peer, *at)?;
@@ -160,9 +186,11 @@ pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
     if std::env::var_os(ENV_ADDR).is_some() && !args.no_join {
         p.join(&args.join_label).await?;
     }
+    // Set up before READY, which tells a driver it may write.
+    let input = input();
     p.reply(&format!("READY {id} {addr} entries={restored}"))
         .await?;
-    let outcome = p.serve().await;
+    let outcome = p.serve(input).await;
     if let Some(b) = p.barrier.take() {
         // Leaving lets later barriers go on without us; best effort.
         match tokio::time::timeout(std::time::Duration::from_secs(2), b.leave()).await {
@@ -245,22 +273,24 @@ impl Proc {
 
     /// Serves control lines until `QUIT`, end of input or a signal.
     ///
-    /// `SET` and `DEL` lines that follow one another run together, up to
-    /// [`PIPELINE`] at a time, each taking its version as it is read: a
-    /// client that sends several writes at once has them share the store's
-    /// fsyncs. Answers still come in the order of the lines, and any other
-    /// line waits for the writes before it, so it sees them.
-    async fn serve(&mut self) -> Result<&'static str> {
-        let mut lines = FramedRead::new(tokio::io::stdin(), ControlLines::default());
+    /// `SET` and `DEL` lines run together, up to [`PIPELINE`] at a time,
+    /// each taking its version as it is read: a client that sends several
+    /// writes at once has them share the store's fsyncs. Answers come in
+    /// the order of the lines. A `GET` among them holds nothing up: it is
+    /// served at its turn, once every write before it is answered, so it
+    /// sees them (and may see a write sent after it that is already
+    /// durable). Any other line waits for the writes before it.
+    async fn serve(&mut self, input: Input) -> Result<&'static str> {
+        let mut lines = FramedRead::new(input, ControlLines::default());
         // One listener for the whole life of the node: a signal that lands
         // while a command is being served is still seen.
         let stop = crate::interrupted();
         tokio::pin!(stop);
-        let mut writes: FuturesOrdered<BoxFuture<'static, String>> = FuturesOrdered::new();
+        let mut writes: FuturesOrdered<BoxFuture<'static, Turn>> = FuturesOrdered::new();
         loop {
             let next = tokio::select! {
-                Some(answer) = writes.next(), if !writes.is_empty() => {
-                    self.reply(&answer).await?;
+                Some(turn) = writes.next(), if !writes.is_empty() => {
+                    self.answer(turn).await?;
                     continue;
                 }
                 next = lines.next(), if writes.len() < PIPELINE => next,
@@ -275,18 +305,22 @@ impl Proc {
             let cmd = line.map(|l| l.parse::<Command>().map_err(|e| format!("ERR {e}")));
             let cmd = match cmd {
                 Ok(Ok(Command::Set(key, value))) => {
-                    writes.push_back(written(self.node.set(&key, value)));
+                    writes.push_back(write_turn(self.node.set(&key, value)));
                     continue;
                 }
                 Ok(Ok(Command::Del(key))) => {
-                    writes.push_back(written(self.node.delete(&key)));
+                    writes.push_back(write_turn(self.node.delete(&key)));
+                    continue;
+                }
+                Ok(Ok(Command::Get(key))) if !writes.is_empty() => {
+                    writes.push_back(Box::pin(std::future::ready(Turn::Read(key))));
                     continue;
                 }
                 other => other,
             };
             // Anything else is answered after the writes before it.
-            while let Some(answer) = writes.next().await {
-                self.reply(&answer).await?;
+            while let Some(turn) = writes.next().await {
+                self.answer(turn).await?;
             }
             let cmd = match cmd {
                 Err(None) => return Ok("end of input"),
@@ -308,21 +342,24 @@ impl Proc {
         }
     }
 
+    /// Writes the answer of `turn`, reading now if it is a read.
+    async fn answer(&mut self, turn: Turn) -> Result<()> {
+        match turn {
+            Turn::Answer(line) => self.reply(&line).await,
+            Turn::Read(key) => {
+                let line = read(&self.node, &key);
+                self.reply(&line).await
+            }
+        }
+    }
+
     async fn execute(&mut self, cmd: Command) -> Result<String> {
         let node = &self.node;
         Ok(match cmd {
             Command::Ping => "PONG".into(),
             Command::Set(key, value) => written(node.set(&key, value)).await,
             Command::Del(key) => written(node.delete(&key)).await,
-            Command::Get(key) => match node.with_replica(|r| r.entry(&key).cloned()) {
-                None => "NONE".into(),
-                Some(LwwEntry {
-                    value: Some(v),
-                    version,
-                    ..
-                }) => format!("VALUE {version} {}", encode(&v)),
-                Some(LwwEntry { version, .. }) => format!("GONE {version}"),
-            },
+            Command::Get(key) => read(node, &key),
             Command::Digest => {
                 let (fp, live, all, resync, clock) = node.with_replica(|r| {
                     (

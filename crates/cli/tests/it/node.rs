@@ -482,3 +482,65 @@ fn sigterm_stops_the_node_cleanly_even_mid_session() {
     let status = wait_exit(&mut n.proc);
     assert!(status.success(), "{status}");
 }
+
+/// Whether the pipe end `fd` is non-blocking.
+fn non_blocking(fd: &impl std::os::fd::AsFd) -> bool {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = fcntl(fd, FcntlArg::F_GETFL).expect("F_GETFL");
+    OFlag::from_bits_truncate(flags).contains(OFlag::O_NONBLOCK)
+}
+
+/// Writes and reads sent together: each read sees every write sent before
+/// it, and a read never holds the writes after it back. The control pipe
+/// runs on the node's reactor (its stdin is made non-blocking, a flag the
+/// pipe shares with every holder of it) and is given back blocking when
+/// the node quits.
+#[test]
+fn pipelined_reads_see_the_writes_before_them_and_the_pipe_is_given_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let shared = reader.try_clone().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["node", "--id", "0", "--round-ms", "20", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("MULTINODE_BARRIER_ADDR")
+        .stdin(reader)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn multinode node");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut guard = Reap(child);
+    let mut line = || lines.next().expect("a reply").unwrap();
+    assert!(line().starts_with("READY 0 "));
+    assert!(non_blocking(&shared), "stdin is not on the reactor");
+    writer
+        .write_all(b"SET k a\nSET k b\nGET k\nSET k c\nGET k\nSET j x\nGET j\n")
+        .unwrap();
+    let version = |reply: &str| -> (u64, u32) {
+        let v = reply.split(' ').nth(1).expect("a version");
+        let (ms, rest) = v.split_once('.').expect("ms.counter@node");
+        let counter = rest.split('@').next().unwrap();
+        (ms.parse().unwrap(), counter.parse().unwrap())
+    };
+    let (a, b) = (line(), line());
+    assert!(a.starts_with("OK ") && b.starts_with("OK "), "{a:?} {b:?}");
+    let first = line();
+    // b, or c if c was durable by the read's turn; never a.
+    assert!(
+        first.ends_with(" b") || first.ends_with(" c"),
+        "the read did not see the write before it: {first:?}"
+    );
+    assert!(version(&first) >= version(&b), "{first:?} older than {b:?}");
+    let c = line();
+    assert!(c.starts_with("OK "), "{c:?}");
+    let second = line();
+    assert_eq!(version(&second), version(&c), "{second:?} is not {c:?}");
+    assert!(second.ends_with(" c"), "{second:?}");
+    assert!(line().starts_with("OK "));
+    assert!(line().ends_with(" x"));
+    writer.write_all(b"QUIT\n").unwrap();
+    assert_eq!(line(), "BYE");
+    assert!(wait_exit(&mut guard).success());
+    assert!(!non_blocking(&shared), "the pipe was left non-blocking");
+}
