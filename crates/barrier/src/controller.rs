@@ -47,6 +47,13 @@ struct Writer {
 }
 
 impl Writer {
+    /// Writes `text` unless the connection is closing or dead.
+    fn send(&mut self, text: &str) {
+        if !(self.closing || self.dead) {
+            self.write(text.as_bytes());
+        }
+    }
+
     fn write(&mut self, bytes: &[u8]) {
         let mut rest = bytes;
         if self.backlog.is_empty() {
@@ -78,30 +85,36 @@ struct Shared {
 
 impl Shared {
     /// Carries out the core's outputs. Never blocks.
+    ///
+    /// The replies to one connection go out in one write: a gather of N
+    /// nodes answers each with N + 1 lines, and a write apiece made the
+    /// join of a thousand nodes a million system calls.
     fn dispatch(&mut self) {
+        let mut texts: HashMap<ConnId, String> = HashMap::new();
         let outputs: Vec<Output> = self.core.drain().collect();
-        let mut line = String::new();
         for output in outputs {
             match output {
                 Output::Send(conn, reply) => {
-                    let Some(w) = self.writers.get_mut(&conn) else {
-                        continue;
-                    };
-                    if w.closing || w.dead {
-                        continue;
-                    }
                     // A reply's text never holds a newline (labels and values
                     // are validated, free text is sanitised when printed).
-                    line.clear();
-                    let _ = writeln!(line, "{reply}");
-                    w.write(line.as_bytes());
+                    let _ = writeln!(texts.entry(conn).or_default(), "{reply}");
                 }
                 Output::Close(conn) => {
+                    let text = texts.remove(&conn);
                     if let Some(w) = self.writers.get_mut(&conn) {
+                        // What was said before the close goes first.
+                        if let Some(text) = text {
+                            w.send(&text);
+                        }
                         w.closing = true;
                         w.wake.notify_one();
                     }
                 }
+            }
+        }
+        for (conn, text) in texts {
+            if let Some(w) = self.writers.get_mut(&conn) {
+                w.send(&text);
             }
         }
     }

@@ -43,8 +43,9 @@ pub trait Storage: Send + Sync + 'static {
     fn write(&self, path: &Path, data: &[u8]) -> io::Result<()>;
     /// Creates or truncates `path` and writes what `fill` writes (not yet
     /// durable); returns the bytes written. The default gathers them and
-    /// calls [`Storage::write`]; a disk streams them, so a large file
-    /// needs no buffer of its size.
+    /// calls [`Storage::write`]; a disk writes them through to the file
+    /// as they come, so a large file needs no buffer of its size (`fill`
+    /// does its own buffering).
     fn write_from(
         &self,
         path: &Path,
@@ -202,9 +203,8 @@ impl Storage for DiskStorage {
         path: &Path,
         fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
     ) -> io::Result<u64> {
-        let mut w = Counted(io::BufWriter::new(File::create(path)?), 0);
+        let mut w = Counted(File::create(path)?, 0);
         fill(&mut w)?;
-        w.0.flush()?;
         Ok(w.1)
     }
 

@@ -4,7 +4,7 @@
 //! checks that keep a store from acknowledging on files it no longer owns.
 
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -495,14 +495,20 @@ where
         // Streamed to the file: a large store's snapshot needs no buffer
         // of its size (a node of a thousand held one at its heap's peak).
         let mut bad = None;
-        let written = self.replace_with(&self.path, &mut |w| match serde_json::to_writer_pretty(
-            &mut *w, &snap,
-        ) {
-            Ok(()) => w.write_all(b"\n"),
-            Err(e) if e.is_io() => Err(e.into()),
-            Err(e) => {
-                bad = Some(e);
-                Err(io::Error::other("the snapshot cannot be encoded"))
+        let written = self.replace_with(&self.path, &mut |w| {
+            // serde_json writes token by token: into a buffer here, not
+            // through a call on the storage's writer each.
+            let mut w = io::BufWriter::with_capacity(32 << 10, w);
+            match serde_json::to_writer_pretty(&mut w, &snap) {
+                Ok(()) => {
+                    w.write_all(b"\n")?;
+                    w.flush()
+                }
+                Err(e) if e.is_io() => Err(e.into()),
+                Err(e) => {
+                    bad = Some(e);
+                    Err(io::Error::other("the snapshot cannot be encoded"))
+                }
             }
         });
         if let Some(e) = bad {
