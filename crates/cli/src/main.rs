@@ -181,8 +181,9 @@ fn main() -> ExitCode {
             }
         }
     });
-    // Stdin is read by a blocking thread that cannot be cancelled: waiting
-    // for it would hang a node stopped by a signal until input arrived.
+    // A stdin that is not a pipe (a terminal, a file) is read by a blocking
+    // thread that cannot be cancelled: waiting for it would hang a node
+    // stopped by a signal until input arrived.
     rt.shutdown_background();
     match outcome {
         Ok(code) => code,

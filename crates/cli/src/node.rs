@@ -16,11 +16,10 @@ use multinode_gossip::{GossipTransport, TcpTransport, TcpTransportConfig};
 use multinode_lww::{Fanout, Inbox, LwwError, LwwNode, NodeConfig, ReplicaConfig};
 use multinode_wire::{ClusterId, LwwEntry, NodeId, Timestamp};
 use tokio::io::AsyncWriteExt;
-
-use crate::control_pipe::{Input, Output, input, output};
 use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 
 use crate::control::{Command, DumpLine, MAX_LINE, encode};
+use crate::control_pipe::{Input, Output, input, output};
 use crate::faulty::Faulty;
 
 #[derive(Args, Debug)]
@@ -117,8 +116,7 @@ enum Turn {
 fn write_turn(
     write: impl Future<Output = Result<Timestamp, LwwError>> + Send + 'static,
 ) -> BoxFuture<'static, Turn> {
-    let answer = written(write);
-    Box::pin(async move { Turn::Answer(answer.await) })
+    Box::pin(async move { Turn::Answer(written(write).await) })
 }
 
 /// The answer to `GET key`.

@@ -124,10 +124,9 @@ fn auth(reason: String) -> DialError {
 /// waits on the other to speak first. `expected` is the node dialled.
 pub(crate) async fn handshake(
     local: &Local<'_>,
-    stream: TcpStream,
+    mut io: TcpStream,
     expected: Option<NodeId>,
 ) -> Result<(Shaken, Conn), DialError> {
-    let mut io = stream;
     let _ = io.set_nodelay(true);
     let ours = local.secret.map(|_| challenge()).transpose()?;
     let mut out = BytesMut::with_capacity(HANDSHAKE_BUF);
