@@ -495,6 +495,7 @@ mod tests {
                 })
                 .collect(),
             sent_ms: 1,
+            beyond: Vec::new(),
         }
     }
 

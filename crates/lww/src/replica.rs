@@ -8,13 +8,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use bytes::Bytes;
-use multinode_wire::{HybridClock, LwwEntry, LwwMessage, NodeId, Timestamp};
+use multinode_wire::{Beyond, HybridClock, LwwEntry, LwwMessage, NodeId, Timestamp};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod beyond;
 mod exchange;
+mod origins;
 mod resync;
 
+use origins::Origins;
 use resync::{OwnUnknown, Resync};
 
 use crate::liveness::{Detector, PeerStatus};
@@ -95,8 +98,13 @@ pub struct Replica {
     /// Every entry's key, by its origin, then its version: one tree, not
     /// one per origin (a large cluster has as many origins as nodes).
     by_origin: BTreeMap<(NodeId, Timestamp), String>,
+    /// The newest version held of each origin: the last of its stretch
+    /// of `by_origin`, walked beside a peer's watermarks.
+    newest: Origins,
     tombstones: BTreeMap<Timestamp, String>,
-    watermarks: BTreeMap<NodeId, Timestamp>,
+    watermarks: Origins,
+    /// Our `beyond` list while no entry and no watermark changed.
+    beyond: Option<Vec<Beyond>>,
     era: u32,
     peers: BTreeMap<NodeId, Detector>,
     inflight: BTreeSet<Timestamp>,
@@ -125,8 +133,10 @@ impl Replica {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
             entries: HashMap::new(),
             by_origin: BTreeMap::new(),
+            newest: Origins::default(),
             tombstones: BTreeMap::new(),
-            watermarks: BTreeMap::new(),
+            watermarks: Origins::default(),
+            beyond: None,
             era: 0,
             peers: BTreeMap::new(),
             inflight: BTreeSet::new(),
@@ -270,7 +280,7 @@ impl Replica {
         if origin == self.cfg.node {
             return self.own_watermark();
         }
-        self.watermarks.get(&origin).copied()
+        self.watermarks.get(origin)
     }
 
     /// Writes `value` under `key` at wall time `now_ms`; returns the entry.
@@ -446,6 +456,14 @@ impl Replica {
         }
         self.by_origin
             .insert((e.version.node, e.version), e.key.clone());
+        self.beyond = None;
+        if self
+            .newest
+            .get(e.version.node)
+            .is_none_or(|n| e.version > n)
+        {
+            self.newest.set(e.version);
+        }
         self.fingerprint = self.fingerprint.wrapping_add(entry_hash(&e));
         match &e.value {
             Some(_) => self.live += 1,
@@ -464,7 +482,15 @@ impl Replica {
     /// Removes `e`'s index entries and its share of the fingerprint (the
     /// caller removes or replaces the entry itself).
     fn unindex(&mut self, e: &LwwEntry) {
-        self.by_origin.remove(&(e.version.node, e.version));
+        let origin = e.version.node;
+        self.by_origin.remove(&(origin, e.version));
+        self.beyond = None;
+        if self.newest.get(origin) == Some(e.version) {
+            match origin_range(&self.by_origin, origin, None).next_back() {
+                Some((&(_, t), _)) => self.newest.set(t),
+                None => self.newest.remove(origin),
+            }
+        }
         self.fingerprint = self.fingerprint.wrapping_sub(entry_hash(e));
         match &e.value {
             Some(_) => self.live -= 1,
@@ -500,20 +526,6 @@ fn origin_range(
         None => Included((origin, TS_MIN)),
     };
     index.range((lo, Included((origin, TS_MAX))))
-}
-
-/// The origins of the index's entries, in order: each costs one lookup.
-fn index_origins(index: &BTreeMap<(NodeId, Timestamp), String>) -> impl Iterator<Item = NodeId> {
-    use std::ops::Bound::{Excluded, Unbounded};
-    let mut next = index.keys().next().map(|(o, _)| *o);
-    std::iter::from_fn(move || {
-        let origin = next?;
-        next = index
-            .range((Excluded((origin, TS_MAX)), Unbounded))
-            .next()
-            .map(|((o, _), _)| *o);
-        Some(origin)
-    })
 }
 
 /// The greatest timestamp of the same node below `t`.

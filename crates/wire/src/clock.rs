@@ -18,6 +18,20 @@ pub struct Timestamp {
     pub node: NodeId,
 }
 
+impl Timestamp {
+    /// A fixed 64-bit mix of the three fields (SplitMix64's finaliser,
+    /// applied field by field): what a [`Beyond`](crate::Beyond)
+    /// fingerprint sums. Every build computes the same.
+    pub fn fingerprint(&self) -> u64 {
+        fn mix(z: u64) -> u64 {
+            let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        mix(mix(mix(self.physical_ms) ^ u64::from(self.logical)) ^ self.node.0)
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}@{}", self.physical_ms, self.logical, self.node)

@@ -287,16 +287,18 @@ impl crate::LwwMessage {
     /// replica that cuts an origin short charges this against its budget.
     pub const MAX_PARTIAL_LEN: usize = crate::stamps::MAX_PACKED;
 
-    /// The most bytes a `Sync` whose watermarks are `watermarks` takes
-    /// besides its entries and its `partial` timestamps (at most
-    /// [`Self::MAX_PARTIAL_LEN`] each): its tag and `reply`, `era`,
-    /// `answers` and `sent_ms` and every count at their widest, the packed
-    /// watermarks, and the frame header and PDU tags. A byte budget for a
-    /// sync's entries is what is left of it after this.
-    pub fn sync_overhead(watermarks: &[crate::Timestamp]) -> usize {
+    /// The most bytes a `Sync` whose watermarks are `watermarks` and
+    /// whose `beyond` is `beyond` takes besides its entries and its
+    /// `partial` timestamps (at most [`Self::MAX_PARTIAL_LEN`] each): its
+    /// tag and `reply`, `era`, `answers` and `sent_ms` and every count at
+    /// their widest, the packed watermarks, `beyond`, and the frame header
+    /// and PDU tags. A byte budget for a sync's entries is what is left of
+    /// it after this.
+    pub fn sync_overhead(watermarks: &[crate::Timestamp], beyond: &[crate::Beyond]) -> usize {
         let stamps = MAX_VARINT + crate::stamps::packed_len(watermarks);
         let header = crate::FRAME_HEADER_LEN + 2;
-        2 + 5 + 5 + stamps + MAX_VARINT + MAX_VARINT + MAX_VARINT + header
+        let beyond = MAX_VARINT + beyond_len(beyond);
+        2 + 5 + 5 + stamps + MAX_VARINT + MAX_VARINT + MAX_VARINT + beyond + header
     }
 
     /// Bytes this message takes as a TCP frame: the frame header, the
@@ -315,7 +317,14 @@ impl crate::LwwMessage {
                 era,
                 watermarks,
                 sent_ms,
-            } => 1 + varint_len(u64::from(*era)) + stamps(watermarks) + varint_len(*sent_ms),
+                beyond,
+            } => {
+                1 + varint_len(u64::from(*era))
+                    + stamps(watermarks)
+                    + varint_len(*sent_ms)
+                    + varint_len(beyond.len() as u64)
+                    + beyond_len(beyond)
+            }
             crate::LwwMessage::Sync {
                 era,
                 answers,
@@ -323,6 +332,7 @@ impl crate::LwwMessage {
                 entries,
                 partial,
                 sent_ms,
+                beyond,
                 ..
             } => {
                 varint_len(*sent_ms)
@@ -334,9 +344,19 @@ impl crate::LwwMessage {
                     + varint_len(entries.len() as u64)
                     + entries.iter().map(|e| e.encoded_len()).sum::<usize>()
                     + stamps(partial)
+                    + varint_len(beyond.len() as u64)
+                    + beyond_len(beyond)
             }
         }
     }
+}
+
+/// The bytes of a `beyond` list's items (without its count).
+fn beyond_len(beyond: &[crate::Beyond]) -> usize {
+    beyond
+        .iter()
+        .map(|b| varint_len(b.origin.0) + varint_len(b.fingerprint))
+        .sum()
 }
 
 /// A typed frame codec: each frame's payload is one `T`.

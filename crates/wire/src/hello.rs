@@ -9,7 +9,7 @@ pub const MAGIC: [u8; 4] = *b"MNOD";
 
 /// The protocol version this build speaks. Bumped on any incompatible change
 /// to a frame that follows the handshake.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// A node's identity within a cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -79,4 +79,4 @@ pub use hello::{ClusterId, HandshakeField, Hello, MAGIC, NodeId, PROTOCOL_VERSIO
 pub use line::{
     DEFAULT_MAX_LINE, Label, LineCodec, MAX_LABEL_LEN, MAX_VALUE_LEN, Reply, Request, Value,
 };
-pub use message::{ClusterFrame, GossipPdu, LwwEntry, LwwMessage, RemoteTell, Session};
+pub use message::{Beyond, ClusterFrame, GossipPdu, LwwEntry, LwwMessage, RemoteTell, Session};

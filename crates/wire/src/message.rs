@@ -72,6 +72,9 @@ pub enum LwwMessage {
         /// The sender's wall clock as it sent this, in ms since the Unix
         /// epoch: how the receiver keeps track of each peer's clock offset.
         sent_ms: u64,
+        /// What the sender holds past its watermarks (see [`Beyond`]).
+        #[serde(deserialize_with = "crate::bounded::seq")]
+        beyond: Vec<Beyond>,
     },
     /// Entries the receiver lacks by its last digest, with the sender's
     /// watermarks; the receiver's watermark for an origin moves up to the
@@ -98,7 +101,23 @@ pub enum LwwMessage {
         partial: Vec<Timestamp>,
         /// The sender's wall clock as it sent this (as in `Digest`).
         sent_ms: u64,
+        /// What the sender holds past its watermarks (as in `Digest`).
+        #[serde(deserialize_with = "crate::bounded::seq")]
+        beyond: Vec<Beyond>,
     },
+}
+
+/// What a replica holds of one origin past its watermark for it (writes
+/// pushed to it, or carried along, ahead of a complete range), as an
+/// order-independent fingerprint of their versions. A peer that holds the
+/// same versions there sends none of them, and the watermark it sends
+/// still stands: the two hold the same. A list may leave origins out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Beyond {
+    /// The origin.
+    pub origin: crate::NodeId,
+    /// The wrapping sum of [`Timestamp::fingerprint`] over the versions.
+    pub fingerprint: u64,
 }
 
 /// An application message addressed to a path on another node, as the

@@ -335,6 +335,7 @@ fn stranger_write() -> Vec<u8> {
         entries: vec![entry],
         partial: Vec::new(),
         sent_ms: now,
+        beyond: Vec::new(),
     };
     let frame = ClusterFrame::Gossip(GossipPdu::Lww(sync));
     MessageCodec::<ClusterFrame>::new()

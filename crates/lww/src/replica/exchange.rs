@@ -2,14 +2,14 @@
 //! along), the syncs that answer them, the deltas they carry within the
 //! byte budget, and how received entries and watermarks are taken in.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
-use multinode_wire::{LwwEntry, LwwMessage, NodeId, Timestamp};
+use multinode_wire::{Beyond, LwwEntry, LwwMessage, NodeId, Timestamp};
 use rand::RngExt;
 
-use super::{
-    HOT_ROUNDS, NO_DIGEST, Outgoing, Received, Replica, before, index_origins, origin_range,
-};
+use super::beyond::{fingerprint_of, of_peer};
+use super::origins::{Origins, side_by_side};
+use super::{HOT_ROUNDS, NO_DIGEST, Outgoing, Received, Replica, before, origin_range};
 
 impl Replica {
     /// Opens an exchange with each of `peers`: a digest, or a sync when
@@ -20,7 +20,8 @@ impl Replica {
             return Outgoing::new();
         }
         let watermarks = self.digest();
-        let hot = self.hot(&watermarks);
+        let beyond = self.beyond();
+        let hot = self.hot(&watermarks, &beyond);
         let mut out = Outgoing::with_capacity(peers.len());
         for to in peers {
             let hot: Vec<LwwEntry> = match self.refused_above(to) {
@@ -36,6 +37,7 @@ impl Replica {
                     era: self.era,
                     watermarks: watermarks.clone(),
                     sent_ms: self.now_ms,
+                    beyond: beyond.clone(),
                 }
             } else {
                 LwwMessage::Sync {
@@ -46,6 +48,7 @@ impl Replica {
                     entries: hot,
                     partial: Vec::new(),
                     sent_ms: self.now_ms,
+                    beyond: beyond.clone(),
                 }
             };
             self.count_sent(&m);
@@ -74,10 +77,13 @@ impl Replica {
         let mut out = Received::default();
         match msg {
             LwwMessage::Digest {
-                era, watermarks, ..
+                era,
+                watermarks,
+                beyond,
+                ..
             } => {
                 self.maybe_resync(&watermarks);
-                let reply = self.sync(from, true, era, &watermarks);
+                let reply = self.sync(from, true, era, &watermarks, &beyond);
                 self.remember_opener(from, era, watermarks);
                 out.replies.push((from, reply));
             }
@@ -88,6 +94,7 @@ impl Replica {
                 watermarks,
                 entries,
                 partial,
+                beyond,
                 ..
             } => {
                 if reply && answers != NO_DIGEST {
@@ -131,7 +138,7 @@ impl Replica {
                 };
                 if answers == NO_DIGEST {
                     // A round opener: answer it as a digest.
-                    let m = self.sync(from, true, era, &watermarks);
+                    let m = self.sync(from, true, era, &watermarks, &beyond);
                     self.remember_opener(from, era, watermarks);
                     out.replies.push((from, m));
                     return out;
@@ -140,7 +147,7 @@ impl Replica {
                     self.advance(&watermarks, &partial, &rejected);
                 }
                 if reply {
-                    let m = self.sync(from, false, era, &watermarks);
+                    let m = self.sync(from, false, era, &watermarks, &beyond);
                     out.replies.push((from, m));
                 }
             }
@@ -162,7 +169,7 @@ impl Replica {
         let me = self.cfg.node;
         if self.own_unknown.is_some() || self.resync.as_ref().is_some_and(|r| r.own_floor.is_some())
         {
-            return self.watermarks.get(&me).copied();
+            return self.watermarks.get(me);
         }
         Some(match self.inflight.first() {
             Some(t) => before(*t),
@@ -173,25 +180,21 @@ impl Replica {
     fn digest(&mut self) -> Vec<Timestamp> {
         let me = self.cfg.node;
         match self.own_watermark() {
-            Some(w) => {
-                self.watermarks.insert(me, w);
-            }
-            None => {
-                self.watermarks.remove(&me);
-            }
+            Some(w) => self.watermarks.set(w),
+            None => self.watermarks.remove(me),
         }
-        self.watermarks.values().copied().collect()
+        self.watermarks.as_slice().to_vec()
     }
 
     /// The entries changed in the last few rounds, newest first, within an
     /// eighth of the delta budget.
-    fn hot(&mut self, watermarks: &[Timestamp]) -> Vec<LwwEntry> {
+    fn hot(&mut self, watermarks: &[Timestamp], beyond: &[Beyond]) -> Vec<LwwEntry> {
         let oldest = self.round.saturating_sub(HOT_ROUNDS);
         while self.hot.front().is_some_and(|(r, _, _)| *r < oldest) {
             self.hot.pop_front();
         }
         // An eighth of the budget: pushes duplicate what most peers have.
-        let fixed = LwwMessage::sync_overhead(watermarks);
+        let fixed = LwwMessage::sync_overhead(watermarks, beyond);
         let mut left = (self.cfg.delta_budget / 8).min(self.cfg.delta_budget.saturating_sub(fixed));
         let mut out = Vec::new();
         for (_, version, key) in self.hot.iter().rev() {
@@ -216,25 +219,39 @@ impl Replica {
         Some(theirs.saturating_add(self.cfg.max_drift_ms))
     }
 
-    /// A sync for `to`, whose watermarks (of era `answers`) are `theirs`.
+    /// A sync for `to`, whose watermarks (of era `answers`) are `theirs`
+    /// and whose `beyond` list is `their_beyond`.
     ///
     /// A closing sync (no `reply`: it answers `to`'s answer) lists only the
     /// watermarks above `to`'s, and ours for `to` itself: the others would
     /// move none of `to`'s, and in a settled cluster they are about half
     /// the list. Our watermark for `to` always goes, because a replica
     /// that does not know how far it had written counts the peers without
-    /// one (see `own_progress`).
-    fn sync(&mut self, to: NodeId, reply: bool, answers: u32, theirs: &[Timestamp]) -> LwwMessage {
-        // Their list comes from the peer: look up, never scan, per origin.
-        let theirs: HashMap<NodeId, Timestamp> = theirs.iter().map(|t| (t.node, *t)).collect();
+    /// one (see `own_progress`). Nor does it carry our `beyond` list: no
+    /// sync answers it.
+    fn sync(
+        &mut self,
+        to: NodeId,
+        reply: bool,
+        answers: u32,
+        theirs: &[Timestamp],
+        their_beyond: &[Beyond],
+    ) -> LwwMessage {
+        // Their lists come from the peer: walked beside ours, in origin
+        // order, never scanned per origin.
+        let theirs = Origins::of_peer(theirs);
+        let their_beyond = of_peer(their_beyond);
         let mut watermarks = self.digest();
+        let beyond = if reply { self.beyond() } else { Vec::new() };
         if !reply {
-            watermarks.retain(|w| w.node == to || theirs.get(&w.node).is_none_or(|t| w > t));
+            watermarks = side_by_side(watermarks, theirs.iter().copied())
+                .filter_map(|(o, mine, t)| mine.filter(|m| o == to || t.is_none_or(|t| *m > t)))
+                .collect();
         }
-        let fixed = LwwMessage::sync_overhead(&watermarks);
+        let fixed = LwwMessage::sync_overhead(&watermarks, &beyond);
         let room = self.cfg.delta_budget.saturating_sub(fixed);
         let refused_above = self.refused_above(to);
-        let (entries, partial) = self.delta(&theirs, room, refused_above);
+        let (entries, partial) = self.delta(&theirs, &their_beyond, room, refused_above);
         let m = LwwMessage::Sync {
             reply,
             era: self.era,
@@ -243,20 +260,24 @@ impl Replica {
             entries,
             partial,
             sent_ms: self.now_ms,
+            beyond,
         };
         self.count_sent(&m);
         m
     }
 
-    /// The entries a peer with watermarks `theirs` lacks, within `room`
-    /// bytes: origins take turns, one entry each, from a seeded starting
-    /// origin, so a large backlog of one origin never starves the others.
+    /// The entries a peer with watermarks `theirs` (in origin order) lacks,
+    /// but for the origins where it holds what we hold past its watermark
+    /// (by its `beyond` list), within `room` bytes: origins take turns, one entry each, from a
+    /// seeded starting origin, so a large backlog of one origin never
+    /// starves the others.
     /// An origin stops short (as at the budget) at its first version past
     /// `refused_above`: the peer would refuse it, and sending it again each
     /// round would cost bytes and change nothing.
     fn delta(
         &mut self,
-        theirs: &HashMap<NodeId, Timestamp>,
+        theirs: &[Timestamp],
+        their_beyond: &[Beyond],
         room: usize,
         refused_above: Option<u64>,
     ) -> (Vec<LwwEntry>, Vec<Timestamp>) {
@@ -264,10 +285,17 @@ impl Replica {
         // Everything held above their watermark: up to ours it completes a
         // range; past ours (writes pushed to us ahead of our watermark) it
         // rides along, vouched for by nothing.
-        for origin in index_origins(&self.by_origin) {
-            let from = theirs.get(&origin).copied();
-            let mut range = origin_range(&self.by_origin, origin, from).peekable();
-            if range.peek().is_some() {
+        // Only the origins of which we hold something newer than their
+        // watermark: in a settled cluster, none.
+        let newest = self.newest.as_slice().iter().copied();
+        for (origin, newest, from) in side_by_side(newest, theirs.iter().copied()) {
+            let ahead = newest.is_some_and(|n| from.is_none_or(|f| n > f));
+            let same = || {
+                fingerprint_of(their_beyond, origin)
+                    .is_some_and(|theirs| theirs == self.fingerprint_past(origin, from))
+            };
+            if ahead && !same() {
+                let range = origin_range(&self.by_origin, origin, from);
                 cursors.push((origin, from, range, None::<Timestamp>));
             }
         }
@@ -304,13 +332,13 @@ impl Replica {
                 // Cut short: this origin's range ends at the last entry
                 // sent, and never past our own watermark.
                 let (origin, from, _, last) = &cursors[i];
-                if let Some(mine) = self.watermarks.get(origin) {
+                if let Some(mine) = self.watermarks.get(*origin) {
                     let reached = last.or(*from).unwrap_or(Timestamp {
                         physical_ms: 0,
                         logical: 0,
                         node: *origin,
                     });
-                    partial.push(reached.min(*mine));
+                    partial.push(reached.min(mine));
                 }
                 continue;
             }
@@ -365,15 +393,17 @@ impl Replica {
         rejected: &BTreeSet<NodeId>,
     ) {
         let me = self.cfg.node;
-        // Both lists come from the peer: look up, never scan, per watermark.
-        let partial: HashMap<NodeId, Timestamp> = partial.iter().map(|p| (p.node, *p)).collect();
+        // Both lists come from the peer: walked side by side, in origin
+        // order.
+        let (theirs, partial) = (Origins::of_peer(theirs), Origins::of_peer(partial));
         let limit = self.now_ms.saturating_add(self.cfg.max_drift_ms);
         let own_pull = self.own_unknown.is_some()
             || self.resync.as_ref().is_some_and(|r| r.own_floor.is_some());
-        for w in theirs {
-            let o = w.node;
+        let to = side_by_side(theirs.iter().copied(), partial.iter().copied());
+        let to = to.filter_map(|(o, w, p)| {
+            let w = w?;
             if rejected.contains(&o) || (o == me && !own_pull) {
-                continue;
+                return None;
             }
             // A watermark past our clock plus the drift bound (a peer whose
             // clock is ahead) vouches for what we hold only up to that
@@ -386,13 +416,15 @@ impl Replica {
                 logical: u32::MAX,
                 node: o,
             };
-            let to = partial.get(&o).copied().unwrap_or(*w).min(cap);
-            let cur = self.watermarks.get(&o).copied();
-            if cur.is_none_or(|c| to > c) {
-                self.watermarks.insert(o, to);
-                if let Some(d) = self.peers.get_mut(&o) {
-                    d.heartbeat(self.now_ms);
-                }
+            Some(p.unwrap_or(w).min(cap))
+        });
+        let raised = self.watermarks.raise(to);
+        if !raised.is_empty() {
+            self.beyond = None;
+        }
+        for o in raised {
+            if let Some(d) = self.peers.get_mut(&o) {
+                d.heartbeat(self.now_ms);
             }
         }
         self.resync_progress();
@@ -404,10 +436,8 @@ impl Replica {
 /// left out by the ones the same peer opened the exchange with: a peer's
 /// watermarks only move up within its era, so each is a lower bound.
 fn at_least(listed: &[Timestamp], opened: &[Timestamp]) -> Vec<Timestamp> {
-    let mut whole: HashMap<NodeId, Timestamp> = opened.iter().map(|t| (t.node, *t)).collect();
-    for t in listed {
-        let w = whole.entry(t.node).or_insert(*t);
-        *w = (*w).max(*t);
-    }
-    whole.into_values().collect()
+    let (listed, opened) = (Origins::of_peer(listed), Origins::of_peer(opened));
+    side_by_side(listed.iter().copied(), opened.iter().copied())
+        .filter_map(|(_, l, o)| l.max(o))
+        .collect()
 }

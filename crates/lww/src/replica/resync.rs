@@ -2,11 +2,12 @@
 //! a peer to know which deletes it missed drops what the peer provably saw
 //! and pulls it back.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use multinode_wire::{NodeId, Timestamp};
 
-use super::{NO_DIGEST, Replica, TS_MIN, origin_range};
+use super::origins::{Origins, side_by_side};
+use super::{NO_DIGEST, Replica, TS_MIN};
 
 /// Peers that must answer with no watermark for us, after a
 /// resynchronisation against a peer that knew nothing of our writes,
@@ -37,7 +38,7 @@ pub(super) struct OwnUnknown {
 /// pulled back up to what the peer that triggered it knew.
 #[derive(Debug)]
 pub(super) struct Resync {
-    pub(super) target: BTreeMap<NodeId, Timestamp>,
+    pub(super) target: Origins,
     /// Until our watermark for ourselves is back here, it is not taken from
     /// the clock: the peer holds writes of ours we dropped.
     pub(super) own_floor: Option<Timestamp>,
@@ -59,40 +60,35 @@ impl Replica {
         let me = self.cfg.node;
         let limit = self.now_ms.saturating_add(self.cfg.max_drift_ms);
         let grace = self.cfg.tombstone_grace_ms;
+        let theirs = Origins::of_peer(theirs);
         // How far we have seen an origin: its watermark, or, without one
         // (a resynchronisation that never finished, a peer cut off before
         // it was heard from), the newest entry of it we hold.
-        let seen = |o: &NodeId| {
-            self.watermarks.get(o).copied().or_else(|| {
-                origin_range(&self.by_origin, *o, None)
-                    .next_back()
-                    .map(|(&(_, t), _)| t)
-            })
-        };
+        let seen = |o: NodeId| self.watermarks.get(o).or_else(|| self.newest.get(o));
         let behind = theirs.iter().any(|w| {
             w.node != me
                 && w.physical_ms <= limit
-                && seen(&w.node)
-                    .is_some_and(|m| w.physical_ms > m.physical_ms.saturating_add(grace))
+                && seen(w.node).is_some_and(|m| w.physical_ms > m.physical_ms.saturating_add(grace))
         });
         // A peer back from a long absence makes us look behind on its own
         // origin, but it lags us on the others: it cannot stand in for
         // what a resynchronisation drops, and pulling from it would bring
         // back what was deleted while it was away.
-        if !(self.unsynced || behind && self.covers(theirs, &self.watermarks, false)) {
+        if !(self.unsynced || behind && self.covers(&theirs, &self.watermarks, false)) {
             return false;
         }
         tracing::info!(node = %me, unsynced = self.unsynced, "resynchronising");
         let started_over = self.unsynced;
-        let target: BTreeMap<NodeId, Timestamp> = theirs
+        let mut target: Origins = theirs
             .iter()
             .filter(|w| w.physical_ms <= limit)
-            .map(|w| (w.node, *w))
+            .copied()
             .collect();
-        for (origin, upto) in &target {
+        for upto in target.as_slice() {
+            let origin = upto.node;
             let seen: Vec<String> = self
                 .by_origin
-                .range((*origin, TS_MIN)..=(*origin, *upto))
+                .range((origin, TS_MIN)..=(origin, *upto))
                 .map(|(_, k)| k.clone())
                 .collect();
             for key in seen {
@@ -108,7 +104,7 @@ impl Replica {
         };
         self.unsynced = false;
         self.stats.resyncs += 1;
-        let own_floor = target.get(&me).copied();
+        let own_floor = target.get(me);
         if own_floor.is_none() && started_over {
             self.own_unknown = Some(OwnUnknown {
                 strangers: BTreeSet::new(),
@@ -116,8 +112,7 @@ impl Replica {
                 since_round: self.round,
             });
         }
-        let mut target = target;
-        target.remove(&me);
+        target.remove(me);
         self.resync = Some(Resync {
             target,
             own_floor,
@@ -134,19 +129,16 @@ impl Replica {
     /// here, which outranks anything stale it sends. An origin the peer
     /// has no watermark for counts as seen only if `new_ok` (a peer that
     /// has just started is not stale).
-    pub(super) fn covers(
-        &self,
-        theirs: &[Timestamp],
-        ours: &BTreeMap<NodeId, Timestamp>,
-        new_ok: bool,
-    ) -> bool {
+    pub(super) fn covers(&self, theirs: &[Timestamp], ours: &Origins, new_ok: bool) -> bool {
         let me = self.cfg.node;
         let grace = self.cfg.tombstone_grace_ms;
-        let theirs: HashMap<NodeId, Timestamp> = theirs.iter().map(|t| (t.node, *t)).collect();
-        ours.iter().filter(|(o, _)| **o != me).all(|(o, mine)| {
-            theirs.get(o).map_or(new_ok, |t| {
+        let theirs = Origins::of_peer(theirs);
+        let ours = ours.as_slice().iter().copied();
+        side_by_side(ours, theirs.iter().copied()).all(|(o, mine, t)| match mine {
+            Some(mine) if o != me => t.map_or(new_ok, |t| {
                 t.physical_ms.saturating_add(grace) >= mine.physical_ms
-            })
+            }),
+            _ => true,
         })
     }
 
@@ -174,8 +166,8 @@ impl Replica {
                 }
             }
         }
-        let mine = self.watermarks.get(&me);
-        let vouched = u.floor.is_some_and(|f| mine.is_some_and(|m| *m >= f));
+        let mine = self.watermarks.get(me);
+        let vouched = u.floor.is_some_and(|f| mine.is_some_and(|m| m >= f));
         let strangers =
             u.floor.is_none() && u.strangers.len() >= OWN_STRANGERS.min(self.peers.len());
         let waited = self.round >= u.since_round + OWN_PATIENCE_ROUNDS;
@@ -188,14 +180,15 @@ impl Replica {
         let me = self.cfg.node;
         let Some(r) = &mut self.resync else { return };
         if let Some(floor) = r.own_floor {
-            if self.watermarks.get(&me).is_some_and(|w| *w >= floor) {
+            if self.watermarks.get(me).is_some_and(|w| w >= floor) {
                 r.own_floor = None;
             }
         }
         let caught_up = r
             .target
+            .as_slice()
             .iter()
-            .all(|(o, t)| self.watermarks.get(o).is_some_and(|w| w >= t));
+            .all(|t| self.watermarks.get(t.node).is_some_and(|w| w >= *t));
         if caught_up && r.own_floor.is_none() {
             self.resync = None;
         }

@@ -362,3 +362,85 @@ fn an_unanswered_exchange_is_retried_once_with_a_peer_not_yet_contacted() {
     assert_eq!(z.tick(T0).messages.len(), 3);
     assert!(z.retry(T0 + 50).is_empty());
 }
+
+/// Entries that reached a replica ahead of its watermark (pushed to it)
+/// are not sent to it again by a peer that holds the same there, and its
+/// watermark still moves; a replica missing one of them is sent them.
+#[test]
+fn entries_held_past_a_watermark_are_not_sent_again() {
+    let now = T0 + 1000;
+    // A learns origin 9's three writes, and its watermark, from 9 itself.
+    let mut origin = replica(9);
+    let writes: Vec<LwwEntry> = (0..3)
+        .map(|i| {
+            origin
+                .set(&format!("o{i}"), Bytes::from_static(b"v"), T0 + i)
+                .unwrap()
+        })
+        .collect();
+    let newest = writes[2].version;
+    // B and C are synchronised with A first (a new replica takes a few
+    // rounds to settle its own watermark).
+    let (mut a, mut b, mut c) = (replica(1), replica(2), replica(3));
+    for i in 0..12 {
+        exchange(&mut a, &mut b, T0 + 10 * i);
+        exchange(&mut a, &mut c, T0 + 10 * i + 5);
+    }
+    for i in 0..12 {
+        exchange(&mut origin, &mut a, now + 10 * i);
+        exchange(&mut a, &mut origin, now + 10 * i + 5);
+    }
+    let now = now + 200;
+    assert!(![&a, &b, &c].iter().any(|r| r.is_resyncing()));
+    assert!(a.watermark(NodeId(9)).is_some_and(|w| w >= newest));
+    // B and C get 9's writes pushed to them, C only two of them: pushed
+    // entries move no watermark.
+    let pushed = |to: &mut Replica, entries: &[LwwEntry]| {
+        to.receive(
+            NodeId(9),
+            LwwMessage::Sync {
+                reply: true,
+                era: 0,
+                answers: multinode_lww::NO_DIGEST,
+                watermarks: Vec::new(),
+                entries: entries.to_vec(),
+                partial: Vec::new(),
+                sent_ms: now,
+                beyond: Vec::new(),
+            },
+            now,
+        );
+        assert!(to.watermark(NodeId(9)).is_none());
+    };
+    let answer_to = |from: &mut Replica, a: &mut Replica, at: u64| {
+        let (_, opener) = from.tick(at).messages.remove(0);
+        let theirs = match &opener {
+            LwwMessage::Digest { beyond, .. } | LwwMessage::Sync { beyond, .. } => beyond.clone(),
+        };
+        let mut replies = a.receive(from.node(), opener, at).replies;
+        assert_eq!(replies.len(), 1);
+        let (_, reply) = replies.remove(0);
+        let LwwMessage::Sync { entries, .. } = &reply else {
+            panic!("a digest answered with {reply:?}");
+        };
+        let of_origin: Vec<LwwEntry> = entries
+            .iter()
+            .filter(|e| e.version.node == NodeId(9))
+            .cloned()
+            .collect();
+        from.receive(a.node(), reply, at);
+        (theirs, of_origin)
+    };
+    pushed(&mut b, &writes);
+    pushed(&mut c, &writes[..2]);
+    let (said, sent) = answer_to(&mut b, &mut a, now + 10);
+    assert_eq!(said.len(), 1, "B names what it holds past its watermark");
+    assert_eq!(said[0].origin, NodeId(9));
+    assert!(sent.is_empty(), "A sent B again {sent:?}");
+    assert_eq!(b.watermark(NodeId(9)), a.watermark(NodeId(9)));
+    let (_, sent) = answer_to(&mut c, &mut a, now + 10);
+    assert_eq!(sent, writes, "C, missing one, is sent the range whole");
+    assert_eq!(c.watermark(NodeId(9)), a.watermark(NodeId(9)));
+    assert_eq!(b.fingerprint(), a.fingerprint());
+    assert_eq!(c.fingerprint(), a.fingerprint());
+}

@@ -87,7 +87,7 @@ fn a_sigkilled_peer_is_a_crash_after_its_last_message() {
     // then wait to be killed.
     let script = format!(
         "exec 3<>/dev/tcp/127.0.0.1/{port}
-         printf '\\x00\\x00\\x00\\x07MNOD\\x03\\x09\\x05' >&3
+         printf '\\x00\\x00\\x00\\x07MNOD\\x04\\x09\\x05' >&3
          head -c 11 <&3 >/dev/null
          printf '\\x00\\x00\\x00\\x03\\x00hi' >&3
          echo ready
@@ -135,10 +135,10 @@ fn raw_peer() -> (TcpChannel, TcpStream) {
         )
     });
     let (mut s, _) = raw.accept().unwrap();
-    s.write_all(b"\x00\x00\x00\x07MNOD\x03\x09\x01").unwrap();
+    s.write_all(b"\x00\x00\x00\x07MNOD\x04\x09\x01").unwrap();
     let mut theirs = [0u8; 11];
     s.read_exact(&mut theirs).unwrap();
-    assert_eq!(&theirs, b"\x00\x00\x00\x07MNOD\x03\x09\x00");
+    assert_eq!(&theirs, b"\x00\x00\x00\x07MNOD\x04\x09\x00");
     (join_soon(connect, "connect").expect("handshake"), s)
 }
 

@@ -2,8 +2,9 @@
 
 use bytes::{Bytes, BytesMut};
 use multinode_wire::{
-    ChannelCodec, ChannelFrame, ClusterFrame, ClusterId, GossipPdu, Hello, LwwEntry, LwwMessage,
-    MAGIC, MessageCodec, NodeId, RemoteTell, Reply, Request, Session, Timestamp, WireError,
+    Beyond, ChannelCodec, ChannelFrame, ClusterFrame, ClusterId, GossipPdu, Hello, LwwEntry,
+    LwwMessage, MAGIC, MessageCodec, NodeId, RemoteTell, Reply, Request, Session, Timestamp,
+    WireError,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -97,7 +98,7 @@ fn hello_frames() {
         "hello-wide",
         Hello {
             magic: MAGIC,
-            protocol_version: 3,
+            protocol_version: 4,
             cluster_id: ClusterId(0xc0ffee),
             node_id: NodeId(300),
         },
@@ -316,6 +317,10 @@ fn lww_frames() {
             era: 0,
             watermarks: vec![at(1_767_225_600_000, 0, 1), at(1_767_225_600_000, 3, 2)],
             sent_ms: 1_767_225_600_001,
+            beyond: vec![Beyond {
+                origin: NodeId(2),
+                fingerprint: 300,
+            }],
         }),
     );
     let sync = lww(LwwMessage::Sync {
@@ -337,7 +342,33 @@ fn lww_frames() {
         ],
         partial: vec![],
         sent_ms: 1_767_225_600_001,
+        beyond: vec![],
     });
     assert_eq!(sync.payload_len() + 4, golden("lww-sync").len());
     check_frame("lww-sync", sync);
+}
+
+/// The fingerprints docs/wire-format.md gives (computed there from the
+/// stated formula, not by this crate): every build must sum the same.
+#[test]
+fn version_fingerprints_are_as_documented() {
+    let at = |physical_ms, logical| Timestamp {
+        physical_ms,
+        logical,
+        node: NodeId(1),
+    };
+    let (a, b) = (at(1_767_225_599_000, 1), at(1_767_225_599_500, 0));
+    assert_eq!(a.fingerprint(), 0x7543_e6ff_4ec4_fd89);
+    assert_eq!(b.fingerprint(), 0xc665_63d9_b313_6c94);
+    assert_eq!(
+        a.fingerprint().wrapping_add(b.fingerprint()),
+        0x3ba9_4ad9_01d8_6a1d
+    );
+    for hex in [
+        "0x7543e6ff4ec4fd89",
+        "0xc66563d9b3136c94",
+        "0x3ba94ad901d86a1d",
+    ] {
+        assert!(DOC.contains(hex), "docs/wire-format.md lost {hex}");
+    }
 }

@@ -4,8 +4,8 @@
 
 use bytes::{Bytes, BytesMut};
 use multinode_wire::{
-    ClusterFrame, ClusterId, FRAME_HEADER_LEN, FrameCodec, GossipPdu, Hello, LineCodec, LwwEntry,
-    LwwMessage, MessageCodec, NodeId, RemoteTell, Reply, Request, Timestamp, WireError,
+    Beyond, ClusterFrame, ClusterId, FRAME_HEADER_LEN, FrameCodec, GossipPdu, Hello, LineCodec,
+    LwwEntry, LwwMessage, MessageCodec, NodeId, RemoteTell, Reply, Request, Timestamp, WireError,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -38,6 +38,10 @@ fn samples() -> Vec<BytesMut> {
             }],
             partial: vec![stamp(2)],
             sent_ms: 1_767_225_600_000,
+            beyond: vec![Beyond {
+                origin: NodeId(3),
+                fingerprint: u64::MAX,
+            }],
         })),
     ];
     frames
@@ -436,6 +440,7 @@ fn a_decoded_list_holds_no_room_beyond_its_items() {
         entries,
         partial: vec![],
         sent_ms: 0,
+        beyond: vec![],
     }));
     let mut codec = MessageCodec::<ClusterFrame>::new();
     let mut buf = BytesMut::new();

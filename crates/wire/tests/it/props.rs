@@ -2,7 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 use multinode_wire::{
-    ClusterFrame, ClusterId, GossipPdu, Hello, HybridClock, Label, LwwEntry, LwwMessage,
+    Beyond, ClusterFrame, ClusterId, GossipPdu, Hello, HybridClock, Label, LwwEntry, LwwMessage,
     MessageCodec, NodeId, RemoteTell, Reply, Request, Timestamp, Value, WireError,
 };
 use proptest::prelude::*;
@@ -59,8 +59,16 @@ fn stamp() -> impl Strategy<Value = Timestamp> + Clone {
     })
 }
 
+fn beyond() -> impl Strategy<Value = Beyond> + Clone {
+    (node(), any::<u64>()).prop_map(|(origin, fingerprint)| Beyond {
+        origin,
+        fingerprint,
+    })
+}
+
 fn lww(bytes: impl Strategy<Value = Bytes> + Clone) -> impl Strategy<Value = LwwMessage> {
     let stamps = proptest::collection::vec(stamp(), 0..6);
+    let beyond = proptest::collection::vec(beyond(), 0..4);
     let entry =
         (".{0,30}", proptest::option::of(bytes), stamp()).prop_map(|(key, value, version)| {
             LwwEntry {
@@ -70,21 +78,23 @@ fn lww(bytes: impl Strategy<Value = Bytes> + Clone) -> impl Strategy<Value = Lww
             }
         });
     prop_oneof![
-        (any::<u32>(), stamps.clone(), any::<u64>()).prop_map(|(era, watermarks, sent_ms)| {
-            LwwMessage::Digest {
+        (any::<u32>(), stamps.clone(), any::<u64>(), beyond.clone()).prop_map(
+            |(era, watermarks, sent_ms, beyond)| LwwMessage::Digest {
                 era,
                 watermarks,
                 sent_ms,
+                beyond,
             }
-        }),
+        ),
         (
             (any::<bool>(), any::<u32>(), any::<u32>(), any::<u64>()),
             stamps.clone(),
             proptest::collection::vec(entry, 0..6),
-            stamps
+            stamps,
+            beyond,
         )
             .prop_map(
-                |((reply, era, answers, sent_ms), watermarks, entries, partial)| {
+                |((reply, era, answers, sent_ms), watermarks, entries, partial, beyond)| {
                     LwwMessage::Sync {
                         reply,
                         era,
@@ -93,6 +103,7 @@ fn lww(bytes: impl Strategy<Value = Bytes> + Clone) -> impl Strategy<Value = Lww
                         entries,
                         partial,
                         sent_ms,
+                        beyond,
                     }
                 }
             ),
@@ -239,12 +250,13 @@ fn a_sync_fits_its_overhead_and_frame_len_is_exact() {
         proptest::collection::vec(stamp(), 0..40),
         proptest::collection::vec(stamp(), 0..40),
         any::<bool>(),
+        proptest::collection::vec(beyond(), 0..40),
     );
     run(
         "a_sync_fits_its_overhead",
         128,
         s,
-        |(watermarks, partial, reply)| {
+        |(watermarks, partial, reply, beyond)| {
             let m = LwwMessage::Sync {
                 reply,
                 era: u32::MAX,
@@ -253,8 +265,9 @@ fn a_sync_fits_its_overhead_and_frame_len_is_exact() {
                 entries: Vec::new(),
                 partial: partial.clone(),
                 sent_ms: u64::MAX,
+                beyond: beyond.clone(),
             };
-            let most = LwwMessage::sync_overhead(&watermarks)
+            let most = LwwMessage::sync_overhead(&watermarks, &beyond)
                 + partial.len() * LwwMessage::MAX_PARTIAL_LEN;
             prop_assert!(m.frame_len() <= most);
             let frame = ClusterFrame::Gossip(GossipPdu::Lww(m.clone()));
