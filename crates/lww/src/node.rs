@@ -446,12 +446,6 @@ async fn run<T: GossipTransport + 'static>(s: Arc<Shared<T>>, mut inbox: Inbox, 
                 retries_left = passes;
                 retry.as_mut().reset(tokio::time::Instant::now() + slice);
             }
-            () = &mut retry, if retries_left > 0 => {
-                retries_left -= 1;
-                let out = s.replica.lock().retry(wall_ms());
-                send(&s, out);
-                retry.as_mut().reset(tokio::time::Instant::now() + slice);
-            }
             Some((from, m)) = inbox.recv() => {
                 let got = s.replica.lock().receive(from, m, wall_ms());
                 for e in got.changes {
@@ -466,6 +460,13 @@ async fn run<T: GossipTransport + 'static>(s: Arc<Shared<T>>, mut inbox: Inbox, 
                     let _ = s.changes.send(e);
                 }
                 send(&s, got.replies);
+            }
+            // After the inbox: an answer already here is not retried.
+            () = &mut retry, if retries_left > 0 => {
+                retries_left -= 1;
+                let out = s.replica.lock().retry(wall_ms());
+                send(&s, out);
+                retry.as_mut().reset(tokio::time::Instant::now() + slice);
             }
         }
     }

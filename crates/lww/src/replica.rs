@@ -29,10 +29,15 @@ use crate::{ClockOffset, LwwError, ReplicaConfig};
 pub const NO_DIGEST: u32 = u32::MAX;
 
 /// Rounds a changed key is pushed to the peers a round opens with.
-const HOT_ROUNDS: u64 = 3;
+const HOT_ROUNDS: u64 = 1;
 
 /// Changed keys remembered for pushing.
 const HOT_MAX: usize = 4096;
+
+/// An exchange is expected to wait up to this many times the smoothed
+/// answer time; it is retried, and stops holding a place in the fanout,
+/// only after.
+const RETRY_PATIENCE: u64 = 3;
 
 /// Messages to send: `(to, message)`.
 pub type Outgoing = Vec<(NodeId, LwwMessage)>;
@@ -109,9 +114,11 @@ pub struct Replica {
     peers: BTreeMap<NodeId, Detector>,
     inflight: BTreeSet<Timestamp>,
     hot: VecDeque<(u64, Timestamp, String)>,
-    /// The peers this round opened an exchange with, and whether each is
-    /// still waiting for its answer.
-    opened: BTreeMap<NodeId, bool>,
+    /// The peers this round opened an exchange with, and for each still
+    /// waiting for its answer, when it was opened.
+    opened: BTreeMap<NodeId, Option<u64>>,
+    /// How long answers take, smoothed (an eighth of each new one).
+    answer_ms: Option<u64>,
     retry_passes: u32,
     resync: Option<Resync>,
     own_unknown: Option<OwnUnknown>,
@@ -142,6 +149,7 @@ impl Replica {
             inflight: BTreeSet::new(),
             hot: VecDeque::new(),
             opened: BTreeMap::new(),
+            answer_ms: None,
             retry_passes: 0,
             resync: None,
             own_unknown: None,
@@ -387,10 +395,19 @@ impl Replica {
             }
         }
         self.own_progress(None);
-        let ids: Vec<NodeId> = self.peers.keys().copied().collect();
-        let k = self.cfg.fanout.of(ids.len());
+        // Exchanges still expected to be answered (not given up on, and
+        // open for less than the patience, at most two round intervals)
+        // take their place in this round's fanout: a machine too busy to
+        // answer within a round is given fewer new exchanges, not more.
+        let limit = (self.patience()).min(self.cfg.round_interval_ms.saturating_mul(2));
+        self.opened
+            .retain(|_, w| w.is_some_and(|at| now_ms.saturating_sub(at) < limit));
+        let k = (self.cfg.fanout.of(self.peers.len())).saturating_sub(self.opened.len());
+        let ids: Vec<NodeId> = (self.peers.keys())
+            .filter(|p| !self.opened.contains_key(p))
+            .copied()
+            .collect();
         let chosen = sample(&mut self.rng, ids, k);
-        self.opened.clear();
         self.retry_passes = 0;
         round.messages = self.open(chosen);
         round
@@ -400,17 +417,21 @@ impl Replica {
     /// round has not contacted; at most [`ReplicaConfig::retries`] times a
     /// round. An exchange is answered when the peer's reply arrives (the
     /// rest of it may still be lost), so without loss nothing is retried.
+    /// Nor is an exchange open for less than three times the
+    /// smoothed answer time: on a machine too busy to answer quickly, a
+    /// retry would only add an exchange to the backlog that delays them.
     pub fn retry(&mut self, now_ms: u64) -> Outgoing {
         self.now_ms = self.now_ms.max(now_ms);
         if self.retry_passes >= self.cfg.retries {
             return Outgoing::new();
         }
         self.retry_passes += 1;
+        let patience = self.patience();
         let mut unanswered = 0;
         for waiting in self.opened.values_mut() {
-            if *waiting {
+            if waiting.is_some_and(|at| now_ms.saturating_sub(at) >= patience) {
                 // Given up on: a late answer is still taken in.
-                *waiting = false;
+                *waiting = None;
                 unanswered += 1;
             }
         }
@@ -423,6 +444,12 @@ impl Replica {
         let chosen = sample(&mut self.rng, fresh, unanswered);
         self.stats.retries += chosen.len() as u64;
         self.open(chosen)
+    }
+
+    /// How long an exchange is expected to wait for its answer: three times
+    /// the smoothed answer time (none measured yet: no time at all).
+    fn patience(&self) -> u64 {
+        self.answer_ms.unwrap_or(0).saturating_mul(RETRY_PATIENCE)
     }
 
     /// Drops tombstones older than 1.5× the grace period.

@@ -52,7 +52,7 @@ impl Replica {
                 }
             };
             self.count_sent(&m);
-            self.opened.insert(to, true);
+            self.opened.insert(to, Some(self.now_ms));
             out.push((to, m));
         }
         out
@@ -98,8 +98,10 @@ impl Replica {
                 ..
             } => {
                 if reply && answers != NO_DIGEST {
-                    if let Some(waiting) = self.opened.get_mut(&from) {
-                        *waiting = false;
+                    if let Some(at) = self.opened.get_mut(&from).and_then(Option::take) {
+                        let took = self.now_ms.saturating_sub(at);
+                        let was = self.answer_ms.unwrap_or(took);
+                        self.answer_ms = Some((was * 7 + took) / 8);
                     }
                 }
                 // A closing sync (`reply` unset) lists only the watermarks
