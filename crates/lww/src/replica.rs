@@ -399,11 +399,16 @@ impl Replica {
         // open for less than the patience, at most two round intervals)
         // take their place in this round's fanout: a machine too busy to
         // answer within a round is given fewer new exchanges, not more.
-        let limit = (self.patience()).min(self.cfg.round_interval_ms.saturating_mul(2));
+        let limit = self
+            .patience()
+            .min(self.cfg.round_interval_ms.saturating_mul(2));
         self.opened
             .retain(|_, w| w.is_some_and(|at| now_ms.saturating_sub(at) < limit));
-        let k = (self.cfg.fanout.of(self.peers.len())).saturating_sub(self.opened.len());
-        let ids: Vec<NodeId> = (self.peers.keys())
+        let k = self.cfg.fanout.of(self.peers.len());
+        let k = k.saturating_sub(self.opened.len());
+        let ids: Vec<NodeId> = self
+            .peers
+            .keys()
             .filter(|p| !self.opened.contains_key(p))
             .copied()
             .collect();

@@ -101,7 +101,7 @@ impl Replica {
                     if let Some(at) = self.opened.get_mut(&from).and_then(Option::take) {
                         let took = self.now_ms.saturating_sub(at);
                         let was = self.answer_ms.unwrap_or(took);
-                        self.answer_ms = Some((was * 7 + took) / 8);
+                        self.answer_ms = Some(was.saturating_mul(7).saturating_add(took) / 8);
                     }
                 }
                 // A closing sync (`reply` unset) lists only the watermarks
@@ -270,10 +270,9 @@ impl Replica {
 
     /// The entries a peer with watermarks `theirs` (in origin order) lacks,
     /// but for the origins where it holds what we hold past its watermark
-    /// (by its `beyond` list), within `room` bytes: origins take turns, one entry each, from a
-    /// seeded starting origin, so a large backlog of one origin never
-    /// starves the others.
-    /// An origin stops short (as at the budget) at its first version past
+    /// (by its `beyond` list), within `room` bytes: origins take turns, one
+    /// entry each, from a seeded starting origin, so a large backlog of one
+    /// origin never starves the others. An origin stops short (as at the budget) at its first version past
     /// `refused_above`: the peer would refuse it, and sending it again each
     /// round would cost bytes and change nothing.
     fn delta(

@@ -444,3 +444,37 @@ fn entries_held_past_a_watermark_are_not_sent_again() {
     assert_eq!(b.fingerprint(), a.fingerprint());
     assert_eq!(c.fingerprint(), a.fingerprint());
 }
+
+/// An exchange slower than usual is not taken for lost: it is not retried
+/// before three times the smoothed answer time, and until then it keeps
+/// its place in the next round's fanout.
+#[test]
+fn a_slow_exchange_is_not_retried_and_keeps_its_place_in_the_fanout() {
+    let mut cfg = ReplicaConfig::new(NodeId(0));
+    cfg.round_interval_ms = 1000;
+    let mut a = Replica::new(cfg).expect("config");
+    let mut peers: BTreeMap<NodeId, Replica> = (1..=10).map(|i| (NodeId(i), replica(i))).collect();
+    for p in peers.values_mut() {
+        a.add_peer(p.node());
+        p.add_peer(a.node());
+    }
+    // Answers take 400 ms: expected within 1,200.
+    let opened = a.tick(T0).messages;
+    assert_eq!(opened.len(), 3);
+    answer(&mut a, &mut peers, opened, T0 + 400);
+    assert_eq!(
+        a.tick(T0 + 1000).messages.len(),
+        3,
+        "answered exchanges hold no place"
+    );
+    assert!(a.retry(T0 + 1500).is_empty(), "a slow exchange was retried");
+    let next = a.tick(T0 + 2000).messages;
+    assert!(
+        next.is_empty(),
+        "three exchanges still expected, yet {next:?}"
+    );
+    // Past the patience they are taken for lost: a full round again.
+    let next = a.tick(T0 + 3500).messages;
+    assert_eq!(next.len(), 3);
+    assert_eq!(a.stats().retries, 0);
+}
