@@ -406,12 +406,7 @@ impl Replica {
             .retain(|_, w| w.is_some_and(|at| now_ms.saturating_sub(at) < limit));
         let k = self.cfg.fanout.of(self.peers.len());
         let k = k.saturating_sub(self.opened.len());
-        let ids: Vec<NodeId> = self
-            .peers
-            .keys()
-            .filter(|p| !self.opened.contains_key(p))
-            .copied()
-            .collect();
+        let ids = self.unopened();
         let chosen = sample(&mut self.rng, ids, k);
         self.retry_passes = 0;
         round.messages = self.open(chosen);
@@ -440,15 +435,19 @@ impl Replica {
                 unanswered += 1;
             }
         }
-        let fresh: Vec<NodeId> = self
-            .peers
-            .keys()
-            .filter(|p| !self.opened.contains_key(p))
-            .copied()
-            .collect();
+        let fresh = self.unopened();
         let chosen = sample(&mut self.rng, fresh, unanswered);
         self.stats.retries += chosen.len() as u64;
         self.open(chosen)
+    }
+
+    /// The peers no exchange of this round (or one still expected from the
+    /// last) is open with, in id order.
+    fn unopened(&self) -> Vec<NodeId> {
+        (self.peers.keys())
+            .filter(|p| !self.opened.contains_key(p))
+            .copied()
+            .collect()
     }
 
     /// How long an exchange is expected to wait for its answer: three times

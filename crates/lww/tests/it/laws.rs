@@ -310,6 +310,16 @@ fn merge_is_commutative_associative_and_idempotent() {
         .unwrap();
 }
 
+/// Replicas 1 to 10, each a peer of `a` and `a` of each.
+fn ten_peers_of(a: &mut Replica) -> BTreeMap<NodeId, Replica> {
+    let mut peers: BTreeMap<NodeId, Replica> = (1..=10).map(|i| (NodeId(i), replica(i))).collect();
+    for p in peers.values_mut() {
+        a.add_peer(p.node());
+        p.add_peer(a.node());
+    }
+    peers
+}
+
 /// Delivers `opened` to `peers` and their answers back to `a`; the closing
 /// syncs `a` sends are dropped.
 fn answer(a: &mut Replica, peers: &mut BTreeMap<NodeId, Replica>, opened: Outgoing, now: u64) {
@@ -324,11 +334,7 @@ fn answer(a: &mut Replica, peers: &mut BTreeMap<NodeId, Replica>, opened: Outgoi
 #[test]
 fn an_unanswered_exchange_is_retried_once_with_a_peer_not_yet_contacted() {
     let mut a = replica(0);
-    let mut peers: BTreeMap<NodeId, Replica> = (1..=10).map(|i| (NodeId(i), replica(i))).collect();
-    for p in peers.values_mut() {
-        a.add_peer(p.node());
-        p.add_peer(a.node());
-    }
+    let mut peers = ten_peers_of(&mut a);
     let opened = a.tick(T0).messages;
     assert_eq!(opened.len(), 3);
     let first: BTreeSet<NodeId> = opened.iter().map(|(to, _)| *to).collect();
@@ -453,11 +459,7 @@ fn a_slow_exchange_is_not_retried_and_keeps_its_place_in_the_fanout() {
     let mut cfg = ReplicaConfig::new(NodeId(0));
     cfg.round_interval_ms = 1000;
     let mut a = Replica::new(cfg).expect("config");
-    let mut peers: BTreeMap<NodeId, Replica> = (1..=10).map(|i| (NodeId(i), replica(i))).collect();
-    for p in peers.values_mut() {
-        a.add_peer(p.node());
-        p.add_peer(a.node());
-    }
+    let mut peers = ten_peers_of(&mut a);
     // Answers take 400 ms: expected within 1,200.
     let opened = a.tick(T0).messages;
     assert_eq!(opened.len(), 3);
