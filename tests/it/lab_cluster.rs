@@ -100,13 +100,17 @@ fn thirty_percent_loss_drops_about_thirty_percent_and_the_cluster_converges() {
     assert_eq!(report["passed"], true, "{text}");
     let (packets, dropped) = (total(&report, "packets"), total(&report, "dropped"));
     let share = dropped as f64 / packets as f64;
-    // Each packet is dropped with p = 0.3 by the kernel's generator; with
-    // the hundreds of packets a run sends (sd ≤ 0.026 at 300), ±0.08 is
-    // three deviations or more.
-    assert!(packets > 300, "{packets} packets: {text}");
+    // Each packet is dropped with p = 0.3 by the kernel's own generator, so
+    // `dropped` is binomial: the band is 4.5 standard deviations of the
+    // packets this run counted (a false failure about once in 150,000
+    // runs). How many packets a run sends depends on how often TCP had to
+    // retransmit, so the band is computed, not fixed; at the fewest packets
+    // accepted it is still narrower than 0.3 ± 0.17.
+    assert!(packets >= 150, "{packets} packets: {text}");
+    let band = 4.5 * (0.3 * 0.7 / packets as f64).sqrt();
     assert!(
-        (0.22..=0.38).contains(&share),
-        "dropped {dropped} of {packets}: {text}"
+        (share - 0.3).abs() <= band,
+        "dropped {dropped} of {packets} ({share:.3}, allowed 0.3 ± {band:.3}): {text}"
     );
 }
 

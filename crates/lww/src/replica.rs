@@ -16,9 +16,11 @@ mod beyond;
 mod exchange;
 mod origins;
 mod resync;
+mod unconfirmed;
 
 use origins::Origins;
 use resync::{OwnUnknown, Resync};
+use unconfirmed::Sent;
 
 use crate::liveness::{Detector, PeerStatus};
 use crate::offsets::Offsets;
@@ -119,6 +121,8 @@ pub struct Replica {
     opened: BTreeMap<NodeId, Option<u64>>,
     /// How long answers take, smoothed (an eighth of each new one).
     answer_ms: Option<u64>,
+    /// What each peer was sent and has not confirmed yet.
+    sent: Sent,
     retry_passes: u32,
     resync: Option<Resync>,
     own_unknown: Option<OwnUnknown>,
@@ -150,6 +154,7 @@ impl Replica {
             hot: VecDeque::new(),
             opened: BTreeMap::new(),
             answer_ms: None,
+            sent: Sent::default(),
             retry_passes: 0,
             resync: None,
             own_unknown: None,

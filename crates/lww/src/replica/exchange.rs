@@ -253,7 +253,17 @@ impl Replica {
         let fixed = LwwMessage::sync_overhead(&watermarks, &beyond);
         let room = self.cfg.delta_budget.saturating_sub(fixed);
         let refused_above = self.refused_above(to);
-        let (entries, partial) = self.delta(&theirs, &their_beyond, room, refused_above);
+        let patience = self.patience();
+        if patience == 0 {
+            self.sent.clear();
+        }
+        let held = (self.sent).take(to, answers, &theirs, self.now_ms, patience);
+        let upto = held.as_ref().map(|u| &u.upto);
+        let delta = self.delta(&theirs, &their_beyond, upto, room, refused_above);
+        let (entries, partial, ranges) = delta;
+        if patience > 0 {
+            (self.sent).put(to, answers, held, ranges, self.now_ms);
+        }
         let m = LwwMessage::Sync {
             reply,
             era: self.era,
@@ -270,19 +280,36 @@ impl Replica {
 
     /// The entries a peer with watermarks `theirs` (in origin order) lacks,
     /// but for the origins where it holds what we hold past its watermark
-    /// (by its `beyond` list), within `room` bytes: origins take turns, one
-    /// entry each, from a seeded starting origin, so a large backlog of one
-    /// origin never starves the others. An origin stops short (as at the budget) at its first version past
+    /// (by its `beyond` list) and the ranges it was sent and has not
+    /// confirmed (`held`, see `replica/unconfirmed.rs`), within `room`
+    /// bytes: origins take turns, one entry each, from a seeded starting
+    /// origin, so a large backlog of one origin never starves the others.
+    /// An origin stops short (as at the budget) at its first version past
     /// `refused_above`: the peer would refuse it, and sending it again each
     /// round would cost bytes and change nothing.
+    ///
+    /// Returns the entries, the `partial` list, and each origin's range
+    /// sent (ending at its last version sent), in origin order.
     fn delta(
         &mut self,
         theirs: &[Timestamp],
         their_beyond: &[Beyond],
+        held: Option<&Origins>,
         room: usize,
         refused_above: Option<u64>,
-    ) -> (Vec<LwwEntry>, Vec<Timestamp>) {
+    ) -> (Vec<LwwEntry>, Vec<Timestamp>, Vec<Timestamp>) {
         let mut cursors = Vec::new();
+        let mut partial = Vec::new();
+        // What a left-out range cannot vouch for: the peer's watermark of
+        // the origin stays where it is (see `advance`).
+        let not_past = |origin: NodeId, from: Option<Timestamp>, mine: Timestamp| {
+            let at = from.unwrap_or(Timestamp {
+                physical_ms: 0,
+                logical: 0,
+                node: origin,
+            });
+            at.min(mine)
+        };
         // Everything held above their watermark: up to ours it completes a
         // range; past ours (writes pushed to us ahead of our watermark) it
         // rides along, vouched for by nothing.
@@ -290,26 +317,44 @@ impl Replica {
         // watermark: in a settled cluster, none.
         let newest = self.newest.as_slice().iter().copied();
         for (origin, newest, from) in side_by_side(newest, theirs.iter().copied()) {
-            let ahead = newest.is_some_and(|n| from.is_none_or(|f| n > f));
-            let same = || {
-                fingerprint_of(their_beyond, origin)
-                    .is_some_and(|theirs| theirs == self.fingerprint_past(origin, from))
+            let Some(newest) = newest.filter(|n| from.is_none_or(|f| *n > f)) else {
+                continue;
             };
-            if ahead && !same() {
-                let range = origin_range(&self.by_origin, origin, from);
-                cursors.push((origin, from, range, None::<Timestamp>));
+            let same = fingerprint_of(their_beyond, origin)
+                .is_some_and(|theirs| theirs == self.fingerprint_past(origin, from));
+            if same {
+                continue;
             }
+            // A range already sent and not yet confirmed is left out: what
+            // goes starts past it, and vouches for nothing below it.
+            let sent = held
+                .and_then(|h| h.get(origin))
+                .filter(|s| from.is_none_or(|f| *s > f));
+            if let Some(sent) = sent {
+                if let Some(mine) = self.watermarks.get(origin) {
+                    partial.push(not_past(origin, from, mine));
+                }
+                if newest <= sent {
+                    continue;
+                }
+            }
+            let range = origin_range(&self.by_origin, origin, sent.or(from));
+            let plain = sent.is_none();
+            cursors.push((origin, from, plain, range, None::<Timestamp>));
         }
         let mut entries = Vec::new();
-        let mut partial = Vec::new();
+        let mut ranges = Vec::new();
+        let room = room.saturating_sub(partial.len() * LwwMessage::MAX_PARTIAL_LEN);
         if cursors.is_empty() {
-            return (entries, partial);
+            partial.sort_unstable_by_key(|t| t.node);
+            return (entries, partial, ranges);
         }
-        // Each origin still open may yet be cut short and named in
+        // Each plain origin still open may yet be cut short and named in
         // `partial`: room for that stays set aside until it completes.
         let mut spent = 0;
         let mut turn = self.rng.random_range(0..cursors.len());
         let mut open = cursors.len();
+        let mut open_plain = cursors.iter().filter(|c| c.2).count();
         let mut done = vec![false; cursors.len()];
         while open > 0 {
             let i = turn % cursors.len();
@@ -317,29 +362,27 @@ impl Replica {
             if done[i] {
                 continue;
             }
-            let (_, _, range, last) = &mut cursors[i];
+            let (_, _, plain, range, last) = &mut cursors[i];
             let Some((&(_, version), key)) = range.next() else {
                 done[i] = true;
                 open -= 1;
+                open_plain -= usize::from(*plain);
                 continue;
             };
             let e = &self.entries[key];
             let len = e.encoded_len();
             let refused = refused_above.is_some_and(|limit| version.physical_ms > limit);
-            let set_aside = open * LwwMessage::MAX_PARTIAL_LEN;
+            let set_aside = open_plain * LwwMessage::MAX_PARTIAL_LEN;
             if spent + len + set_aside > room || refused {
                 done[i] = true;
                 open -= 1;
+                open_plain -= usize::from(*plain);
                 // Cut short: this origin's range ends at the last entry
                 // sent, and never past our own watermark.
-                let (origin, from, _, last) = &cursors[i];
-                if let Some(mine) = self.watermarks.get(*origin) {
-                    let reached = last.or(*from).unwrap_or(Timestamp {
-                        physical_ms: 0,
-                        logical: 0,
-                        node: *origin,
-                    });
-                    partial.push(reached.min(mine));
+                let (origin, from, plain, _, last) = &cursors[i];
+                if let Some(mine) = self.watermarks.get(*origin).filter(|_| *plain) {
+                    partial
+                        .push(last.map_or_else(|| not_past(*origin, *from, mine), |l| l.min(mine)));
                 }
                 continue;
             }
@@ -347,9 +390,10 @@ impl Replica {
             *last = Some(version);
             entries.push(e.clone());
         }
+        ranges.extend(cursors.iter().filter_map(|c| c.4));
         // In origin order, it packs tightest.
         partial.sort_unstable_by_key(|t| t.node);
-        (entries, partial)
+        (entries, partial, ranges)
     }
 
     fn count_sent(&mut self, m: &LwwMessage) {

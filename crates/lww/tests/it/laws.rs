@@ -480,3 +480,66 @@ fn a_slow_exchange_is_not_retried_and_keeps_its_place_in_the_fanout() {
     assert_eq!(next.len(), 3);
     assert_eq!(a.stats().retries, 0);
 }
+
+/// Behind a slow link a peer's digests keep naming the watermarks it had
+/// before our last sync reached it: the range already sent is not sent
+/// again within the patience, and what goes instead vouches for nothing
+/// below it (if the first sync was lost, the peer's watermark stays);
+/// past the patience the range goes again.
+#[test]
+fn a_range_sent_and_not_yet_confirmed_is_not_sent_again_within_the_patience() {
+    let (mut a, mut b) = (replica(1), replica(2));
+    for i in 0..12 {
+        exchange(&mut a, &mut b, T0 + 10 * i);
+    }
+    // B's own exchange with A is answered in 400 ms: patience 1,200.
+    let t1 = T0 + 1000;
+    let (_, opener) = b.tick(t1).messages.remove(0);
+    for (_, r) in a.receive(b.node(), opener, t1).replies {
+        for (_, c) in b.receive(a.node(), r, t1 + 400).replies {
+            a.receive(b.node(), c, t1 + 400);
+        }
+    }
+    let writes: Vec<LwwEntry> = (0..3)
+        .map(|i| {
+            b.set(&format!("k{i}"), Bytes::from_static(b"v"), t1 + 410 + i)
+                .unwrap()
+        })
+        .collect();
+    let before = a.watermark(b.node());
+    // A's digests, answered by B; the answers are held up on the way.
+    let answer = |a: &mut Replica, b: &mut Replica, at: u64| {
+        let (_, digest) = a.tick(at).messages.remove(0);
+        let (_, sync) = b.receive(a.node(), digest, at).replies.remove(0);
+        sync
+    };
+    let of = |m: &LwwMessage| match m {
+        LwwMessage::Sync {
+            entries, partial, ..
+        } => (entries.clone(), partial.clone()),
+        other => panic!("a digest answered with {other:?}"),
+    };
+    let t2 = t1 + 500;
+    let first = answer(&mut a, &mut b, t2);
+    assert_eq!(of(&first).0, writes, "the first answer carries the writes");
+    let second = answer(&mut a, &mut b, t2 + 100);
+    let (entries, partial) = of(&second);
+    assert!(entries.is_empty(), "sent again: {entries:?}");
+    let named: Vec<&Timestamp> = partial.iter().filter(|t| t.node == b.node()).collect();
+    assert_eq!(named.len(), 1, "{partial:?}");
+    assert!(before.is_none_or(|w| *named[0] <= w), "{partial:?}");
+    // The first answer is lost: the second moves A's watermark of B no
+    // further than what A holds.
+    a.receive(b.node(), second, t2 + 150);
+    assert_eq!(a.watermark(b.node()), before);
+    assert!(a.entries().all(|e| !writes.contains(e)));
+    // Past the patience (1,200 ms from the first answer) the range goes
+    // again, and A takes it in.
+    let third = answer(&mut a, &mut b, t2 + 1300);
+    assert_eq!(of(&third).0, writes, "the range was not sent again");
+    for (_, c) in a.receive(b.node(), third, t2 + 1300).replies {
+        b.receive(a.node(), c, t2 + 1300);
+    }
+    assert!(a.watermark(b.node()) >= Some(writes[2].version));
+    assert_eq!(a.fingerprint(), b.fingerprint());
+}
