@@ -201,6 +201,16 @@ fn undecodable(e: bincode::error::DecodeError) -> WireError {
 /// hostile-input tests check them; a type outside it that implements
 /// `Message` takes the contract on.
 pub trait Message: Serialize + DeserializeOwned {
+    /// This payload decoded without bincode, for the shapes a type can
+    /// read faster by hand; `None` (the default) sends it the general way.
+    /// A `Some` must be exactly what the general way would decode.
+    #[doc(hidden)]
+    #[inline(always)]
+    fn decode_by_hand(payload: &[u8]) -> Option<Self> {
+        let _ = payload;
+        None
+    }
+
     /// The exact length of this message's payload once encoded, if it is
     /// cheap to compute without encoding. With it, an encoder refuses a
     /// message over the cap before encoding anything and encodes the rest
@@ -215,6 +225,41 @@ impl Message for crate::Hello {}
 impl Message for crate::ClusterFrame {
     fn exact_len(&self) -> Option<usize> {
         Some(self.payload_len())
+    }
+
+    /// `Gossip(Opaque { .. })`, the frame a gossip layer of its own sends,
+    /// read by hand: two variant tags, the schema, the body's length and
+    /// the body, each in its shortest varint form, filling the payload
+    /// exactly. Anything else (another variant, a longer form, bytes left
+    /// over or missing) goes the general way, which decides it as before.
+    #[inline(always)]
+    fn decode_by_hand(payload: &[u8]) -> Option<Self> {
+        let [0, 0, rest @ ..] = payload else {
+            return None;
+        };
+        let (schema, rest) = short_varint(rest)?;
+        let (len, body) = short_varint(rest)?;
+        if body.len() as u64 != len {
+            return None;
+        }
+        Some(crate::ClusterFrame::Gossip(crate::GossipPdu::Opaque {
+            schema: u16::try_from(schema).ok()?,
+            body: bytes::Bytes::copy_from_slice(body),
+        }))
+    }
+}
+
+/// A bincode-standard varint at the front of `b` in its one- or three-byte
+/// form (values below 65,536, as written), and what follows it.
+#[inline(always)]
+fn short_varint(b: &[u8]) -> Option<(u64, &[u8])> {
+    match b {
+        [v @ 0..=250, rest @ ..] => Some((u64::from(*v), rest)),
+        [251, lo, hi, rest @ ..] => {
+            let v = u16::from_le_bytes([*lo, *hi]);
+            (v > 250).then_some((u64::from(v), rest))
+        }
+        _ => None,
     }
 }
 impl Message for crate::Timestamp {}
@@ -421,6 +466,10 @@ impl<T: Message> Decoder for MessageCodec<T> {
             return Ok(None);
         };
         let end = FRAME_HEADER_LEN + len;
+        if let Some(value) = T::decode_by_hand(&src[FRAME_HEADER_LEN..end]) {
+            src.advance(end);
+            return Ok(Some(value));
+        }
         let decoded = decode_payload(&src[FRAME_HEADER_LEN..end]);
         src.advance(end);
         match decoded {

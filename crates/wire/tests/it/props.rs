@@ -156,6 +156,72 @@ fn frames_round_trip_in_any_chunking() {
     );
 }
 
+/// A bincode-standard varint of `v` in the form given: 0 the shortest, 1
+/// the 3-byte form (`251`, u16), 2 the 5-byte one (`252`, u32).
+fn varint(v: u64, form: u8, out: &mut Vec<u8>) {
+    match form {
+        0 if v < 251 => out.push(v as u8),
+        0 | 1 if v <= 0xffff => {
+            out.push(251);
+            out.extend_from_slice(&(v as u16).to_le_bytes());
+        }
+        _ => {
+            out.push(252);
+            out.extend_from_slice(&(v as u32).to_le_bytes());
+        }
+    }
+}
+
+/// The codec reads `Gossip(Opaque)` frames by hand: whatever the payload
+/// (the shapes it reads, longer varint forms, lengths one off, bytes cut
+/// short or left over, other tags), the codec decides it as bincode does.
+#[test]
+fn an_opaque_frame_read_by_hand_decodes_as_bincode_does() {
+    let s = (
+        (0u8..2, 0u8..2),
+        prop_oneof![0u64..300, 65_000u64..70_000],
+        (0u8..3, -1i64..=1),
+        proptest::collection::vec(any::<u8>(), 0..600),
+        (0u8..4, any::<u8>()),
+    );
+    run(
+        "an_opaque_frame_read_by_hand_decodes_as_bincode_does",
+        1024,
+        s,
+        |((tag0, tag1), schema, (len_form, skew), body, (schema_form, extra))| {
+            let mut payload = vec![tag0, tag1];
+            varint(schema, schema_form.min(2), &mut payload);
+            let claimed = (body.len() as i64 + skew).max(0) as u64;
+            varint(claimed, len_form, &mut payload);
+            payload.extend_from_slice(&body);
+            if schema_form == 3 {
+                payload.push(extra);
+            }
+            let general = bincode::serde::decode_from_slice::<ClusterFrame, _>(
+                &payload,
+                bincode::config::standard(),
+            )
+            .ok()
+            .filter(|(_, used)| *used == payload.len())
+            .map(|(f, _)| f);
+            let mut framed = BytesMut::new();
+            framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            framed.extend_from_slice(&payload);
+            let ours = MessageCodec::<ClusterFrame>::new().decode(&mut framed);
+            match (ours, general) {
+                (Ok(Some(a)), Some(b)) => prop_assert_eq!(a, b),
+                (Err(_), None) => {}
+                (ours, general) => {
+                    return Err(TestCaseError::fail(format!(
+                        "codec {ours:?}, bincode {general:?} for {payload:?}"
+                    )));
+                }
+            }
+            Ok(())
+        },
+    );
+}
+
 #[test]
 fn payload_len_matches_the_encoder() {
     // Against bincode itself: the codec trusts `payload_len` (through
