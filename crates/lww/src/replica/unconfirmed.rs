@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use multinode_wire::{NodeId, Timestamp};
 
-use super::origins::{Origins, side_by_side};
+use super::origins::Origins;
 
 /// Peers remembered at once: beyond this, the one remembered longest is
 /// forgotten (and may be sent a range twice).
@@ -45,7 +45,7 @@ pub(super) struct Unconfirmed {
 pub(super) struct Sent(BTreeMap<NodeId, Unconfirmed>);
 
 impl Sent {
-    /// What `to` (in era `era`, with watermarks `theirs` in origin order)
+    /// What `to` (in era `era`, with watermarks `theirs` sorted by origin)
     /// was sent within the last `patience_ms` and has not confirmed; taken
     /// out, to be [`put`](Self::put) back. `None` when nothing is: the
     /// patience is over (everything goes again), the peer restarted (a new
@@ -62,8 +62,18 @@ impl Sent {
         if u.era != era || now_ms.saturating_sub(u.since_ms) >= patience_ms {
             return None;
         }
-        let upto: Origins = side_by_side(u.upto.as_slice().iter().copied(), theirs.iter().copied())
-            .filter_map(|(_, sent, has)| sent.filter(|s| has.is_none_or(|h| h < *s)))
+        // A few origins against the peer's whole list: looked up, not
+        // walked beside it.
+        let unconfirmed = |s: &Timestamp| match theirs.binary_search_by_key(&s.node, |t| t.node) {
+            Ok(i) => theirs[i] < *s,
+            Err(_) => true,
+        };
+        let upto: Origins = u
+            .upto
+            .as_slice()
+            .iter()
+            .copied()
+            .filter(unconfirmed)
             .collect();
         (!upto.as_slice().is_empty()).then_some(Unconfirmed { upto, ..u })
     }
