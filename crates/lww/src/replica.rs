@@ -36,6 +36,13 @@ const HOT_ROUNDS: u64 = 1;
 /// Changed keys remembered for pushing.
 const HOT_MAX: usize = 4096;
 
+/// Changed keys pushed to each peer a round opens with, newest first. A
+/// few new writes travel as a rumour, ahead of the digests; pushed blindly
+/// (the opener does not know what the peer holds), a burst would reach
+/// each replica from every peer that opens a round with it, so the rest
+/// of a burst travels by sync, where each peer is sent what it lacks.
+const HOT_PUSH_MAX: usize = 128;
+
 /// An exchange is expected to wait up to this many times the smoothed
 /// answer time; it is retried, and stops holding a place in the fanout,
 /// only after.

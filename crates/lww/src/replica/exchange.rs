@@ -2,14 +2,17 @@
 //! along), the syncs that answer them, the deltas they carry within the
 //! byte budget, and how received entries and watermarks are taken in.
 
-use std::collections::BTreeSet;
+use std::collections::btree_map::Range;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound::{Excluded, Included};
 
 use multinode_wire::{Beyond, LwwEntry, LwwMessage, NodeId, Timestamp};
 use rand::RngExt;
+use rand_chacha::ChaCha8Rng;
 
 use super::beyond::{fingerprint_of, of_peer};
 use super::origins::{Origins, side_by_side};
-use super::{HOT_ROUNDS, NO_DIGEST, Outgoing, Received, Replica, before, origin_range};
+use super::{HOT_PUSH_MAX, HOT_ROUNDS, NO_DIGEST, Outgoing, Received, Replica, TS_MIN, before};
 
 impl Replica {
     /// Opens an exchange with each of `peers`: a digest, or a sync when
@@ -189,7 +192,7 @@ impl Replica {
     }
 
     /// The entries changed in the last few rounds, newest first, within an
-    /// eighth of the delta budget.
+    /// eighth of the delta budget and [`HOT_PUSH_MAX`].
     fn hot(&mut self, watermarks: &[Timestamp], beyond: &[Beyond]) -> Vec<LwwEntry> {
         let oldest = self.round.saturating_sub(HOT_ROUNDS);
         while self.hot.front().is_some_and(|(r, _, _)| *r < oldest) {
@@ -204,7 +207,7 @@ impl Replica {
                 continue;
             };
             let len = e.encoded_len();
-            if len > left {
+            if len > left || out.len() == HOT_PUSH_MAX {
                 break;
             }
             left -= len;
@@ -283,7 +286,8 @@ impl Replica {
     /// (by its `beyond` list) and the ranges it was sent and has not
     /// confirmed (`held`, see `replica/unconfirmed.rs`), within `room`
     /// bytes: origins take turns, one entry each, from a seeded starting
-    /// origin, so a large backlog of one origin never starves the others.
+    /// origin, so a large backlog of one origin never starves the others;
+    /// entries past our own watermark at most [`RIDE_ALONG_MAX`] of them.
     /// An origin stops short (as at the budget) at its first version past
     /// `refused_above`: the peer would refuse it, and sending it again each
     /// round would cost bytes and change nothing.
@@ -312,7 +316,7 @@ impl Replica {
         };
         // Everything held above their watermark: up to ours it completes a
         // range; past ours (writes pushed to us ahead of our watermark) it
-        // rides along, vouched for by nothing.
+        // rides along, vouched for by nothing, a few a sync.
         // Only the origins of which we hold something newer than their
         // watermark: in a settled cluster, none.
         let newest = self.newest.as_slice().iter().copied();
@@ -338,9 +342,17 @@ impl Replica {
                     continue;
                 }
             }
-            let range = origin_range(&self.by_origin, origin, sent.or(from));
+            let mine = self.watermarks.get(origin);
+            let range = in_turn(
+                &self.by_origin,
+                origin,
+                sent.or(from),
+                mine,
+                newest,
+                &mut self.rng,
+            );
             let plain = sent.is_none();
-            cursors.push((origin, from, plain, range, None::<Timestamp>));
+            cursors.push((origin, from, plain, range, None::<Timestamp>, mine));
         }
         let mut entries = Vec::new();
         let mut ranges = Vec::new();
@@ -356,14 +368,21 @@ impl Replica {
         let mut open = cursors.len();
         let mut open_plain = cursors.iter().filter(|c| c.2).count();
         let mut done = vec![false; cursors.len()];
+        let mut rides = 0;
         while open > 0 {
             let i = turn % cursors.len();
             turn += 1;
             if done[i] {
                 continue;
             }
-            let (_, _, plain, range, last) = &mut cursors[i];
-            let Some((&(_, version), key)) = range.next() else {
+            let (_, _, plain, range, last, mine) = &mut cursors[i];
+            // Past our watermark (the range's tail) only while the
+            // allowance lasts: what is sent up to it vouches all the same.
+            let past = |v: &Timestamp| mine.is_none_or(|m| *v > m);
+            let next = range
+                .next()
+                .filter(|((_, v), _)| rides < RIDE_ALONG_MAX || !past(v));
+            let Some((&(_, version), key)) = next else {
                 done[i] = true;
                 open -= 1;
                 open_plain -= usize::from(*plain);
@@ -379,7 +398,7 @@ impl Replica {
                 open_plain -= usize::from(*plain);
                 // Cut short: this origin's range ends at the last entry
                 // sent, and never past our own watermark.
-                let (origin, from, plain, _, last) = &cursors[i];
+                let (origin, from, plain, _, last, _) = &cursors[i];
                 if let Some(mine) = self.watermarks.get(*origin).filter(|_| *plain) {
                     partial
                         .push(last.map_or_else(|| not_past(*origin, *from, mine), |l| l.min(mine)));
@@ -387,7 +406,11 @@ impl Replica {
                 continue;
             }
             spent += len;
-            *last = Some(version);
+            // Past our watermark the range comes around: its end is the
+            // newest sent (a hold on it, see `unconfirmed.rs`, may then
+            // keep back a few ride-alongs not sent, within the patience).
+            *last = (*last).max(Some(version));
+            rides += usize::from(past(&version));
             entries.push(e.clone());
         }
         ranges.extend(cursors.iter().filter_map(|c| c.4));
@@ -475,6 +498,59 @@ impl Replica {
         self.resync_progress();
         self.own_progress(None);
     }
+}
+
+/// Entries past our own watermark one sync carries at most. No range
+/// vouches for them, so every replica that holds them sends them to every
+/// peer that lacks their range, however many already have: in a burst of
+/// writes, where most entries travel ahead of the watermarks that cover
+/// them, each replica was sent the burst by every peer it exchanged with
+/// until the watermarks caught up. The ranges bring them as watermarks
+/// spread; these few keep moving what no range will bring (the entries of
+/// an origin that pushed them and died).
+const RIDE_ALONG_MAX: usize = 64;
+
+/// One origin's entries in a sync's turn: past `start`, up to `mine` (our
+/// watermark) in version order, then the ones held past it, up to
+/// `newest`, from a seeded one on and around. With the ride-along
+/// allowance spent partway, syncs to the same peer do not all carry the
+/// same few past our watermark.
+fn in_turn<'a>(
+    index: &'a BTreeMap<(NodeId, Timestamp), String>,
+    origin: NodeId,
+    start: Option<Timestamp>,
+    mine: Option<Timestamp>,
+    newest: Timestamp,
+    rng: &mut ChaCha8Rng,
+) -> impl Iterator<Item = (&'a (NodeId, Timestamp), &'a String)> + 'a {
+    type Part<'a> = Option<Range<'a, (NodeId, Timestamp), String>>;
+    let lo = |t: Option<Timestamp>| match t {
+        Some(t) => Excluded((origin, t)),
+        None => Included((origin, TS_MIN)),
+    };
+    let end = Included((origin, newest));
+    let head = mine
+        .filter(|m| start.is_none_or(|s| *m > s))
+        .map(|m| index.range((lo(start), Included((origin, m.min(newest))))));
+    let (mut high, mut low): (Part<'a>, Part<'a>) = (None, None);
+    if mine.is_none_or(|m| m < newest) {
+        let past = lo(start.max(mine));
+        let held = index.range((past, end)).count();
+        let k = if held > 1 {
+            rng.random_range(0..held)
+        } else {
+            0
+        };
+        match index.range((past, end)).nth(k) {
+            Some((&(_, pivot), _)) if k > 0 => {
+                high = Some(index.range((Included((origin, pivot)), end)));
+                low = Some(index.range((past, Excluded((origin, pivot)))));
+            }
+            _ => high = Some(index.range((past, end))),
+        }
+    }
+    let parts = [head, high, low];
+    parts.into_iter().flatten().flatten()
 }
 
 /// A closing sync's watermarks (`listed`), completed for the origins it

@@ -543,3 +543,116 @@ fn a_range_sent_and_not_yet_confirmed_is_not_sent_again_within_the_patience() {
     assert!(a.watermark(b.node()) >= Some(writes[2].version));
     assert_eq!(a.fingerprint(), b.fingerprint());
 }
+
+/// Delivers `first` (to `b` when `to_b`) and every answer it draws, in
+/// turn, at `now`; calls `seen` on each message on its way.
+fn deliver(
+    a: &mut Replica,
+    b: &mut Replica,
+    to_b: bool,
+    first: LwwMessage,
+    now: u64,
+    mut seen: impl FnMut(bool, &LwwMessage),
+) {
+    let (ia, ib) = (a.node(), b.node());
+    let mut queue = vec![(to_b, first)];
+    while let Some((to_b, m)) = queue.pop() {
+        seen(to_b, &m);
+        let got = if to_b {
+            b.receive(ia, m, now)
+        } else {
+            a.receive(ib, m, now)
+        };
+        queue.extend(got.replies.into_iter().map(|(_, r)| (!to_b, r)));
+    }
+}
+
+/// A burst of writes is pushed only in part: the newest go with the
+/// round's opener, as a rumour, and the rest by sync, where each peer is
+/// sent only what it lacks (pushed blindly, a burst reached each replica
+/// from every peer that opened a round with it).
+#[test]
+fn a_burst_of_writes_is_pushed_only_in_part_and_the_rest_goes_by_sync() {
+    let (mut a, mut b) = (replica(1), replica(2));
+    a.add_peer(b.node());
+    b.add_peer(a.node());
+    let writes: Vec<LwwEntry> = (0..300)
+        .map(|i| {
+            a.set(&format!("k{i:03}"), Bytes::from_static(b"v"), T0 + i)
+                .unwrap()
+        })
+        .collect();
+    let (_, opener) = a.tick(T0 + 400).messages.remove(0);
+    let pushed = match &opener {
+        LwwMessage::Sync { entries, .. } => entries.clone(),
+        other => panic!("the writes were not pushed: {other:?}"),
+    };
+    assert!(
+        !pushed.is_empty() && pushed.len() < writes.len(),
+        "{} of {} writes pushed",
+        pushed.len(),
+        writes.len()
+    );
+    let newest: BTreeSet<Timestamp> = writes
+        .iter()
+        .rev()
+        .take(pushed.len())
+        .map(|e| e.version)
+        .collect();
+    assert!(
+        pushed.iter().all(|e| newest.contains(&e.version)),
+        "not the newest pushed"
+    );
+    deliver(&mut a, &mut b, true, opener, T0 + 400, |_, _| {});
+    for i in 0..10 {
+        if state(&b) == state(&a) {
+            break;
+        }
+        exchange(&mut a, &mut b, T0 + 500 + 100 * i);
+    }
+    assert_eq!(state(&b), state(&a), "no agreement in 10 exchanges");
+    assert_eq!(b.entries().count(), writes.len());
+}
+
+/// Entries held past a replica's watermark, pushed to it by an origin that
+/// then died, are vouched for by no range: they go to a peer that lacks
+/// them a few a sync, from a seeded one on, never all at once (in a burst
+/// every replica sent them to every peer it met until the watermarks
+/// caught up), and yet all of them arrive.
+#[test]
+fn entries_no_range_vouches_for_go_a_few_a_sync_and_all_arrive() {
+    let (mut a, mut b, mut c) = (replica(1), replica(2), replica(3));
+    a.add_peer(b.node());
+    let origin = a.node();
+    for i in 0..100 {
+        a.set(&format!("k{i:03}"), Bytes::from_static(b"v"), T0 + i)
+            .unwrap();
+    }
+    let (_, opener) = a.tick(T0 + 200).messages.remove(0);
+    // A dies before it answers B: B holds the pushed writes, no range.
+    let _ = b.receive(origin, opener, T0 + 200);
+    let held = b.entries().filter(|e| e.version.node == origin).count();
+    assert_eq!(held, 100, "the push did not carry the burst");
+    assert_eq!(b.watermark(origin), None);
+    b.add_peer(c.node());
+    c.add_peer(b.node());
+    let mut largest = 0;
+    let mut syncs = 0;
+    for i in 0..50u64 {
+        let now = T0 + 1000 + 100 * i;
+        let (_, open) = c.tick(now).messages.remove(0);
+        deliver(&mut c, &mut b, true, open, now, |to_b, m| {
+            if let (false, LwwMessage::Sync { entries, .. }) = (to_b, m) {
+                let n = entries.iter().filter(|e| e.version.node == origin).count();
+                largest = largest.max(n);
+                syncs += usize::from(n > 0);
+            }
+        });
+        if c.entries().filter(|e| e.version.node == origin).count() == held {
+            break;
+        }
+    }
+    assert!(largest < held, "all {held} went in one sync");
+    assert!(syncs > 1, "{syncs} syncs");
+    assert_eq!(state(&c), state(&b), "not all arrived in 50 rounds");
+}
