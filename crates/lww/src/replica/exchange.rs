@@ -443,7 +443,11 @@ impl Replica {
             newest = newest.max(Some(e.version));
             // Most of a burst arrives more than once: a copy only of what
             // changes the state.
-            if self.entries.get(&e.key).is_some_and(|cur| cur.version >= e.version) {
+            if self
+                .entries
+                .get(&e.key)
+                .is_some_and(|cur| cur.version >= e.version)
+            {
                 continue;
             }
             if self.merge(e.clone()) {
