@@ -564,24 +564,44 @@ pub(crate) fn lock_holder(lock_path: &Path) -> Option<u32> {
         let m = fs::metadata(lock_path).ok()?;
         let (major, minor) = (libc_major(m.dev()), libc_minor(m.dev()));
         let want = format!("{major:02x}:{minor:02x}:{}", m.ino());
-        let locks = fs::read_to_string("/proc/locks").ok()?;
-        locks.lines().find_map(|line| {
-            let w: Vec<&str> = line.split_whitespace().collect();
-            if w.contains(&"->") {
-                return None; // a waiter, not the holder
-            }
-            // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
-            let at = w.iter().position(|x| *x == "FLOCK")?;
-            (w.get(at + 4) == Some(&want.as_str()))
-                .then(|| w.get(at + 3)?.parse().ok())
-                .flatten()
-        })
+        let holder = |locks: String| {
+            locks.lines().find_map(|line| {
+                let w: Vec<&str> = line.split_whitespace().collect();
+                if w.contains(&"->") {
+                    return None; // a waiter, not the holder
+                }
+                // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+                let at = w.iter().position(|x| *x == "FLOCK")?;
+                (w.get(at + 4) == Some(&want.as_str()))
+                    .then(|| w.get(at + 3)?.parse().ok())
+                    .flatten()
+            })
+        };
+        // A list longer than the kernel's buffer takes several reads,
+        // between which a line can still fall: a few tries.
+        (0..3).find_map(|_| holder(proc_locks()?))
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = lock_path;
         None
     }
+}
+
+/// `/proc/locks` in as few reads as it takes, at most 1 MiB of it. The
+/// kernel lists the locks a page at a time, and the list changes between
+/// reads: read in small pieces (as `read_to_string` begins), a line fell
+/// between them while other threads took and dropped locks, and the
+/// holder named nobody.
+#[cfg(target_os = "linux")]
+fn proc_locks() -> Option<String> {
+    use std::io::Read;
+    // Room for a page and more from the first read (an empty buffer
+    // starts with a 32-byte probe).
+    let mut buf = Vec::with_capacity(64 << 10);
+    let file = fs::File::open("/proc/locks").ok()?;
+    file.take(1 << 20).read_to_end(&mut buf).ok()?;
+    String::from_utf8(buf).ok()
 }
 
 /// Linux's `major()` of a `dev_t`.
