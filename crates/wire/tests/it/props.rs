@@ -225,7 +225,8 @@ fn an_opaque_frame_read_by_hand_decodes_as_bincode_does() {
 #[test]
 fn payload_len_matches_the_encoder() {
     // Against bincode itself: the codec trusts `payload_len` (through
-    // `Message::exact_len`) to size what it encodes.
+    // `Message::exact_len`) to size what it encodes, and writes an opaque
+    // frame by hand.
     let check = |f: &ClusterFrame| -> Result<(), TestCaseError> {
         let plain = bincode::serde::encode_to_vec(f, bincode::config::standard())
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
