@@ -134,8 +134,9 @@ pub(crate) struct ClusterArgs {
 /// fixed part is worth about 400 list entries). At 1,000 nodes that left
 /// a burst of writes half the machine: its gossip saturated both cores for
 /// 35–70 s and agreement came up to 2.3 times later than the rounds
-/// predict. With this rule: 17%, 28% and 15% idle, and at rounds of 9.4 s
-/// the same burst agreed in 32 s, on time, with 40% of the CPU.
+/// predict. With this rule: 17%, 28% and 15% idle, and at rounds of 9.4
+/// and 10 s the same burst agreed in 32–44 s (the simulator predicts four
+/// rounds) with 40% of the CPU time the whole run took before.
 fn default_round_ms(nodes: u64, cores: u64) -> u64 {
     (nodes * (nodes + 400) / (70 * cores.max(1))).clamp(100, 60_000)
 }
