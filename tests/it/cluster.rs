@@ -256,6 +256,36 @@ fn a_node_with_a_small_skew_converges() {
     assert_eq!(report["passed"], true, "{}", stdout(&out));
 }
 
+/// libfaketime leaves two files in `/dev/shm` for each process it is in
+/// that is killed, and a later process given that pid cannot start under
+/// it: the run removes them. Every node is skewed here, so the one killed
+/// is.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_node_under_a_skewed_clock_leaves_no_files_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = [
+        "--nodes", "3", "--keys", "40", "--kills", "1", "--skew", "0=3", "--skew", "1=-3",
+        "--skew", "2=2",
+    ];
+    let (out, report) = test_cluster(dir.path(), &args);
+    let text = stdout(&out);
+    assert_eq!(report["passed"], true, "{text}");
+    let pids: Vec<&str> = text
+        .lines()
+        .find_map(|l| l.split_once("node processes: pids ").map(|(_, p)| p))
+        .expect("the run names its node processes")
+        .split(' ')
+        .collect();
+    assert_eq!(pids.len(), 3, "{text}");
+    let left: Vec<String> = pids
+        .iter()
+        .flat_map(|p| [format!("faketime_shm_{p}"), format!("sem.faketime_sem_{p}")])
+        .filter(|name| Path::new("/dev/shm").join(name).exists())
+        .collect();
+    assert!(left.is_empty(), "left in /dev/shm: {left:?}");
+}
+
 /// A kept run's `history.jsonl` re-checks offline with `multinode check`
 /// to the run's verdict; the same history with an acknowledged write
 /// removed from every node's final state is flagged as a lost write.

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 
 use bytes::{Buf, BytesMut};
 use futures_util::StreamExt;
-use multinode_wire::{Fault, LineCodec, NodeId, Request, WireError};
+use multinode_wire::{Fault, LineCodec, NodeId, Reply, Request, WireError};
 use parking_lot::Mutex;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -91,6 +91,8 @@ impl Shared {
     /// join of a thousand nodes a million system calls.
     fn dispatch(&mut self) {
         let mut texts: HashMap<ConnId, String> = HashMap::new();
+        // The text of the last shared batch of lines, formatted once.
+        let mut shared: Option<(Arc<[Reply]>, String)> = None;
         let outputs: Vec<Output> = self.core.drain().collect();
         for output in outputs {
             match output {
@@ -98,6 +100,20 @@ impl Shared {
                     // A reply's text never holds a newline (labels and values
                     // are validated, free text is sanitised when printed).
                     let _ = writeln!(texts.entry(conn).or_default(), "{reply}");
+                }
+                Output::SendAll(conn, replies) => {
+                    if !shared
+                        .as_ref()
+                        .is_some_and(|(r, _)| Arc::ptr_eq(r, &replies))
+                    {
+                        let mut text = String::new();
+                        for reply in replies.iter() {
+                            let _ = writeln!(text, "{reply}");
+                        }
+                        shared = Some((replies, text));
+                    }
+                    let text = shared.as_ref().map_or("", |(_, t)| t.as_str());
+                    texts.entry(conn).or_default().push_str(text);
                 }
                 Output::Close(conn) => {
                     let text = texts.remove(&conn);

@@ -30,6 +30,10 @@ const MAX_REMEMBERED: usize = 65_536;
 pub(crate) enum Output {
     /// Write this line to the connection.
     Send(ConnId, Reply),
+    /// Write these lines to the connection: a gather's `VALUE` lines, the
+    /// same for every member, built once and shared, so a gather of N
+    /// members makes N values, not N².
+    SendAll(ConnId, std::sync::Arc<[Reply]>),
     /// Flush what was sent, then close the connection.
     Close(ConnId),
 }
@@ -471,24 +475,24 @@ impl Core {
             return;
         }
         let p = self.pending.remove(label).expect("checked above");
+        // Every arrival at a GATHER label carries a value (mixed kinds are
+        // refused before arriving).
+        let values: Option<std::sync::Arc<[Reply]>> = (p.kind == Kind::Gather).then(|| {
+            p.arrived
+                .iter()
+                .filter_map(|(&from, (_, v))| {
+                    Some(Reply::Value {
+                        label: label.clone(),
+                        node: NodeId(u64::from(from)),
+                        value: v.clone()?,
+                    })
+                })
+                .collect()
+        });
         for (&slot, &(conn, _)) in &p.arrived {
-            if p.kind == Kind::Gather {
-                // Every arrival at a GATHER label carries a value (mixed
-                // kinds are refused before arriving).
-                let values = p
-                    .arrived
-                    .iter()
-                    .filter_map(|(&from, (_, v))| Some((from, v.clone()?)));
-                for (from, value) in values {
-                    self.out.push(Output::Send(
-                        conn,
-                        Reply::Value {
-                            label: label.clone(),
-                            node: NodeId(u64::from(from)),
-                            value,
-                        },
-                    ));
-                }
+            if let Some(values) = &values {
+                self.out
+                    .push(Output::SendAll(conn, std::sync::Arc::clone(values)));
             }
             self.out.push(Output::Send(conn, Reply::Ok(label.clone())));
             self.summary.nodes[slot as usize].passed += 1;

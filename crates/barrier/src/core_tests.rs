@@ -34,6 +34,7 @@ impl Harness {
         for o in self.core.drain() {
             match o {
                 Output::Send(c, r) => self.log.push((c, r.to_string())),
+                Output::SendAll(c, rs) => self.log.extend(rs.iter().map(|r| (c, r.to_string()))),
                 Output::Close(c) => self.log.push((c, "<close>".into())),
             }
         }

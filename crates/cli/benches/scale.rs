@@ -9,7 +9,8 @@
 //!   is equal, beside the simulator's p99 rounds for one write to reach
 //!   every replica (fanout 3, same N) times the run's round interval;
 //! - resident memory per node process (median of the largest sample each
-//!   node reached, sampled every second from `/proc`), beside 8 MiB, the
+//!   node reached, sampled every second from `/proc` once the join is
+//!   over), beside 8 MiB, the
 //!   issue's target; and the same for the proportional set size, which
 //!   counts the code all nodes share once across them, not once in each.
 
@@ -76,11 +77,28 @@ fn cluster(nodes: u32, dir: &Path) -> Run {
             .arg(&json)
             .arg("--dir")
             .arg(dir)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .expect("multinode runs"),
     );
     let child = &mut conductor.0[0];
+    // Memory is sampled from the end of the join on: reading a thousand
+    // processes' `smaps_rollup` takes each one's memory-map lock, which
+    // slowed the very join the bench times (the peak comes later anyway).
+    let joined = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stdout = child.stdout.take().expect("piped");
+    let reader = {
+        let joined = std::sync::Arc::clone(&joined);
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("node processes: pids") {
+                    joined.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+    };
     // The largest RSS and PSS each node process reached, by pid.
     let mut peak = std::collections::HashMap::new();
     let mut peak_pss = std::collections::HashMap::new();
@@ -90,7 +108,12 @@ fn cluster(nodes: u32, dir: &Path) -> Run {
             break s;
         }
         assert!(Instant::now() < deadline, "test-cluster ran for an hour");
-        for pid in children(child.id()) {
+        let pids = if joined.load(std::sync::atomic::Ordering::Relaxed) {
+            children(child.id())
+        } else {
+            Vec::new()
+        };
+        for pid in pids {
             if let Some(kib) = proc_kib(pid, "status", "VmRSS:") {
                 let p = peak.entry(pid).or_insert(0);
                 *p = (*p).max(kib);
@@ -102,7 +125,12 @@ fn cluster(nodes: u32, dir: &Path) -> Run {
         }
         std::thread::sleep(Duration::from_secs(1));
     };
+    reader.join().expect("the output reader");
     assert!(status.success(), "test-cluster --nodes {nodes} failed");
+    assert!(
+        !peak.is_empty(),
+        "no node process was sampled after the join"
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("report")).expect("JSON");
     let phase = |name: &str| {

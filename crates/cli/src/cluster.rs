@@ -256,6 +256,9 @@ struct Conductor {
     secret: PathBuf,
     /// libfaketime, when some node runs with a skewed clock.
     faketime: Option<PathBuf>,
+    /// Node processes started under libfaketime (outside a lab), by pid:
+    /// libfaketime leaves two files in `/dev/shm` for each one killed.
+    under_faketime: Vec<u32>,
     /// The run's `history.jsonl`.
     recorder: std::sync::Arc<recorder::Recorder>,
     /// Each node's next incarnation (0, then one more per restart).
@@ -464,6 +467,7 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
         acked_base: 0,
         secret,
         faketime,
+        under_faketime: Vec::new(),
         lab,
         kernel_base: multinode_net::Counters::default(),
         recorder: std::sync::Arc::new(recorder::Recorder::create(dir.path())?),
@@ -486,6 +490,11 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
         }
     }
     let alive = c.stop_all(failure.is_none()).await;
+    // Every node process is dead now (or stuck, and then it keeps what it
+    // has mapped): libfaketime's files of those it killed go.
+    for pid in c.under_faketime.drain(..) {
+        multinode_net::remove_faketime_names(pid);
+    }
     if alive > 0 && failure.is_none() {
         failure = Some(format!(
             "{alive} node process(es) still alive after the run"
@@ -658,6 +667,7 @@ impl Conductor {
         }
         let skew = self.args.skews.iter().find(|(n, _)| *n == index);
         // On a lab, the lab's clock offset does this.
+        let skewed = skew.is_some() && self.faketime.is_some() && self.lab.is_none();
         if let (Some((_, secs)), Some(lib), None) = (skew, &self.faketime, &self.lab) {
             // Only the wall clock: timers and timeouts keep real time.
             cmd.env("LD_PRELOAD", lib)
@@ -671,6 +681,9 @@ impl Conductor {
                 .spawn()
                 .with_context(|| format!("cannot start {}", self.exe.display()))?,
         };
+        if let Some(pid) = child.id().filter(|_| skewed) {
+            self.under_faketime.push(pid);
+        }
         Ok(self.track(index, child))
     }
 

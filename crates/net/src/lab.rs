@@ -256,6 +256,8 @@ impl Drop for Lab {
                 }
             }
         }
+        // Every process of the lab's PID namespace is dead by now.
+        self.processes.forget_faketime();
     }
 }
 

@@ -24,6 +24,7 @@
 
 mod counters;
 mod error;
+mod faketime;
 mod faults;
 mod lab;
 mod namespace;
@@ -33,6 +34,6 @@ mod subnet;
 
 pub use counters::{Counters, LinkDrops};
 pub use error::NetError;
+pub use faketime::{libfaketime, libfaketime_candidates, remove_faketime_names};
 pub use lab::Lab;
-pub use process::{libfaketime, libfaketime_candidates};
 pub use subnet::{MAX_HOSTS, Subnet};

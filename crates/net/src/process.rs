@@ -7,7 +7,6 @@
 //! and would then never reap it.
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
 
 use multinode_wire::NodeId;
 use nix::sys::signal::{Signal, killpg};
@@ -15,6 +14,7 @@ use nix::unistd::Pid;
 use parking_lot::Mutex;
 use tokio::process::{Child, Command};
 
+use crate::faketime::{libfaketime, remove_faketime_names};
 use crate::{Lab, NetError};
 
 /// The group leader's pid of the process each host runs now, if any; a
@@ -22,12 +22,25 @@ use crate::{Lab, NetError};
 #[derive(Debug)]
 pub(crate) struct Processes {
     hosts: Mutex<Vec<(Option<u32>, u64)>>,
+    /// Processes started under libfaketime, by their pid in the lab's PID
+    /// namespace, which names the files libfaketime leaves when killed.
+    faketime: Mutex<Vec<u32>>,
 }
 
 impl Processes {
     pub(crate) fn new(hosts: u32) -> Self {
         Self {
             hosts: Mutex::new(vec![(None, 0); hosts as usize]),
+            faketime: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Removes libfaketime's files of every process started under it.
+    /// Call once they are all dead (the lab's PID namespace is gone), so
+    /// none of their pids can be anyone else's.
+    pub(crate) fn forget_faketime(&self) {
+        for pid in self.faketime.lock().drain(..) {
+            remove_faketime_names(pid);
         }
     }
 
@@ -85,6 +98,17 @@ impl Lab {
             let _rt = runtime.enter();
             cmd.spawn().map_err(NetError::Io)
         })??;
+        let under_faketime = cmd
+            .as_std()
+            .get_envs()
+            .any(|(k, v)| k == "FAKETIME" && v.is_some());
+        if let Some(pid) = child
+            .id()
+            .filter(|_| under_faketime)
+            .and_then(pid_in_namespace)
+        {
+            self.processes.faketime.lock().push(pid);
+        }
         let mut hosts = self.processes.hosts.lock();
         let slot = &mut hosts[i];
         if slot.1 > 0 {
@@ -155,24 +179,10 @@ impl Lab {
     }
 }
 
-/// Where libfaketime may be: `MULTINODE_LIBFAKETIME`, else where Debian (and
-/// most distributions) put it.
-pub fn libfaketime_candidates() -> Vec<PathBuf> {
-    if let Some(p) = std::env::var_os("MULTINODE_LIBFAKETIME") {
-        return vec![PathBuf::from(p)];
-    }
-    let arch = std::env::consts::ARCH;
-    [
-        format!("/usr/lib/{arch}-linux-gnu/faketime/libfaketime.so.1"),
-        "/usr/lib/faketime/libfaketime.so.1".to_owned(),
-        "/usr/local/lib/faketime/libfaketime.so.1".to_owned(),
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .collect()
-}
-
-/// The first of [`libfaketime_candidates`] that exists.
-pub fn libfaketime() -> Option<PathBuf> {
-    libfaketime_candidates().into_iter().find(|p| p.exists())
+/// The pid of process `pid` (as this process sees it) in its own, innermost
+/// PID namespace: the last field of `NSpid` in its `/proc` status.
+fn pid_in_namespace(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
 }

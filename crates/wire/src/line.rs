@@ -141,6 +141,11 @@ fn check_token(s: &str, what: &str, max: usize) -> Result<(), WireError> {
             s.len()
         )));
     }
+    // ASCII (nearly every token) by bytes: whitespace and control
+    // characters there are the bytes up to the space, and DEL.
+    if s.is_ascii() && s.bytes().all(|b| b > b' ' && b != 0x7f) {
+        return Ok(());
+    }
     if let Some(c) = s.chars().find(|c| c.is_whitespace() || c.is_control()) {
         return Err(WireError::malformed(format!(
             "{what} contains {c:?}: whitespace and control characters are not allowed"
@@ -292,6 +297,9 @@ impl Reply {
     /// `FAILED <expected> ` is read as about `expected`. Every other line
     /// reads as [`str::parse`] reads it.
     pub fn parse_about(line: &str, expected: &Label) -> Result<Reply, WireError> {
+        if let Some(reply) = Self::value_about(line, expected) {
+            return reply;
+        }
         let cause = line
             .strip_prefix("FAILED ")
             .and_then(|rest| rest.strip_prefix(expected.as_str()))
@@ -306,6 +314,37 @@ impl Reply {
             }
             _ => line.parse(),
         }
+    }
+}
+
+impl Reply {
+    /// `VALUE <expected> <node-id> <value>` read without splitting the line
+    /// into words or parsing the label again: a gather of N members is N
+    /// such lines at each of them, N² in all. `None` for any other line
+    /// (read the usual way); what it refuses, the usual way refuses too.
+    fn value_about(line: &str, expected: &Label) -> Option<Result<Reply, WireError>> {
+        let rest = line
+            .strip_prefix("VALUE ")?
+            .strip_prefix(expected.as_str())?
+            .strip_prefix(' ')?;
+        // A gather's label is one word; a label of several would make the
+        // words of the line ambiguous here.
+        if !expected.is_word() {
+            return None;
+        }
+        let (node, value) = rest.split_once(' ')?;
+        Some((|| {
+            if value.contains(char::REPLACEMENT_CHARACTER) {
+                return Err(WireError::malformed("line is not valid utf-8"));
+            }
+            Ok(Reply::Value {
+                label: expected.clone(),
+                node: node.parse()?,
+                // Refuses spaces (a fifth word), control characters and
+                // the empty value, as the usual way does.
+                value: value.parse()?,
+            })
+        })())
     }
 }
 

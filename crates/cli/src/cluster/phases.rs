@@ -79,6 +79,13 @@ impl Conductor {
             let node = self.spawn(i, false)?;
             self.nodes.push(node);
         }
+        self.say(
+            "join",
+            &format!(
+                "{n} node processes started in {:.2} s; they exchange addresses",
+                began.elapsed().as_secs_f64()
+            ),
+        );
         let ready = try_join_all(self.nodes.iter_mut().map(|n| async move {
             let line = n.recv().await?;
             if !line.starts_with("READY ") {

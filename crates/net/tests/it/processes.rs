@@ -94,6 +94,42 @@ async fn a_clock_offset_shifts_the_wall_clock_of_processes_started_after_it() {
     );
 }
 
+/// libfaketime leaves two files in `/dev/shm`, named by the pid in the
+/// lab's PID namespace, for a process killed under it: gone with the lab.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_under_a_clock_offset_leaves_no_files_behind() {
+    let lab = Lab::new(1).unwrap();
+    lab.clock_offset(n(0), 60)
+        .expect("libfaketime is needed here (CI installs it)");
+    let mut cmd = lab.command(n(0), "sleep").unwrap();
+    cmd.arg("60");
+    let mut child = lab.spawn(n(0), &mut cmd).unwrap();
+    let pid = child.id().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let inner = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|l| l.split_whitespace().last())
+        .expect("NSpid")
+        .to_owned();
+    let names = [
+        format!("/dev/shm/faketime_shm_{inner}"),
+        format!("/dev/shm/sem.faketime_sem_{inner}"),
+    ];
+    let exist = || names.iter().all(|f| std::path::Path::new(f).exists());
+    wait_for("libfaketime's files", exist);
+    lab.kill(n(0)).unwrap();
+    child.wait().await.unwrap();
+    lab.reaped(n(0));
+    assert!(exist(), "the kill itself removed {names:?}");
+    drop(lab);
+    let left: Vec<&String> = names
+        .iter()
+        .filter(|f| std::path::Path::new(f).exists())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_lab_kills_what_runs_on_it() {
     let lab = Lab::new(1).unwrap();

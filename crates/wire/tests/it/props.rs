@@ -412,6 +412,59 @@ fn lines_round_trip() {
     });
 }
 
+/// A value is refused exactly when it is empty, too long, or holds
+/// whitespace or a control character, by Unicode's definitions, for ASCII
+/// (read by bytes) as for the rest.
+#[test]
+fn values_refuse_whitespace_and_control_characters_by_unicodes_definition() {
+    run(
+        "values_refuse_whitespace_and_control_characters_by_unicodes_definition",
+        1024,
+        "[\\x00-\\x7f\u{85}\u{a0}\u{2028}\u{fffd}é]{0,8}",
+        |s| {
+            let allowed = !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+            prop_assert_eq!(Value::new(s.clone()).is_ok(), allowed, "{:?}", s);
+            Ok(())
+        },
+    );
+}
+
+/// `parse_about` reads a gather's `VALUE` lines by a shorter path: it must
+/// accept and refuse exactly what the general parse does, whatever follows
+/// the label (spaces, control characters, U+FFFD, signs, empty words).
+#[test]
+fn value_lines_read_about_a_label_as_the_general_parse_reads_them() {
+    // Mostly well-formed pieces, with every kind of flaw mixed in.
+    let node = prop_oneof![4 => "[0-9]{1,20}", 1 => "[0-9+\\- a]{0,22}"];
+    let sep = prop_oneof![4 => Just(" "), 1 => Just(""), 1 => Just("  "), 1 => Just("\t")];
+    let value = prop_oneof![
+        4 => "[a-z0-9:.é]{1,20}",
+        1 => "[a-z0-9 \t\u{1}\u{7f}\u{85}\u{fffd}é:.]{0,24}",
+        1 => "[a-z]{0,3}\u{fffd}[a-z]{0,3}",
+        1 => "[a-z]{250,260}",
+    ];
+    let tail = (node, sep, value).prop_map(|(n, s, v)| format!("{n}{s}{v}"));
+    run(
+        "value_lines_read_about_a_label_as_the_general_parse_reads_them",
+        1024,
+        (label(), tail, any::<bool>()),
+        |(label, tail, same)| {
+            let about = if same {
+                label.clone()
+            } else {
+                Label::new(format!("{label}x")).unwrap()
+            };
+            let line = format!("VALUE {label} {tail}");
+            match (Reply::parse_about(&line, &about), line.parse::<Reply>()) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(_), Err(_)) => {}
+                (a, b) => prop_assert!(false, "{line:?}: about {a:?}, general {b:?}"),
+            }
+            Ok(())
+        },
+    );
+}
+
 #[test]
 fn free_text_never_breaks_a_line() {
     run("free_text_never_breaks_a_line", 512, ".{0,3000}", |cause| {
