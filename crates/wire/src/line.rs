@@ -61,7 +61,11 @@ impl LineCodec {
 
 fn to_text(line: Bytes) -> String {
     let line = line.strip_suffix(b"\r").unwrap_or(&line);
-    String::from_utf8_lossy(line).into_owned()
+    // Valid UTF-8 (nearly every line) is checked in one fast pass.
+    match std::str::from_utf8(line) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(line).into_owned(),
+    }
 }
 
 impl Default for LineCodec {
@@ -155,17 +159,17 @@ fn check_token(s: &str, what: &str, max: usize) -> Result<(), WireError> {
 }
 
 macro_rules! token_type {
-    ($(#[$doc:meta])* $name:ident, $what:literal, $max:expr, $check:ident) => {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $max:expr, $check:ident, $store:ty) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(String);
+        pub struct $name($store);
 
         impl $name {
             #[doc = concat!("Validates a ", $what, ".")]
             pub fn new(s: impl Into<String>) -> Result<Self, WireError> {
                 let s = s.into();
                 $check(&s, $what, $max)?;
-                Ok(Self(s))
+                Ok(Self(<$store>::from(s)))
             }
 
             #[doc = concat!("The ", $what, " as text.")]
@@ -198,7 +202,10 @@ token_type!(
     Label,
     "label",
     MAX_LABEL_LEN,
-    check_label
+    check_label,
+    // Shared: a gather of N members answers each with N lines about one
+    // label, and each reply holds it.
+    std::sync::Arc<str>
 );
 
 impl Label {
@@ -214,7 +221,8 @@ token_type!(
     Value,
     "value",
     MAX_VALUE_LEN,
-    check_token
+    check_token,
+    String
 );
 
 /// A line from a node to the barrier controller.
