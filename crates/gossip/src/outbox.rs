@@ -117,6 +117,13 @@ impl Outbox {
         Some((chunk, frames, conn))
     }
 
+    /// The open chunk's length, when it is all the queue holds and nobody
+    /// writes.
+    pub(crate) fn growing_len(&self) -> Option<usize> {
+        (self.sealed.is_empty() && self.partial.is_none() && !self.writing && self.open_frames > 0)
+            .then_some(self.open.len())
+    }
+
     /// Whether the queue is at most half full, by frames and by bytes.
     pub(crate) fn has_room(&self) -> bool {
         self.frames <= self.max_frames / 2 && self.bytes <= self.max_bytes / 2
@@ -298,6 +305,39 @@ mod tests {
         assert_eq!(frames, sizes.len());
         assert_eq!(got, want);
         assert_eq!((ob.frames, ob.bytes), (0, 0));
+    }
+
+    /// The open chunk counts as growing only while it is all there is to
+    /// write and nobody writes: a sealed chunk, a chunk begun, or a writer
+    /// at work each mean the connection task has something else to do.
+    #[test]
+    fn only_a_lone_open_chunk_counts_as_growing() {
+        let mut ob = Outbox::new(1 << 20, 1 << 20, 1 << 30);
+        assert_eq!(ob.growing_len(), None, "empty");
+        ob.push(&frame(10)).expect("room");
+        let one = ob.growing_len().expect("one frame, open");
+        ob.push(&frame(10)).expect("room");
+        assert!(ob.growing_len().expect("two frames, open") > one);
+        ob.writing = true;
+        assert_eq!(ob.growing_len(), None, "someone writes");
+        ob.writing = false;
+        // Past the first chunk's size: one sealed, the next one open.
+        while ob.sealed.is_empty() {
+            ob.push(&frame(1000)).expect("room");
+        }
+        assert_eq!(ob.growing_len(), None, "a sealed chunk waits");
+        while let Some((chunk, _)) = ob.take() {
+            ob.recycle(chunk);
+        }
+        assert_eq!(ob.growing_len(), None, "drained");
+        ob.push(&frame(10)).expect("room");
+        ob.partial = Some(Partial {
+            chunk: BytesMut::from(&b"begun"[..]),
+            at: 2,
+            frames: 1,
+            conn: 1,
+        });
+        assert_eq!(ob.growing_len(), None, "a chunk begun waits");
     }
 
     /// A frame that would not fit in the open chunk starts the next one:
