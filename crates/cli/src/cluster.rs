@@ -956,7 +956,14 @@ impl Conductor {
                 let _ = tokio::time::timeout(Duration::from_secs(5), n.child.wait()).await;
             }
             match n.child.try_wait() {
-                Ok(Some(_)) => self.reaped += 1,
+                Ok(Some(_)) => {
+                    self.reaped += 1;
+                    // Its pid may be anyone's now: the lab, going away,
+                    // signals only the processes it still holds.
+                    if let Some(lab) = &self.lab {
+                        lab.reaped(multinode_wire::NodeId(n.index as u64));
+                    }
+                }
                 _ => alive += 1,
             }
         }
