@@ -493,7 +493,9 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
     // Every node process is dead now (or stuck, and then it keeps what it
     // has mapped): libfaketime's files of those it killed go.
     for pid in c.under_faketime.drain(..) {
-        multinode_net::remove_faketime_names(pid);
+        if let Err(e) = multinode_net::remove_faketime_names(pid) {
+            eprintln!("multinode: libfaketime's files of node process {pid} stay: {e}");
+        }
     }
     if alive > 0 && failure.is_none() {
         failure = Some(format!(
@@ -667,8 +669,9 @@ impl Conductor {
         }
         let skew = self.args.skews.iter().find(|(n, _)| *n == index);
         // On a lab, the lab's clock offset does this.
-        let skewed = skew.is_some() && self.faketime.is_some() && self.lab.is_none();
+        let mut skewed = false;
         if let (Some((_, secs)), Some(lib), None) = (skew, &self.faketime, &self.lab) {
+            skewed = true;
             // Only the wall clock: timers and timeouts keep real time.
             cmd.env("LD_PRELOAD", lib)
                 .env("FAKETIME", format!("{secs:+}s"))

@@ -33,12 +33,23 @@ pub fn libfaketime() -> Option<PathBuf> {
 /// under libfaketime given the same pid fails to start (`shm_open failed:
 /// File exists`). Call it once process `pid` is dead. Should its pid be
 /// another live process's by then, that one keeps what it has mapped and
-/// loses only the names. Files already gone are not an error.
-pub fn remove_faketime_names(pid: u32) {
+/// loses only the names. Files already gone are not an error; the first
+/// other failure is returned, after both removals were tried.
+pub fn remove_faketime_names(pid: u32) -> std::io::Result<()> {
+    let mut first = Ok(());
     for name in [
         format!("/dev/shm/faketime_shm_{pid}"),
         format!("/dev/shm/sem.faketime_sem_{pid}"),
     ] {
-        let _ = std::fs::remove_file(name);
+        match std::fs::remove_file(&name) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound && first.is_ok() => {
+                first = Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot remove {name}: {e}"),
+                ));
+            }
+            _ => {}
+        }
     }
+    first
 }
