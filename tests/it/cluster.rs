@@ -212,6 +212,79 @@ fn ctrl_c_leaves_no_node_process_behind() {
     );
 }
 
+/// The parent pid of `pid`, from `/proc/<pid>/stat`.
+#[cfg(target_os = "linux")]
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether `pid` runs: it exists and is not a zombie waiting for whoever
+/// inherited it to reap it.
+#[cfg(target_os = "linux")]
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_owned())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+}
+
+/// Node processes are started by the spawner, a helper the conductor
+/// starts first, not by the conductor: and when the conductor is killed
+/// outright (no cleanup of its own can run), the spawner kills every node
+/// it started and exits, so nothing of the run is left.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_conductor_leaves_no_node_process_and_no_spawner_behind() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut conductor = Command::new(multinode())
+        .arg("test-cluster")
+        .arg("--dir")
+        .arg(dir.path())
+        .args([
+            "--nodes", "4", "--keys", "2000", "--rate", "50", "--seed", "9",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("multinode runs");
+    let mut lines = BufReader::new(conductor.stdout.take().unwrap()).lines();
+    let mut pids = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("conductor output");
+        if let Some((_, list)) = line.split_once("node processes: pids ") {
+            pids = list.split(' ').map(|p| p.parse::<u32>().unwrap()).collect();
+            break;
+        }
+    }
+    assert_eq!(pids.len(), 4, "no join line");
+    let spawners: Vec<u32> = pids.iter().filter_map(|&p| parent(p)).collect();
+    let spawner = spawners[0];
+    assert!(
+        spawners.iter().all(|&s| s == spawner) && spawner != conductor.id(),
+        "nodes' parents {spawners:?}, conductor {}",
+        conductor.id()
+    );
+    assert_eq!(parent(spawner), Some(conductor.id()));
+    conductor.kill().expect("SIGKILL the conductor");
+    conductor.wait().expect("reaped");
+    // Poll, with a deadline, until all of them are gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut left: Vec<u32> = pids.iter().copied().chain([spawner]).collect();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        left.retain(|&p| running(p));
+    }
+    assert!(left.is_empty(), "outlived the killed conductor: {left:?}");
+}
+
 /// A node whose wall clock is 600 s ahead (libfaketime, the `faketime`
 /// package, which `.ci/run` installs) cannot converge with the others: the
 /// run fails, and the first cause it names is the clock, not a symptom.

@@ -6,14 +6,16 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use multinode_wire::{
     BlockingReader, BlockingWriter, Fault, Label, LineCodec, NodeId, Reply, Request, Value,
 };
-use tokio_util::codec::Framed;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::codec::FramedWrite;
 
 use crate::BarrierError;
 use crate::identity::env_identity;
+use crate::line_reader::LineReader;
 
 /// Values gathered by a data-carrying barrier, one per node, by node id.
 pub type Gathered = Vec<(NodeId, Value)>;
@@ -24,11 +26,21 @@ struct Expect {
     values: Gathered,
 }
 
+/// The most values a gather's list is sized for up front: the member count
+/// is the controller's word, so it is a hint, not an allocation to trust.
+const MAX_ROOM: u32 = 4096;
+
 impl Expect {
-    fn new(label: &Label) -> Self {
+    /// The call of `req` about `label`, by a client of `nodes` members: a
+    /// gather makes room for every member's value at once.
+    fn new(req: &Request, label: &Label, nodes: u32) -> Self {
+        let room = match req {
+            Request::Gather(..) => nodes.min(MAX_ROOM) as usize,
+            _ => 0,
+        };
         Self {
             label: label.clone(),
-            values: Vec::new(),
+            values: Vec::with_capacity(room),
         }
     }
 
@@ -51,9 +63,13 @@ impl Expect {
                 // so the list stays bounded. The controller sends them in
                 // id order, so each lands at the end: a gather of N nodes
                 // costs N log N here, not N².
-                match self.values.binary_search_by_key(&node, |(n, _)| *n) {
-                    Ok(at) => self.values[at].1 = value,
-                    Err(at) => self.values.insert(at, (node, value)),
+                if self.values.last().is_none_or(|(last, _)| *last < node) {
+                    self.values.push((node, value));
+                } else {
+                    match self.values.binary_search_by_key(&node, |(n, _)| *n) {
+                        Ok(at) => self.values[at].1 = value,
+                        Err(at) => self.values.insert(at, (node, value)),
+                    }
                 }
                 None
             }
@@ -99,7 +115,8 @@ fn welcome(reply: Reply) -> Option<Result<(NodeId, u32), BarrierError>> {
 /// `tokio::time::timeout`) leaves the client usable, and the next call is
 /// answered correctly.
 pub struct BarrierNode {
-    conn: Framed<tokio::net::TcpStream, LineCodec>,
+    reader: LineReader<OwnedReadHalf>,
+    writer: FramedWrite<OwnedWriteHalf, LineCodec>,
     node: NodeId,
     nodes: u32,
 }
@@ -109,13 +126,20 @@ impl BarrierNode {
     pub async fn connect(addr: SocketAddr, id: Option<NodeId>) -> Result<Self, BarrierError> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let mut conn = Framed::new(stream, LineCodec::new());
-        conn.send(Request::Hello(id)).await?;
+        let (read, write) = stream.into_split();
+        let mut reader = LineReader::new(read);
+        let mut writer = FramedWrite::new(write, LineCodec::new());
+        writer.send(Request::Hello(id)).await?;
         loop {
-            let line = conn.next().await.ok_or(BarrierError::Closed)??;
+            let line = reader.next().await.ok_or(BarrierError::Closed)??;
             if let Some(res) = welcome(parse_reply(&line)?) {
                 let (node, nodes) = res?;
-                return Ok(Self { conn, node, nodes });
+                return Ok(Self {
+                    reader,
+                    writer,
+                    node,
+                    nodes,
+                });
             }
         }
     }
@@ -156,8 +180,8 @@ impl BarrierNode {
 
     /// Leaves the cluster in order: later barriers no longer wait for us.
     pub async fn leave(mut self) -> Result<(), BarrierError> {
-        self.conn.send(Request::Leave).await?;
-        while let Some(line) = self.conn.next().await {
+        self.writer.send(Request::Leave).await?;
+        while let Some(line) = self.reader.next().await {
             if parse_reply(&line?)? == Reply::Bye {
                 return Ok(());
             }
@@ -170,9 +194,9 @@ impl BarrierNode {
     /// counters as `key=value` words. A run without faults enabled answers
     /// [`BarrierError::Refused`].
     pub async fn fault(&mut self, fault: &Fault) -> Result<String, BarrierError> {
-        self.conn.send(Request::Fault(fault.clone())).await?;
+        self.writer.send(Request::Fault(fault.clone())).await?;
         loop {
-            let line = self.conn.next().await.ok_or(BarrierError::Closed)??;
+            let line = self.reader.next().await.ok_or(BarrierError::Closed)??;
             if let Some(res) = fault_reply(fault, parse_reply(&line)?) {
                 return res;
             }
@@ -180,11 +204,14 @@ impl BarrierNode {
     }
 
     async fn call(&mut self, req: Request, label: &Label) -> Result<Gathered, BarrierError> {
-        self.conn.send(req).await?;
-        let mut expect = Expect::new(label);
+        let mut expect = Expect::new(&req, label, self.nodes);
+        self.writer.send(req).await?;
         loop {
-            let line = self.conn.next().await.ok_or(BarrierError::Closed)??;
-            if let Some(res) = expect.absorb(expect.parse(&line)?) {
+            // Each line read where it lies: a gather's N lines are parsed
+            // without a copy of each.
+            let read = self.reader.next_with(|line| expect.parse(line)).await;
+            let reply = read.ok_or(BarrierError::Closed)???;
+            if let Some(res) = expect.absorb(reply) {
                 return res;
             }
         }
@@ -294,7 +321,7 @@ impl BlockingBarrierNode {
         label: &Label,
         timeout: Option<Duration>,
     ) -> Result<Gathered, BarrierError> {
-        let mut expect = Expect::new(label);
+        let mut expect = Expect::new(&req, label, self.nodes);
         self.exchange(req, timeout, |line| Ok(expect.absorb(expect.parse(line)?)))
     }
 
@@ -353,7 +380,7 @@ mod tests {
     #[test]
     fn gathered_values_are_kept_by_id_and_a_repeat_replaces() {
         let label = Label::new("join").unwrap();
-        let mut e = Expect::new(&label);
+        let mut e = Expect::new(&Request::Barrier(label.clone()), &label, 0);
         for (node, v) in [(3, "c"), (0, "a"), (7, "x"), (3, "c2"), (1, "b")] {
             assert!(e.absorb(value(&label, node, v)).is_none());
         }

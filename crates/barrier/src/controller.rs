@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use std::fmt::Write as _;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
 use multinode_wire::{Fault, LineCodec, NodeId, Reply, Request, WireError};
 use parking_lot::Mutex;
@@ -47,18 +47,28 @@ struct Writer {
 }
 
 impl Writer {
-    /// Writes `text` unless the connection is closing or dead.
-    fn send(&mut self, text: &str) {
-        if !(self.closing || self.dead) {
-            self.write(text.as_bytes());
+    /// Writes what was said unless the connection is closing or dead: in
+    /// one vectored write, so text shared with other connections is not
+    /// copied for this one unless the socket leaves some of it waiting.
+    fn send(&mut self, said: &Said) {
+        if self.closing || self.dead {
+            return;
         }
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut rest = bytes;
+        let mut parts: Vec<&[u8]> = said.parts.iter().map(Part::bytes).collect();
         if self.backlog.is_empty() {
-            match self.half.try_write(bytes) {
-                Ok(n) => rest = &bytes[n..],
+            let slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+            match self.half.try_write_vectored(&slices) {
+                Ok(mut n) => {
+                    // Skip what the socket took, part by part.
+                    while let Some(first) = parts.first_mut() {
+                        if n < first.len() {
+                            *first = &first[n..];
+                            break;
+                        }
+                        n -= first.len();
+                        parts.remove(0);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => {
                     self.dead = true;
@@ -67,13 +77,48 @@ impl Writer {
                 }
             }
         }
-        if !rest.is_empty() {
-            if self.backlog.len() + rest.len() > MAX_BACKLOG {
+        let rest: usize = parts.iter().map(|p| p.len()).sum();
+        if rest > 0 {
+            if self.backlog.len() + rest > MAX_BACKLOG {
                 self.dead = true;
             } else {
-                self.backlog.extend_from_slice(rest);
+                parts.iter().for_each(|p| self.backlog.extend_from_slice(p));
             }
             self.wake.notify_one();
+        }
+    }
+}
+
+/// What one dispatch says to one connection, in order: its own lines, and
+/// lines it shares with others (a gather's values, formatted once).
+#[derive(Default)]
+struct Said {
+    parts: Vec<Part>,
+}
+
+enum Part {
+    Own(String),
+    Shared(Bytes),
+}
+
+impl Part {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Part::Own(text) => text.as_bytes(),
+            Part::Shared(text) => text,
+        }
+    }
+}
+
+impl Said {
+    /// The connection's own text to append to.
+    fn own(&mut self) -> &mut String {
+        if !matches!(self.parts.last(), Some(Part::Own(_))) {
+            self.parts.push(Part::Own(String::new()));
+        }
+        match self.parts.last_mut() {
+            Some(Part::Own(text)) => text,
+            _ => unreachable!("an own part was just pushed"),
         }
     }
 }
@@ -90,16 +135,16 @@ impl Shared {
     /// nodes answers each with N + 1 lines, and a write apiece made the
     /// join of a thousand nodes a million system calls.
     fn dispatch(&mut self) {
-        let mut texts: HashMap<ConnId, String> = HashMap::new();
+        let mut said: HashMap<ConnId, Said> = HashMap::new();
         // The text of the last shared batch of lines, formatted once.
-        let mut shared: Option<(Arc<[Reply]>, String)> = None;
+        let mut shared: Option<(Arc<[Reply]>, Bytes)> = None;
         let outputs: Vec<Output> = self.core.drain().collect();
         for output in outputs {
             match output {
                 Output::Send(conn, reply) => {
                     // A reply's text never holds a newline (labels and values
                     // are validated, free text is sanitised when printed).
-                    let _ = writeln!(texts.entry(conn).or_default(), "{reply}");
+                    let _ = writeln!(said.entry(conn).or_default().own(), "{reply}");
                 }
                 Output::SendAll(conn, replies) => {
                     if !shared
@@ -110,13 +155,15 @@ impl Shared {
                         for reply in replies.iter() {
                             let _ = writeln!(text, "{reply}");
                         }
-                        shared = Some((replies, text));
+                        shared = Some((replies, Bytes::from(text)));
                     }
-                    let text = shared.as_ref().map_or("", |(_, t)| t.as_str());
-                    texts.entry(conn).or_default().push_str(text);
+                    if let Some((_, text)) = &shared {
+                        let parts = &mut said.entry(conn).or_default().parts;
+                        parts.push(Part::Shared(text.clone()));
+                    }
                 }
                 Output::Close(conn) => {
-                    let text = texts.remove(&conn);
+                    let text = said.remove(&conn);
                     if let Some(w) = self.writers.get_mut(&conn) {
                         // What was said before the close goes first.
                         if let Some(text) = text {
@@ -128,7 +175,7 @@ impl Shared {
                 }
             }
         }
-        for (conn, text) in texts {
+        for (conn, text) in said {
             if let Some(w) = self.writers.get_mut(&conn) {
                 w.send(&text);
             }
@@ -408,9 +455,9 @@ async fn conduct(inner: &Inner, conn: ConnId, conductor: &Arc<dyn Conductor>, fa
     let reply = conductor::reply(&fault, outcome);
     let mut s = inner.shared.lock();
     if let Some(w) = s.writers.get_mut(&conn) {
-        if !w.closing && !w.dead {
-            w.write(format!("{reply}\n").as_bytes());
-        }
+        let mut said = Said::default();
+        let _ = writeln!(said.own(), "{reply}");
+        w.send(&said);
     }
 }
 

@@ -35,6 +35,7 @@ mod core;
 mod error;
 mod identity;
 mod launcher;
+mod line_reader;
 mod process_faults;
 mod summary;
 

@@ -194,9 +194,16 @@ fn main() {
     } else {
         &[64, 256, 1000]
     };
+    // Every run's directory stays until the end: on an ext4 without a
+    // journal (this machine's), inodes freed in the last seconds are skipped
+    // one by one when new ones are allocated, so deleting one run's
+    // thousands of files just before the next run's join slowed that join
+    // by up to a second at 1,000 nodes; it measured the deletion, not us.
+    let mut dirs = Vec::new();
     for &n in sizes {
         let dir = tempfile::tempdir().expect("tempdir");
         let run = cluster(n, dir.path());
+        dirs.push(dir);
         let spawn = bare(n);
         record(
             "scale",

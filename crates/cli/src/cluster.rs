@@ -19,13 +19,16 @@ use multinode_barrier::{Controller, ENV_ADDR, ENV_INDEX, ENV_NODES};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::unix::pipe;
 
 mod lab;
+mod node_child;
 mod node_proc;
 mod phases;
 mod recorder;
 mod report;
 
+use node_child::NodeChild;
 use node_proc::NodeProc;
 use report::Phase;
 
@@ -183,8 +186,9 @@ fn parse_skew(s: &str) -> Result<(usize, i64), String> {
 }
 
 /// Raises this process's descriptor limit (the soft one, up to the hard
-/// one) to what `nodes` node processes need here: three pipes and a
-/// barrier connection each, and some room. Says what to do when the hard
+/// one) to what `nodes` node processes need here: two pipes, a barrier
+/// connection and (in a lab, where the conductor starts them itself) a
+/// pidfd each, and some room. Says what to do when the hard
 /// limit is too low.
 fn descriptors(nodes: usize) -> Result<()> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -265,6 +269,8 @@ struct Conductor {
     incarnations: Vec<u32>,
     /// The network lab the nodes run on, with `--net`.
     lab: Option<std::sync::Arc<multinode_net::Lab>>,
+    /// What starts the node processes outside a lab, from the first start.
+    spawner: Option<crate::spawner::Spawner>,
     /// The lab's counters at the start of the phase.
     kernel_base: multinode_net::Counters,
 }
@@ -469,6 +475,7 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
         faketime,
         under_faketime: Vec::new(),
         lab,
+        spawner: None,
         kernel_base: multinode_net::Counters::default(),
         recorder: std::sync::Arc::new(recorder::Recorder::create(dir.path())?),
         incarnations: vec![0; n],
@@ -490,6 +497,9 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
         }
     }
     let alive = c.stop_all(failure.is_none()).await;
+    if let Some(spawner) = c.spawner.take() {
+        spawner.close().await;
+    }
     // Every node process is dead now (or stuck, and then it keeps what it
     // has mapped): libfaketime's files of those it killed go.
     for pid in c.under_faketime.drain(..) {
@@ -621,11 +631,10 @@ fn replay_command(a: &ClusterArgs, seed: u64) -> String {
 }
 
 impl Conductor {
-    fn spawn(&mut self, index: usize, no_join: bool) -> Result<NodeProc> {
+    async fn spawn(&mut self, index: usize, no_join: bool) -> Result<NodeProc> {
         let ctl = self.controller.as_ref().expect("started").local_addr();
-        let log = self.log_file(index)?;
         if let Some(words) = self.args.node_cmd.clone() {
-            return self.spawn_program(index, no_join, &words);
+            return self.spawn_program(index, no_join, &words).await;
         }
         let mut cmd = match &self.lab {
             Some(lab) => {
@@ -651,10 +660,6 @@ impl Conductor {
             .env(ENV_NODES, self.args.nodes.to_string())
             .arg("--secret-file")
             .arg(&self.secret)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .process_group(0)
             .kill_on_drop(true);
         if no_join {
             cmd.arg("--no-join");
@@ -678,16 +683,50 @@ impl Conductor {
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
                 .env("FAKETIME_NO_CACHE", "1");
         }
-        let child = match &self.lab {
-            Some(lab) => lab.spawn(multinode_wire::NodeId(index as u64), &mut cmd)?,
-            None => cmd
-                .spawn()
-                .with_context(|| format!("cannot start {}", self.exe.display()))?,
-        };
-        if let Some(pid) = child.id().filter(|_| skewed) {
+        let host = multinode_wire::NodeId(index as u64);
+        let node = self
+            .start(index, host, cmd)
+            .await
+            .with_context(|| format!("cannot start {}", self.exe.display()))?;
+        if let Some(pid) = node.child.id().filter(|_| skewed) {
             self.under_faketime.push(pid);
         }
-        Ok(self.track(index, child))
+        Ok(node)
+    }
+
+    /// Starts node `index` from `cmd` (stdin and stdout piped, stderr
+    /// appended to its log, its own process group): inside its lab host, or
+    /// by the spawner.
+    async fn start(
+        &mut self,
+        index: usize,
+        host: multinode_wire::NodeId,
+        mut cmd: tokio::process::Command,
+    ) -> Result<NodeProc> {
+        let (child, stdin, stdout) = match &self.lab {
+            Some(lab) => {
+                cmd.stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(self.log_file(index)?)
+                    .process_group(0);
+                let mut child = lab.spawn(host, &mut cmd)?;
+                let stdin = child.stdin.take().expect("piped").into_owned_fd()?;
+                let stdout = child.stdout.take().expect("piped").into_owned_fd()?;
+                (NodeChild::Direct(child), stdin, stdout)
+            }
+            None => {
+                if self.spawner.is_none() {
+                    self.spawner = Some(crate::spawner::Spawner::start(&self.exe)?);
+                }
+                let spawner = self.spawner.as_ref().expect("started above");
+                let log = self.dir.join(format!("node-{index}.log"));
+                let s = spawner.spawn(cmd.as_std(), &log).await?;
+                (NodeChild::Spawned(s.handle), s.stdin, s.stdout)
+            }
+        };
+        let stdin = pipe::Sender::from_owned_fd(stdin)?;
+        let stdout = pipe::Receiver::from_owned_fd(stdout)?;
+        Ok(self.track(index, child, stdin, stdout))
     }
 
     /// Node `index`'s log file (its stderr), appended to across restarts.
@@ -702,10 +741,15 @@ impl Conductor {
 
     /// Counts a started node process and holds its control pipe, as the
     /// next incarnation of node `index`.
-    fn track(&mut self, index: usize, mut child: tokio::process::Child) -> NodeProc {
+    fn track(
+        &mut self,
+        index: usize,
+        child: NodeChild,
+        stdin: pipe::Sender,
+        stdout: pipe::Receiver,
+    ) -> NodeProc {
         self.started += 1;
-        let stdin = child.stdin.take().expect("piped");
-        let stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let stdout = BufReader::new(stdout).lines();
         let incarnation = self.incarnations[index];
         self.incarnations[index] += 1;
         NodeProc {
@@ -723,9 +767,13 @@ impl Conductor {
 
     /// Starts a `--node-cmd` program as node `index`, as the node contract
     /// says: its arguments, `--data-dir`, and the environment.
-    fn spawn_program(&mut self, index: usize, no_join: bool, words: &str) -> Result<NodeProc> {
+    async fn spawn_program(
+        &mut self,
+        index: usize,
+        no_join: bool,
+        words: &str,
+    ) -> Result<NodeProc> {
         let ctl = self.controller.as_ref().expect("started").local_addr();
-        let log = self.log_file(index)?;
         let mut words = words.split_whitespace();
         let program = words.next().context("--node-cmd is empty")?;
         let host = multinode_wire::NodeId(index as u64);
@@ -744,23 +792,15 @@ impl Conductor {
             .env(ENV_INDEX, index.to_string())
             .env(ENV_NODES, self.args.nodes.to_string())
             .env("MULTINODE_SECRET_FILE", &self.secret)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .process_group(0)
             .kill_on_drop(true);
         if no_join {
             cmd.env("MULTINODE_NO_JOIN", "1");
         } else {
             cmd.env_remove("MULTINODE_NO_JOIN");
         }
-        let child = match &self.lab {
-            Some(lab) => lab.spawn(host, &mut cmd)?,
-            None => cmd
-                .spawn()
-                .with_context(|| format!("cannot start --node-cmd program {program:?}"))?,
-        };
-        Ok(self.track(index, child))
+        self.start(index, host, cmd)
+            .await
+            .with_context(|| format!("cannot start --node-cmd program {program:?}"))
     }
 
     /// The first node whose clock is off the cluster's by more than it

@@ -36,6 +36,7 @@ mod node;
 mod reads;
 mod scenario;
 mod sim_sweep;
+mod spawner;
 mod timeline;
 use clap::{Args, Parser, Subcommand};
 use multinode_barrier::{Config, Controller, LaunchReport, Launcher, OutputMode, describe};
@@ -75,6 +76,10 @@ enum Cmd {
     /// Check a run's history again, offline: `history.jsonl`, or the run
     /// directory that holds it. Exits 0 if it passes, 1 if not.
     Check(CheckArgs),
+    /// test-cluster's helper that starts node processes (stdin is its
+    /// socket to the conductor).
+    #[command(hide = true)]
+    Spawner,
 }
 
 #[derive(Args)]
@@ -147,6 +152,13 @@ pub(crate) fn positive_secs(s: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.cmd, Cmd::Spawner) {
+        // Threads, no runtime: it blocks on its socket and on its children.
+        return spawner::serve().unwrap_or_else(|e| {
+            eprintln!("multinode spawner: {}", error_line(&e));
+            ExitCode::from(2)
+        });
+    }
     if matches!(&cli.cmd, Cmd::Run(RunArgs { net: true, .. }))
         || matches!(&cli.cmd, Cmd::TestCluster(a) if a.net)
     {
@@ -179,6 +191,7 @@ fn main() -> ExitCode {
                 init_logging();
                 node::run(args).await
             }
+            Cmd::Spawner => unreachable!("served before the runtime starts"),
         }
     });
     // A stdin that is not a pipe (a terminal, a file) is read by a blocking

@@ -244,20 +244,25 @@ impl Proc {
     async fn join(&mut self, label: &str) -> Result<usize> {
         let addr = self.addr.to_string();
         let all = self.barrier().await?.gather(label, &addr).await?;
-        let mut peers = 0;
+        let mut peers = Vec::with_capacity(all.len());
         for (peer, value) in all {
             if peer == self.id {
                 continue;
             }
-            let at = value
+            let at: SocketAddr = value
                 .as_str()
                 .parse()
                 .with_context(|| format!("node {peer} shared {value:?}, not an address"))?;
-            self.add_peer(peer, at)?;
-            peers += 1;
+            peers.push((peer, at));
         }
-        tracing::info!(node = %self.id, label, peers, "joined");
-        Ok(peers)
+        // All at once: one lock each, and tables built in one pass.
+        self.node
+            .transport()
+            .inner()
+            .add_peers(peers.iter().copied())?;
+        self.node.add_peers(peers.iter().map(|(peer, _)| *peer));
+        tracing::info!(node = %self.id, label, peers = peers.len(), "joined");
+        Ok(peers.len())
     }
 
     async fn reply(&mut self, line: &str) -> Result<()> {

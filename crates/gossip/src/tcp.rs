@@ -150,6 +150,18 @@ struct Shared {
     warnings: Warnings,
 }
 
+/// Puts `node` at `addr` in the peer table: a move drops what was queued
+/// for the old address (its connection task sees the cancellation).
+fn place(peers: &mut BTreeMap<NodeId, Known>, node: NodeId, addr: SocketAddr) {
+    if peers.get(&node).is_some_and(|k| k.addr == addr) {
+        return;
+    }
+    let known = Known { addr, live: None };
+    if let Some(old) = peers.insert(node, known).and_then(|k| k.live) {
+        old.cancel.cancel();
+    }
+}
+
 /// A peer added: its address and, from the first frame sent to it, its
 /// queue and connection state. A node of a large cluster adds every member
 /// and sends to the few its gossip picks: the others cost an address.
@@ -296,13 +308,39 @@ impl TcpTransport {
                 "node {node} is this transport's own id"
             )));
         }
-        let mut peers = self.shared.peers.write();
-        if peers.get(&node).is_some_and(|k| k.addr == addr) {
-            return Ok(());
+        place(&mut self.shared.peers.write(), node, addr);
+        Ok(())
+    }
+
+    /// Adds many peers as [`Self::add_peer`] adds one, under one lock; into
+    /// an empty table, in one pass. A node joining a cluster of a thousand
+    /// adds every member at once: a million peers across the cluster.
+    /// Adds none if one of them is this transport's own id.
+    pub fn add_peers(
+        &self,
+        peers: impl IntoIterator<Item = (NodeId, SocketAddr)>,
+    ) -> Result<(), GossipError> {
+        if self.shared.closed.load(Relaxed) {
+            return Err(GossipError::Closed);
         }
-        let known = Known { addr, live: None };
-        if let Some(old) = peers.insert(node, known).and_then(|k| k.live) {
-            old.cancel.cancel();
+        let me = self.shared.config.node_id;
+        let peers: Vec<_> = peers.into_iter().collect();
+        if peers.iter().any(|(node, _)| *node == me) {
+            return Err(GossipError::Config(format!(
+                "node {me} is this transport's own id"
+            )));
+        }
+        let mut table = self.shared.peers.write();
+        if table.is_empty() {
+            // A repeated id keeps its last address, as one call each would.
+            *table = peers
+                .into_iter()
+                .map(|(node, addr)| (node, Known { addr, live: None }))
+                .collect();
+        } else {
+            for (node, addr) in peers {
+                place(&mut table, node, addr);
+            }
         }
         Ok(())
     }

@@ -276,6 +276,11 @@ impl<T: GossipTransport + 'static> LwwNode<T> {
         self.shared.replica.lock().add_peer(peer);
     }
 
+    /// Gossips with all of `peers` from the next round on (one lock).
+    pub fn add_peers(&self, peers: impl IntoIterator<Item = NodeId>) {
+        self.shared.replica.lock().add_peers(peers);
+    }
+
     /// Stops gossiping with `peer`.
     pub fn remove_peer(&self, peer: NodeId) {
         self.shared.replica.lock().remove_peer(peer);

@@ -196,6 +196,22 @@ impl Replica {
         }
     }
 
+    /// Adds peers as [`Self::add_peer`] adds one; into an empty table, in
+    /// one pass (a replica joining a cluster of a thousand adds them all).
+    pub fn add_peers(&mut self, peers: impl IntoIterator<Item = NodeId>) {
+        let (me, now, prior) = (self.cfg.node, self.now_ms, self.cfg.round_interval_ms);
+        let peers = peers.into_iter().filter(|p| *p != me);
+        if self.peers.is_empty() {
+            self.peers = peers.map(|p| (p, Detector::new(now, prior))).collect();
+        } else {
+            for p in peers {
+                self.peers
+                    .entry(p)
+                    .or_insert_with(|| Detector::new(now, prior));
+            }
+        }
+    }
+
     /// Stops gossiping with a peer. Its writes stay.
     pub fn remove_peer(&mut self, peer: NodeId) {
         self.peers.remove(&peer);

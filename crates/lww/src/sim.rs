@@ -89,9 +89,7 @@ impl Simulator {
             cfg.seed = rng.random();
             configure(&mut cfg);
             let mut r = Replica::new(cfg.clone())?;
-            for j in 0..n {
-                r.add_peer(NodeId(j as u64));
-            }
+            r.add_peers((0..n as u64).map(NodeId));
             configs.push(cfg);
             replicas.push(Some(r));
         }
@@ -228,9 +226,7 @@ impl Simulator {
     pub fn restart(&mut self, node: NodeId, wipe: bool) -> Result<(), LwwError> {
         let i = self.check(node);
         let mut r = Replica::new(self.configs[i].clone())?;
-        for j in 0..self.replicas.len() {
-            r.add_peer(NodeId(j as u64));
-        }
+        r.add_peers((0..self.replicas.len() as u64).map(NodeId));
         if wipe {
             self.durable[i].clear();
         }

@@ -1,8 +1,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use bytes::{Bytes, BytesMut};
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Encoder};
+use std::borrow::Cow;
+
+use bytes::{Buf, BufMut, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
 
 use crate::{NodeId, WireError};
 
@@ -23,16 +25,19 @@ pub const MAX_VALUE_LEN: usize = 256;
 /// The line layer: UTF-8 text terminated by `\n` (a `\r` before it is
 /// dropped), at most a capped number of bytes.
 ///
-/// Built on tokio-util's [`AnyDelimiterCodec`]. A line over the cap is
-/// [`WireError::LineTooLong`] and the connection should be closed. Bytes that
-/// are not UTF-8 decode with U+FFFD in their place, which no request or
+/// A line over the cap is [`WireError::LineTooLong`] and the connection
+/// should be closed (the codec skips to the next newline if read on). Bytes
+/// that are not UTF-8 decode with U+FFFD in their place, which no request or
 /// reply accepts (they parse to "line is not valid utf-8"), so a bad line
 /// never ends the stream: tokio-util's `Framed` stops reading after any
 /// decoder error, and one bad line must not cost a peer its connection.
 #[derive(Clone, Debug)]
 pub struct LineCodec {
-    inner: AnyDelimiterCodec,
     max: usize,
+    /// How far the buffer was searched for a newline without finding one.
+    searched: usize,
+    /// Skipping the rest of a line over the cap.
+    skipping: bool,
 }
 
 impl LineCodec {
@@ -44,27 +49,65 @@ impl LineCodec {
     /// A codec whose lines may be at most `max` bytes.
     pub fn with_max(max: usize) -> Self {
         Self {
-            inner: AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), max),
             max,
+            searched: 0,
+            skipping: false,
         }
     }
 
-    fn convert(&self, e: AnyDelimiterCodecError) -> WireError {
-        match e {
-            AnyDelimiterCodecError::MaxChunkLengthExceeded => {
-                WireError::LineTooLong { max: self.max }
+    /// Reads the next whole line of `src` as [`Decoder::decode`] does, but
+    /// hands `read` the line's text where it lies instead of a copy: a
+    /// reader of many short lines (a gather's) allocates none of them.
+    pub fn decode_with<R>(
+        &mut self,
+        src: &mut BytesMut,
+        read: impl FnOnce(&str) -> R,
+    ) -> Result<Option<R>, WireError> {
+        loop {
+            // A newline may sit just past the cap: the line is then whole.
+            let upto = self.max.saturating_add(1).min(src.len());
+            let found = src[self.searched..upto].iter().position(|b| *b == b'\n');
+            match (self.skipping, found) {
+                (true, Some(at)) => {
+                    src.advance(self.searched + at + 1);
+                    self.searched = 0;
+                    self.skipping = false;
+                }
+                (true, None) => {
+                    src.advance(upto);
+                    self.searched = 0;
+                    if src.is_empty() {
+                        return Ok(None);
+                    }
+                }
+                (false, Some(at)) => {
+                    let end = self.searched + at;
+                    self.searched = 0;
+                    let read = read(&text(&src[..end]));
+                    src.advance(end + 1);
+                    return Ok(Some(read));
+                }
+                (false, None) if src.len() > self.max => {
+                    self.skipping = true;
+                    return Err(WireError::LineTooLong { max: self.max });
+                }
+                (false, None) => {
+                    self.searched = upto;
+                    return Ok(None);
+                }
             }
-            AnyDelimiterCodecError::Io(e) => WireError::Io(e),
         }
     }
 }
 
-fn to_text(line: Bytes) -> String {
-    let line = line.strip_suffix(b"\r").unwrap_or(&line);
-    // Valid UTF-8 (nearly every line) is checked in one fast pass.
+/// A line's text: a `\r` before the newline dropped, and bytes that are not
+/// UTF-8 replaced by U+FFFD (valid UTF-8, nearly every line, is checked in
+/// one fast pass and not copied).
+fn text(line: &[u8]) -> Cow<'_, str> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
     match std::str::from_utf8(line) {
-        Ok(text) => text.to_owned(),
-        Err(_) => String::from_utf8_lossy(line).into_owned(),
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(line),
     }
 }
 
@@ -79,17 +122,20 @@ impl Decoder for LineCodec {
     type Error = WireError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<String>, WireError> {
-        match self.inner.decode(src) {
-            Ok(line) => Ok(line.map(to_text)),
-            Err(e) => Err(self.convert(e)),
-        }
+        self.decode_with(src, str::to_owned)
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<String>, WireError> {
-        match self.inner.decode_eof(src) {
-            Ok(line) => Ok(line.map(to_text)),
-            Err(e) => Err(self.convert(e)),
+        if let Some(line) = self.decode(src)? {
+            return Ok(Some(line));
         }
+        // The last line may lack its newline.
+        if src.is_empty() {
+            return Ok(None);
+        }
+        self.searched = 0;
+        let rest = src.split();
+        Ok(Some(text(&rest).into_owned()))
     }
 }
 
@@ -104,7 +150,10 @@ impl<T: fmt::Display> Encoder<T> for LineCodec {
         if line.contains('\n') {
             return Err(WireError::malformed("line contains a newline"));
         }
-        self.inner.encode(line, dst).map_err(|e| self.convert(e))
+        dst.reserve(line.len() + 1);
+        dst.put_slice(line.as_bytes());
+        dst.put_u8(b'\n');
+        Ok(())
     }
 }
 
@@ -342,7 +391,9 @@ impl Reply {
         }
         let (node, value) = rest.split_once(' ')?;
         Some((|| {
-            if value.contains(char::REPLACEMENT_CHARACTER) {
+            // ASCII, as nearly every value is, holds no U+FFFD: one fast
+            // pass instead of a substring search.
+            if !value.is_ascii() && value.contains(char::REPLACEMENT_CHARACTER) {
                 return Err(WireError::malformed("line is not valid utf-8"));
             }
             Ok(Reply::Value {

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::io::{AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::net::unix::pipe;
 
+use super::node_child::NodeChild;
 use super::recorder::Recorder;
 use crate::control::{DumpLine, decode, encode, field, parse_version};
 use crate::history::{Event, Kind, LANES, Micro};
@@ -32,9 +33,9 @@ pub(super) struct NodeProc {
     pub(super) digest: Option<bool>,
     /// How long one control reply may take (a barrier may wait for others).
     pub(super) reply_timeout: Duration,
-    pub(super) child: Child,
-    pub(super) stdin: ChildStdin,
-    pub(super) stdout: Lines<BufReader<ChildStdout>>,
+    pub(super) child: NodeChild,
+    pub(super) stdin: pipe::Sender,
+    pub(super) stdout: Lines<BufReader<pipe::Receiver>>,
 }
 
 impl NodeProc {

@@ -76,7 +76,7 @@ impl Conductor {
         // join: every node exchanges its address at the barrier `join`.
         let began = Instant::now();
         for i in 0..n {
-            let node = self.spawn(i, false)?;
+            let node = self.spawn(i, false).await?;
             self.nodes.push(node);
         }
         self.say(
@@ -164,7 +164,7 @@ impl Conductor {
         let mut back = Vec::new();
         for &i in &killed {
             // Held by the conductor at once, so every exit path reaps it.
-            let node = self.spawn(i, true)?;
+            let node = self.spawn(i, true).await?;
             self.nodes.push(node);
             let node = self.nodes.last_mut().expect("just pushed");
             let line = node.recv().await?;

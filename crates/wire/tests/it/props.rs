@@ -2,8 +2,8 @@
 
 use bytes::{Bytes, BytesMut};
 use multinode_wire::{
-    Beyond, ClusterFrame, ClusterId, GossipPdu, Hello, HybridClock, Label, LwwEntry, LwwMessage,
-    MessageCodec, NodeId, RemoteTell, Reply, Request, Timestamp, Value, WireError,
+    Beyond, ClusterFrame, ClusterId, GossipPdu, Hello, HybridClock, Label, LineCodec, LwwEntry,
+    LwwMessage, MessageCodec, NodeId, RemoteTell, Reply, Request, Timestamp, Value, WireError,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -151,6 +151,86 @@ fn frames_round_trip_in_any_chunking() {
             }
             prop_assert_eq!(got, frames);
             prop_assert!(buf.is_empty());
+            Ok(())
+        },
+    );
+}
+
+/// What a line reader should make of `input`, by the definition: each
+/// `\n`-terminated line of at most `max` bytes is its text (`\r` before the
+/// newline dropped, bytes that are not UTF-8 as U+FFFD); a longer one is one
+/// error and nothing of it; an unterminated tail is read at the end.
+fn lines_by_definition(input: &[u8], max: usize) -> Vec<Result<String, ()>> {
+    let text = |l: &[u8]| {
+        let l = l.strip_suffix(b"\r").unwrap_or(l);
+        String::from_utf8_lossy(l).into_owned()
+    };
+    let mut out = Vec::new();
+    let mut pieces = input.split(|b| *b == b'\n').peekable();
+    while let Some(line) = pieces.next() {
+        let last = pieces.peek().is_none();
+        if last && line.is_empty() {
+            break;
+        }
+        out.push(if line.len() > max {
+            Err(())
+        } else {
+            Ok(text(line))
+        });
+    }
+    out
+}
+
+/// The line codec splits its own input: in any chunking, and through either
+/// way of reading it (a copy, or the text where it lies), it reads what the
+/// definition says, lines over the cap included.
+#[test]
+fn lines_split_as_defined_in_any_chunking() {
+    let byte = prop_oneof![
+        6 => b'a'..=b'z',
+        2 => Just(b'\n'),
+        1 => Just(b'\r'),
+        1 => Just(b' '),
+        1 => any::<u8>(),
+    ];
+    let input = proptest::collection::vec(byte, 0..200);
+    run(
+        "lines_split_as_defined_in_any_chunking",
+        1024,
+        (input, 1usize..24, 1usize..40, any::<bool>()),
+        |(input, max, chunk, in_place)| {
+            let mut codec = LineCodec::with_max(max);
+            let mut got = Vec::new();
+            let mut buf = BytesMut::new();
+            let read = |codec: &mut LineCodec, buf: &mut BytesMut| {
+                if in_place {
+                    codec.decode_with(buf, str::to_owned)
+                } else {
+                    codec.decode(buf)
+                }
+            };
+            for piece in input.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                // An error is followed by more reading, as a caller that
+                // reads on would; the definition says what it then reads.
+                for _ in 0..input.len() + 2 {
+                    match read(&mut codec, &mut buf) {
+                        Ok(Some(line)) => got.push(Ok(line)),
+                        Ok(None) => break,
+                        Err(WireError::LineTooLong { max: m }) if m == max => got.push(Err(())),
+                        Err(e) => return Err(TestCaseError::fail(e.to_string())),
+                    }
+                }
+            }
+            loop {
+                match codec.decode_eof(&mut buf) {
+                    Ok(Some(line)) => got.push(Ok(line)),
+                    Ok(None) => break,
+                    Err(WireError::LineTooLong { .. }) => got.push(Err(())),
+                    Err(e) => return Err(TestCaseError::fail(e.to_string())),
+                }
+            }
+            prop_assert_eq!(got, lines_by_definition(&input, max), "{:?}", input);
             Ok(())
         },
     );
