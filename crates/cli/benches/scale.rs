@@ -10,9 +10,11 @@
 //!   every replica (fanout 3, same N) times the run's round interval;
 //! - resident memory per node process (median of the largest sample each
 //!   node reached, sampled every second from `/proc` once the join is
-//!   over), beside 8 MiB, the
+//!   over, of the pids the join's line names), beside 8 MiB, the
 //!   issue's target; and the same for the proportional set size, which
 //!   counts the code all nodes share once across them, not once in each.
+//!
+//! The nodes' directories are on a tmpfs where there is one (`run_dir`).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -44,27 +46,29 @@ struct Run {
     pss_kib: f64,
 }
 
-/// The pids whose parent is `parent`.
-fn children(parent: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                // The fields after the command name (which may hold spaces).
-                let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
-                rest.split_whitespace().nth(1) == Some(&parent.to_string())
-            })
-        })
-        .collect()
-}
-
 /// The `field` line of a `/proc` file of `pid`, in KiB.
 fn proc_kib(pid: u32, file: &str, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
     let line = text.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A directory for one run's nodes: on a tmpfs (`/dev/shm`) where there is
+/// one. The join creates five inodes a node, and ext4 without a journal
+/// (this machine's root) skips, one by one, every inode freed in the last
+/// minute when it allocates one: after the runs before it had deleted and
+/// replaced files, the same 1,000-node join took 2.1–2.7 s to start its
+/// processes on that disk against 1.2 s on a tmpfs. The join figure is
+/// ours, not that allocator's; the file store's own figures are measured
+/// on the disk (`filestore`, `redb` benches).
+fn run_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().expect("tempdir")
 }
 
 fn cluster(nodes: u32, dir: &Path) -> Run {
@@ -85,16 +89,19 @@ fn cluster(nodes: u32, dir: &Path) -> Run {
     // Memory is sampled from the end of the join on: reading a thousand
     // processes' `smaps_rollup` takes each one's memory-map lock, which
     // slowed the very join the bench times (the peak comes later anyway).
-    let joined = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The join's line names the node processes (the spawner's children,
+    // not the conductor's; no node restarts without kills).
+    let pids_of_nodes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
     let stdout = child.stdout.take().expect("piped");
     let reader = {
-        let joined = std::sync::Arc::clone(&joined);
+        let nodes = std::sync::Arc::clone(&pids_of_nodes);
         std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("node processes: pids") {
-                    joined.store(true, std::sync::atomic::Ordering::Relaxed);
+                if let Some((_, pids)) = line.split_once("node processes: pids ") {
+                    let pids = pids.split(' ').filter_map(|p| p.parse::<u32>().ok());
+                    nodes.lock().expect("not poisoned").extend(pids);
                 }
             }
         })
@@ -108,11 +115,7 @@ fn cluster(nodes: u32, dir: &Path) -> Run {
             break s;
         }
         assert!(Instant::now() < deadline, "test-cluster ran for an hour");
-        let pids = if joined.load(std::sync::atomic::Ordering::Relaxed) {
-            children(child.id())
-        } else {
-            Vec::new()
-        };
+        let pids = pids_of_nodes.lock().expect("not poisoned").clone();
         for pid in pids {
             if let Some(kib) = proc_kib(pid, "status", "VmRSS:") {
                 let p = peak.entry(pid).or_insert(0);
@@ -194,14 +197,11 @@ fn main() {
     } else {
         &[64, 256, 1000]
     };
-    // Every run's directory stays until the end: on an ext4 without a
-    // journal (this machine's), inodes freed in the last seconds are skipped
-    // one by one when new ones are allocated, so deleting one run's
-    // thousands of files just before the next run's join slowed that join
-    // by up to a second at 1,000 nodes; it measured the deletion, not us.
+    // Every run's directory stays until the end, so no run's join follows
+    // the deletion of another's thousands of files (see `run_dir`).
     let mut dirs = Vec::new();
     for &n in sizes {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = run_dir();
         let run = cluster(n, dir.path());
         dirs.push(dir);
         let spawn = bare(n);

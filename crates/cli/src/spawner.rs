@@ -50,8 +50,9 @@ const MAX_MESSAGE: usize = 64 << 10;
 
 /// The conductor's side: starts processes through the spawner.
 pub(crate) struct Spawner {
-    /// A `SOCK_SEQPACKET` socket, driven as tokio drives a datagram one.
-    sock: Arc<UnixDatagram>,
+    /// A `SOCK_SEQPACKET` socket, driven as tokio drives a datagram one;
+    /// `None` once closed.
+    sock: Option<Arc<UnixDatagram>>,
     state: Arc<Mutex<State>>,
     process: tokio::process::Child,
     reader: tokio::task::JoinHandle<()>,
@@ -116,7 +117,7 @@ impl Spawner {
         let state = Arc::new(Mutex::new(State::default()));
         let reader = tokio::spawn(read_replies(Arc::clone(&sock), Arc::clone(&state)));
         Ok(Self {
-            sock,
+            sock: Some(sock),
             state,
             process,
             reader,
@@ -138,7 +139,8 @@ impl Spawner {
             id
         };
         let msg = start_request(id, cmd, log)?;
-        if let Err(e) = send(&self.sock, &msg).await {
+        let sock = self.sock.as_ref().context("the spawner is closed")?;
+        if let Err(e) = send(sock, &msg).await {
             self.state.lock().starting.remove(&id);
             return Err(e).context("cannot reach the spawner");
         }
@@ -152,7 +154,7 @@ impl Spawner {
             handle: SpawnedHandle {
                 pid: started.pid,
                 exit: started.exit,
-                sock: Arc::clone(&self.sock),
+                sock: Arc::clone(sock),
             },
         })
     }
@@ -162,12 +164,21 @@ impl Spawner {
     pub(crate) async fn close(mut self) {
         self.reader.abort();
         let _ = (&mut self.reader).await;
-        drop(self.sock);
+        self.sock = None;
         let exited = tokio::time::timeout(Duration::from_secs(10), self.process.wait()).await;
         if exited.is_err() {
             let _ = self.process.start_kill();
             let _ = self.process.wait().await;
         }
+    }
+}
+
+impl Drop for Spawner {
+    /// Without [`Spawner::close`] (a run that failed on its way): the
+    /// reader ends, so the socket closes once no process handle holds it,
+    /// and the spawner then kills what is left and exits.
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }
 
@@ -369,6 +380,7 @@ pub(crate) fn serve() -> Result<ExitCode> {
             .spawn(move || reap(&sock, &live))?
     };
     let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut failed = None;
     loop {
         let mut control = RecvAncillaryBuffer::new(&mut []);
         let got = recvmsg(
@@ -381,7 +393,10 @@ pub(crate) fn serve() -> Result<ExitCode> {
             Ok(msg) if msg.flags.contains(rustix::net::ReturnFlags::TRUNC) => continue,
             Ok(msg) => msg.bytes,
             Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => 0,
+            Err(e) => {
+                failed = Some(e);
+                0
+            }
         };
         if n == 0 {
             break;
@@ -411,7 +426,11 @@ pub(crate) fn serve() -> Result<ExitCode> {
         live.1.notify_all();
     }
     let _ = reaper.join();
-    Ok(ExitCode::SUCCESS)
+    match failed {
+        // A terminal or a file is not the socket test-cluster gives it.
+        Some(e) => bail!("cannot read the conductor's socket on stdin: {e}"),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// Starts the process a `S` request describes and answers `P` or `F`.
