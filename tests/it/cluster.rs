@@ -162,17 +162,23 @@ fn exists(pid: u32) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// A 4-node run, slow enough to be writing for a while, read up to the
+/// join's line: the conductor, the rest of its output, its node processes.
 #[cfg(unix)]
-#[test]
-fn ctrl_c_leaves_no_node_process_behind() {
+fn a_run_past_its_join(
+    dir: &Path,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    Vec<u32>,
+) {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
 
-    let dir = tempfile::tempdir().expect("tempdir");
     let mut conductor = Command::new(multinode())
         .arg("test-cluster")
         .arg("--dir")
-        .arg(dir.path())
+        .arg(dir)
         .args([
             "--nodes", "4", "--keys", "2000", "--rate", "50", "--seed", "9",
         ])
@@ -190,6 +196,14 @@ fn ctrl_c_leaves_no_node_process_behind() {
         }
     }
     assert_eq!(pids.len(), 4, "no join line");
+    (conductor, lines, pids)
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_leaves_no_node_process_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut conductor, lines, pids) = a_run_past_its_join(dir.path());
     assert!(
         pids.iter().all(|&p| exists(p)),
         "nodes not running: {pids:?}"
@@ -241,30 +255,8 @@ fn running(pid: u32) -> bool {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_killed_conductor_leaves_no_node_process_and_no_spawner_behind() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut conductor = Command::new(multinode())
-        .arg("test-cluster")
-        .arg("--dir")
-        .arg(dir.path())
-        .args([
-            "--nodes", "4", "--keys", "2000", "--rate", "50", "--seed", "9",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("multinode runs");
-    let mut lines = BufReader::new(conductor.stdout.take().unwrap()).lines();
-    let mut pids = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.expect("conductor output");
-        if let Some((_, list)) = line.split_once("node processes: pids ") {
-            pids = list.split(' ').map(|p| p.parse::<u32>().unwrap()).collect();
-            break;
-        }
-    }
-    assert_eq!(pids.len(), 4, "no join line");
+    let (mut conductor, _lines, pids) = a_run_past_its_join(dir.path());
     let spawners: Vec<u32> = pids.iter().filter_map(|&p| parent(p)).collect();
     let spawner = spawners[0];
     assert!(

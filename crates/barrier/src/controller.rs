@@ -56,7 +56,10 @@ impl Writer {
         }
         let mut parts: Vec<&[u8]> = said.parts.iter().map(Part::bytes).collect();
         if self.backlog.is_empty() {
-            let slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+            // Far below the kernel's cap on slices (1,024); what is left
+            // over waits in the backlog like any remainder.
+            let slices: Vec<io::IoSlice<'_>> =
+                parts.iter().take(64).map(|p| io::IoSlice::new(p)).collect();
             match self.half.try_write_vectored(&slices) {
                 Ok(mut n) => {
                     // Skip what the socket took, part by part.
