@@ -267,14 +267,74 @@ fn a_killed_conductor_leaves_no_node_process_and_no_spawner_behind() {
     assert_eq!(parent(spawner), Some(conductor.id()));
     conductor.kill().expect("SIGKILL the conductor");
     conductor.wait().expect("reaped");
-    // Poll, with a deadline, until all of them are gone.
+    all_gone(pids.iter().copied().chain([spawner]).collect());
+}
+
+/// The processes whose parent is `pid`.
+#[cfg(target_os = "linux")]
+fn children_of(pid: u32) -> Vec<u32> {
+    let dir = std::fs::read_dir("/proc").expect("/proc");
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| parent(p) == Some(pid))
+        .collect()
+}
+
+/// Polls, with a deadline, until none of `pids` runs.
+#[cfg(target_os = "linux")]
+fn all_gone(mut left: Vec<u32>) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let mut left: Vec<u32> = pids.iter().copied().chain([spawner]).collect();
     while !left.is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
         left.retain(|&p| running(p));
     }
     assert!(left.is_empty(), "outlived the killed conductor: {left:?}");
+}
+
+/// Our nodes also exit when their control pipe closes; these do not (they
+/// ignore stdin and never answer), so only the spawner's SIGKILL, once the
+/// conductor is killed outright, ends them.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_spawner_kills_nodes_that_outlive_their_conductor() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = dir.path().join("deaf-node");
+    std::fs::write(&node, "#!/bin/sh\nexec sleep 600\n").expect("script");
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).expect("run dir");
+    let mut conductor = Command::new(multinode())
+        .arg("test-cluster")
+        .arg("--dir")
+        .arg(&run)
+        .args(["--nodes", "2", "--node-cmd"])
+        .arg(&node)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("multinode runs");
+    // The conductor waits for the nodes' READY, which never comes: poll
+    // until its spawner has started both.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (spawner, nodes) = loop {
+        let spawner = children_of(conductor.id()).into_iter().find(|&p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|w| w == b"spawner"))
+        });
+        if let Some(s) = spawner {
+            let nodes = children_of(s);
+            if nodes.len() == 2 {
+                break (s, nodes);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spawner never started two nodes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    conductor.kill().expect("SIGKILL the conductor");
+    conductor.wait().expect("reaped");
+    all_gone(nodes.into_iter().chain([spawner]).collect());
 }
 
 /// A node whose wall clock is 600 s ahead (libfaketime, the `faketime`

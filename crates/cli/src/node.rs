@@ -256,10 +256,7 @@ impl Proc {
             peers.push((peer, at));
         }
         // All at once: one lock each, and tables built in one pass.
-        self.node
-            .transport()
-            .inner()
-            .add_peers(peers.iter().copied())?;
+        self.node.transport().inner().add_peers(&peers)?;
         self.node.add_peers(peers.iter().map(|(peer, _)| *peer));
         tracing::info!(node = %self.id, label, peers = peers.len(), "joined");
         Ok(peers.len())

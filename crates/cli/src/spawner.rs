@@ -48,6 +48,9 @@ use tokio::sync::{oneshot, watch};
 /// arguments and changed variables.
 const MAX_MESSAGE: usize = 64 << 10;
 
+/// How long a start may take before the spawner counts as stuck.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The conductor's side: starts processes through the spawner.
 pub(crate) struct Spawner {
     /// A `SOCK_SEQPACKET` socket, driven as tokio drives a datagram one;
@@ -144,8 +147,16 @@ impl Spawner {
             self.state.lock().starting.remove(&id);
             return Err(e).context("cannot reach the spawner");
         }
-        let started = rx
-            .await
+        // A start is a fork and an exec: an answer that never comes (a
+        // spawner stopped, say) is an error, not a hang.
+        let answer = tokio::time::timeout(START_TIMEOUT, rx).await.map_err(|_| {
+            self.state.lock().starting.remove(&id);
+            anyhow!(
+                "the spawner did not answer within {} s",
+                START_TIMEOUT.as_secs()
+            )
+        })?;
+        let started = answer
             .map_err(|_| anyhow!("the spawner exited"))?
             .map_err(|why| anyhow!("{why}"))?;
         Ok(Spawned {

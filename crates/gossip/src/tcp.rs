@@ -316,15 +316,11 @@ impl TcpTransport {
     /// an empty table, in one pass. A node joining a cluster of a thousand
     /// adds every member at once: a million peers across the cluster.
     /// Adds none if one of them is this transport's own id.
-    pub fn add_peers(
-        &self,
-        peers: impl IntoIterator<Item = (NodeId, SocketAddr)>,
-    ) -> Result<(), GossipError> {
+    pub fn add_peers(&self, peers: &[(NodeId, SocketAddr)]) -> Result<(), GossipError> {
         if self.shared.closed.load(Relaxed) {
             return Err(GossipError::Closed);
         }
         let me = self.shared.config.node_id;
-        let peers: Vec<_> = peers.into_iter().collect();
         if peers.iter().any(|(node, _)| *node == me) {
             return Err(GossipError::Config(format!(
                 "node {me} is this transport's own id"
@@ -334,11 +330,11 @@ impl TcpTransport {
         if table.is_empty() {
             // A repeated id keeps its last address, as one call each would.
             *table = peers
-                .into_iter()
-                .map(|(node, addr)| (node, Known { addr, live: None }))
+                .iter()
+                .map(|&(node, addr)| (node, Known { addr, live: None }))
                 .collect();
         } else {
-            for (node, addr) in peers {
+            for &(node, addr) in peers {
                 place(&mut table, node, addr);
             }
         }

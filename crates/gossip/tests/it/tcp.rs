@@ -590,3 +590,26 @@ async fn peers_are_dialled_on_demand_and_quiet_connections_close() {
     assert_eq!((s.reconnects, s.connect_failures), (0, 0), "{s:?}");
     a.shutdown().await;
 }
+
+/// `add_peers` adds as `add_peer` does one at a time: into an empty table
+/// and into one with peers (a repeat keeps its last address, a move
+/// replaces the old one), and adds none when one of them is its own id.
+#[tokio::test]
+async fn peers_added_at_once_are_as_if_added_one_by_one() {
+    let (a, _) = transport(0, Settings::default()).await;
+    let at = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    a.add_peers(&[(NodeId(2), at(2)), (NodeId(1), at(1)), (NodeId(2), at(22))])
+        .expect("add");
+    assert_eq!(a.peers(), vec![(NodeId(1), at(1)), (NodeId(2), at(22))]);
+    a.add_peers(&[(NodeId(3), at(3)), (NodeId(1), at(11))])
+        .expect("add");
+    assert_eq!(
+        a.peers(),
+        vec![(NodeId(1), at(11)), (NodeId(2), at(22)), (NodeId(3), at(3))]
+    );
+    assert!(
+        a.add_peers(&[(NodeId(4), at(4)), (NodeId(0), at(9))])
+            .is_err()
+    );
+    assert_eq!(a.peers().len(), 3, "nothing added with the own id");
+}
