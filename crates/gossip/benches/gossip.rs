@@ -178,11 +178,11 @@ impl Counter {
 
 impl RemoteMessageSink for Counter {
     fn on_gossip(&self, _: NodeId, pdu: GossipPdu) {
-        std::hint::black_box(pdu);
+        std::hint::black_box(&pdu);
         self.bump();
     }
     fn on_tell(&self, _: NodeId, tell: RemoteTell) {
-        std::hint::black_box(tell);
+        std::hint::black_box(&tell);
         self.bump();
     }
 }
@@ -216,10 +216,10 @@ impl RemoteMessageSink for LastFrame {
         if matches!(pdu, GossipPdu::Opaque { schema: LAST, .. }) {
             self.done.notify_one();
         }
-        std::hint::black_box(pdu);
+        std::hint::black_box(&pdu);
     }
     fn on_tell(&self, _: NodeId, tell: RemoteTell) {
-        std::hint::black_box(tell);
+        std::hint::black_box(&tell);
     }
 }
 

@@ -108,13 +108,19 @@ impl Outbox {
     /// connected, nobody writing, nothing begun, and a chunk is closed.
     /// Takes the write turn.
     pub(crate) fn take_sealed(&mut self) -> Option<(BytesMut, usize, u64)> {
-        let conn = self.conn?;
-        if self.writing || self.partial.is_some() || self.sealed.is_empty() {
+        if !self.sealed_waits() {
             return None;
         }
+        let conn = self.conn?;
         let (chunk, frames) = self.take()?;
         self.writing = true;
         Some((chunk, frames, conn))
+    }
+
+    /// Whether [`Self::take_sealed`] would hand a chunk out now.
+    #[inline]
+    pub(crate) fn sealed_waits(&self) -> bool {
+        self.conn.is_some() && !self.writing && self.partial.is_none() && !self.sealed.is_empty()
     }
 
     /// The open chunk's length, when it is all the queue holds and nobody

@@ -460,35 +460,23 @@ impl Shared {
     }
 }
 
-/// A chunk a sender writes itself, once the peer map is let go.
-type Direct = Option<(Arc<Peer>, bytes::BytesMut, usize, u64)>;
-
 impl TcpTransport {
-    /// Queues `frame` for `peer`, starting or waking its connection task;
-    /// hands back a whole chunk for the caller to write when one is ready.
-    fn enqueue(&self, peer: &Arc<Peer>, frame: &ClusterFrame) -> Result<Direct, SendError> {
+    /// Queues `frame` for `peer`, starting or waking its connection task.
+    /// `Ok(true)`: a whole chunk waits and nobody writes, so the caller
+    /// should write it ([`write_sealed`]) once it has let go of the peer
+    /// map. Only a flag comes back: this runs once per frame, and a chunk
+    /// handed back by value cost every frame a copy of it through memory.
+    #[inline(always)]
+    fn enqueue(&self, peer: &Arc<Peer>, frame: &ClusterFrame) -> Result<bool, SendError> {
         let mut ob = peer.outbox.lock();
         if ob.closed {
             return Err(SendError::Closed);
         }
-        match ob.push(frame) {
-            Ok(()) => {}
-            Err(Refused::Full { frames, bytes }) => {
-                drop(ob);
-                add(&peer.counters.queue_full, 1);
-                return Err(SendError::QueueFull {
-                    peer: peer.id,
-                    frames,
-                    bytes,
-                });
-            }
-            Err(Refused::Encode(e)) => {
-                drop(ob);
-                add(&peer.counters.too_large, 1);
-                return Err(e.into());
-            }
+        if let Err(refused) = ob.push(frame) {
+            drop(ob);
+            return Err(refusal(peer, refused));
         }
-        let direct = ob.take_sealed();
+        let sealed = ob.sealed_waits();
         let wake = std::mem::take(&mut ob.idle);
         let start = !std::mem::replace(&mut ob.task, true);
         drop(ob);
@@ -500,7 +488,38 @@ impl TcpTransport {
         } else if wake {
             peer.wake.notify_one();
         }
-        Ok(direct.map(|(chunk, frames, conn)| (Arc::clone(peer), chunk, frames, conn)))
+        Ok(sealed)
+    }
+}
+
+/// Counts a refused frame and says why.
+#[cold]
+fn refusal(peer: &Peer, refused: Refused) -> SendError {
+    match refused {
+        Refused::Full { frames, bytes } => {
+            add(&peer.counters.queue_full, 1);
+            SendError::QueueFull {
+                peer: peer.id,
+                frames,
+                bytes,
+            }
+        }
+        Refused::Encode(e) => {
+            add(&peer.counters.too_large, 1);
+            e.into()
+        }
+    }
+}
+
+/// Writes the oldest whole chunk of `peer`'s queue from the sender's
+/// thread, if it still waits and nobody writes (the connection task may
+/// have taken it meanwhile): once per chunk, not per frame.
+#[cold]
+#[inline(never)]
+fn write_sealed(peer: &Peer) {
+    let taken = peer.outbox.lock().take_sealed();
+    if let Some((chunk, frames, conn)) = taken {
+        write_direct(peer, chunk, frames, conn);
     }
 }
 
@@ -515,13 +534,16 @@ impl GossipTransport for TcpTransport {
             return Err(SendError::Closed);
         }
         let peers = shared.peers.read();
-        let direct = match peers.get(&to) {
+        let peer = match peers.get(&to) {
             Some(Known {
                 live: Some(peer), ..
             }) => {
-                let direct = self.enqueue(peer, frame)?;
+                if !self.enqueue(peer, frame)? {
+                    return Ok(());
+                }
+                let peer = Arc::clone(peer);
                 drop(peers);
-                direct
+                peer
             }
             Some(_) => {
                 drop(peers);
@@ -529,17 +551,18 @@ impl GossipTransport for TcpTransport {
                     add(&shared.unknown_peer, 1);
                     return Err(SendError::UnknownPeer(to));
                 };
-                self.enqueue(&peer, frame)?
+                if !self.enqueue(&peer, frame)? {
+                    return Ok(());
+                }
+                peer
             }
             None => {
                 add(&shared.unknown_peer, 1);
                 return Err(SendError::UnknownPeer(to));
             }
         };
-        if let Some((peer, chunk, frames, conn)) = direct {
-            // Once per chunk, with the peer map no longer held.
-            write_direct(&peer, chunk, frames, conn);
-        }
+        // Once per chunk, with the peer map no longer held.
+        write_sealed(&peer);
         Ok(())
     }
 

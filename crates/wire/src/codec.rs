@@ -258,12 +258,31 @@ impl Message for crate::ClusterFrame {
     }
 
     /// `Gossip(Opaque { .. })`, the frame a gossip layer of its own sends,
-    /// read by hand: two variant tags, the schema, the body's length and
-    /// the body, each in its shortest varint form, filling the payload
-    /// exactly. Anything else (another variant, a longer form, bytes left
-    /// over or missing) goes the general way, which decides it as before.
+    /// read by hand (see [`ClusterFrame::opaque_gossip`]); anything else
+    /// goes the general way, which decides it as before.
+    ///
+    /// [`ClusterFrame::opaque_gossip`]: crate::ClusterFrame::opaque_gossip
     #[inline(always)]
     fn decode_by_hand(payload: &[u8]) -> Option<Self> {
+        let (schema, body) = crate::ClusterFrame::opaque_gossip(payload)?;
+        Some(crate::ClusterFrame::Gossip(crate::GossipPdu::Opaque {
+            schema,
+            body: bytes::Bytes::from(body.to_vec()),
+        }))
+    }
+}
+
+impl crate::ClusterFrame {
+    /// The schema and body of a `Gossip(Opaque { .. })` payload, read
+    /// where they lie, without decoding a frame: two variant tags, the
+    /// schema, the body's length and the body, each in its shortest varint
+    /// form, filling the payload exactly, as this crate writes them. `None`
+    /// for anything else (another variant, a longer form, bytes left over
+    /// or missing): decode such a payload the general way, which decides
+    /// it. A reader that hands each body on as it comes costs no decoded
+    /// frame moved through memory.
+    #[inline(always)]
+    pub fn opaque_gossip(payload: &[u8]) -> Option<(u16, &[u8])> {
         let [0, 0, rest @ ..] = payload else {
             return None;
         };
@@ -272,10 +291,7 @@ impl Message for crate::ClusterFrame {
         if body.len() as u64 != len {
             return None;
         }
-        Some(crate::ClusterFrame::Gossip(crate::GossipPdu::Opaque {
-            schema: u16::try_from(schema).ok()?,
-            body: bytes::Bytes::copy_from_slice(body),
-        }))
+        Some((u16::try_from(schema).ok()?, body))
     }
 }
 

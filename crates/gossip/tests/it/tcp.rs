@@ -39,6 +39,42 @@ async fn transport(id: u64, settings: Settings) -> (TcpTransport, std::sync::Arc
     (t, sink)
 }
 
+/// A whole frame over the receiver's cap, well formed and in the same read
+/// as the frames around it, is refused like one whose header alone is in:
+/// the frame before it arrives, it and the ones after do not, and only the
+/// delivered frame stays counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_frame_over_the_cap_is_refused_with_what_follows() {
+    let small = Settings {
+        max_frame: 1024,
+        ..Settings::default()
+    };
+    let (b, b_sink) = transport(1, small).await;
+    let mut bytes = BytesMut::new();
+    let mut codec = MessageCodec::<multinode_wire::ClusterFrame>::new();
+    let big = multinode_wire::ClusterFrame::Gossip(multinode_wire::GossipPdu::Opaque {
+        schema: 1,
+        body: vec![9u8; 2000].into(),
+    });
+    for f in [pdu(1), big, pdu(2)] {
+        codec.encode(&f, &mut bytes).expect("encode");
+    }
+    let mut s = raw_peer(b.local_addr(), NodeId(5)).await;
+    s.write_all(&bytes).await.expect("write");
+    assert!(
+        closed_by_peer(&mut s).await,
+        "over the cap: connection kept"
+    );
+    eventually("the frame over the cap counted", || {
+        b.stats().peer(NodeId(5)).bad_frames == 1
+    })
+    .await;
+    let got: Vec<_> = b_sink.events().iter().filter_map(seq_of).collect();
+    assert_eq!(got, [1], "delivered: {} frames", b_sink.len());
+    assert_eq!(b.stats().peer(NodeId(5)).frames_received, 1);
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wedged_peer_never_delays_a_healthy_one() {
     // The wedged peer completes the handshake, then never reads.
