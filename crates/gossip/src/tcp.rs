@@ -462,10 +462,11 @@ impl Shared {
 
 impl TcpTransport {
     /// Queues `frame` for `peer`, starting or waking its connection task.
-    /// `Ok(true)`: a whole chunk waits and nobody writes, so the caller
-    /// should write it ([`write_sealed`]) once it has let go of the peer
-    /// map. Only a flag comes back: this runs once per frame, and a chunk
-    /// handed back by value cost every frame a copy of it through memory.
+    /// `Ok(true)`: a whole chunk waits and the caller holds the write turn
+    /// for it ([`Outbox::claim_sealed`]), to write it ([`write_sealed`])
+    /// once it has let go of the peer map. Only a flag comes back: this
+    /// runs once per frame, and a chunk handed back by value cost every
+    /// frame a copy of it through memory.
     #[inline(always)]
     fn enqueue(&self, peer: &Arc<Peer>, frame: &ClusterFrame) -> Result<bool, SendError> {
         let mut ob = peer.outbox.lock();
@@ -476,7 +477,7 @@ impl TcpTransport {
             drop(ob);
             return Err(refusal(peer, refused));
         }
-        let sealed = ob.sealed_waits();
+        let sealed = ob.claim_sealed();
         let wake = std::mem::take(&mut ob.idle);
         let start = !std::mem::replace(&mut ob.task, true);
         drop(ob);
@@ -511,15 +512,22 @@ fn refusal(peer: &Peer, refused: Refused) -> SendError {
     }
 }
 
-/// Writes the oldest whole chunk of `peer`'s queue from the sender's
-/// thread, if it still waits and nobody writes (the connection task may
-/// have taken it meanwhile): once per chunk, not per frame.
+/// Writes the whole chunk the sender claimed, from the sender's thread:
+/// once per chunk, not per frame. If the connection ended meanwhile, the
+/// turn goes back (and to the connection task, if it asked for it).
 #[cold]
 #[inline(never)]
 fn write_sealed(peer: &Peer) {
-    let taken = peer.outbox.lock().take_sealed();
-    if let Some((chunk, frames, conn)) = taken {
+    let mut ob = peer.outbox.lock();
+    if let Some((chunk, frames, conn)) = ob.take_claimed() {
+        drop(ob);
         write_direct(peer, chunk, frames, conn);
+        return;
+    }
+    let wake = std::mem::take(&mut ob.want_turn);
+    drop(ob);
+    if wake {
+        peer.wake.notify_one();
     }
 }
 
