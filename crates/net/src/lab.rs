@@ -45,6 +45,9 @@ pub struct Lab {
     pub(crate) hosts: Vec<Netns>,
     switch: Netns,
     pub(crate) pid_ns: File,
+    /// The lab's mount namespace: the machine's mounts, but a `/dev/shm`
+    /// of the lab's own (see [`Lab::spawn`]).
+    pub(crate) mnt_ns: File,
     keeper: Option<(Child, ChildStdin)>,
     pub(crate) rules: Mutex<Rules>,
     /// Hosts whose nft table exists.
@@ -100,6 +103,7 @@ impl Lab {
             hosts: Vec::with_capacity(hosts as usize),
             switch: Netns::open(&format!("/proc/{pid}/ns/net"))?,
             pid_ns: File::open(format!("/proc/{pid}/ns/pid_for_children"))?,
+            mnt_ns: File::open(format!("/proc/{pid}/ns/mnt"))?,
             keeper: Some((keeper, stdin)),
             rules: Mutex::new(Rules::default()),
             tables: Mutex::new(BTreeSet::new()),
@@ -256,18 +260,26 @@ impl Drop for Lab {
                 }
             }
         }
-        // Every process of the lab's PID namespace is dead by now.
-        self.processes.forget_faketime();
     }
 }
 
-/// Starts the keeper: `unshare` in a new network namespace (the switch) and
-/// PID namespace, whose init reads stdin until it closes. Returns it once
-/// the namespaces exist, with its stdin and pid.
+/// Starts the keeper: `unshare` in a new network namespace (the switch),
+/// PID namespace and mount namespace, whose init mounts a `/dev/shm` of
+/// the lab's own and then reads stdin until it closes. Returns it once the
+/// namespaces exist, with its stdin and pid.
 fn start_keeper() -> Result<(Child, ChildStdin, u32), NetError> {
     let mut child = Command::new("unshare")
-        .args(["--net", "--pid", "--fork", "--kill-child", "--", "sh", "-c"])
-        .arg("echo ready && exec cat >/dev/null")
+        .args([
+            "--net",
+            "--pid",
+            "--mount",
+            "--fork",
+            "--kill-child",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg("mount -t tmpfs -o mode=1777 multinode-lab-shm /dev/shm && echo ready && exec cat >/dev/null")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -287,7 +299,7 @@ fn start_keeper() -> Result<(Child, ChildStdin, u32), NetError> {
         let stderr = stderr.trim().to_owned();
         if stderr.contains("Operation not permitted") {
             return Err(NetError::Privilege {
-                what: "unshare --net --pid".into(),
+                what: "unshare --net --pid --mount".into(),
             });
         }
         return Err(NetError::Keeper(stderr));

@@ -15,7 +15,8 @@
 //!
 //! Nothing is left behind on any path, SIGKILL of the owner included: the
 //! lab's namespaces have no names and its processes live in a PID namespace
-//! whose init exits when the owner does (see `lab.rs`).
+//! whose init exits when the owner does (see `lab.rs`). Its hosts share a
+//! `/dev/shm` of the lab's own, which goes with it.
 //!
 //! Needs Linux (elsewhere [`Lab::new`] is [`NetError::Unsupported`]), root (or CAP_SYS_ADMIN and CAP_NET_ADMIN), and `ip`, `tc`
 //! (iproute2), `nft` (nftables), `nsenter` and `unshare` (util-linux). The

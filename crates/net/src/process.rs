@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use parking_lot::Mutex;
 use tokio::process::{Child, Command};
 
-use crate::faketime::{libfaketime, remove_faketime_names};
+use crate::faketime::libfaketime;
 use crate::{Lab, NetError};
 
 /// The group leader's pid of the process each host runs now, if any; a
@@ -22,26 +22,12 @@ use crate::{Lab, NetError};
 #[derive(Debug)]
 pub(crate) struct Processes {
     hosts: Mutex<Vec<(Option<u32>, u64)>>,
-    /// Processes started under libfaketime, by their pid in the lab's PID
-    /// namespace, which names the files libfaketime leaves when killed.
-    faketime: Mutex<Vec<u32>>,
 }
 
 impl Processes {
     pub(crate) fn new(hosts: u32) -> Self {
         Self {
             hosts: Mutex::new(vec![(None, 0); hosts as usize]),
-            faketime: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Removes libfaketime's files of every process started under it.
-    /// Call once they are all dead (the lab's PID namespace is gone), so
-    /// none of their pids can be anyone else's.
-    pub(crate) fn forget_faketime(&self) {
-        for pid in self.faketime.lock().drain(..) {
-            // Called from the lab's drop, which has no one to tell.
-            let _ = remove_faketime_names(pid);
         }
     }
 
@@ -79,37 +65,33 @@ impl Lab {
     }
 
     /// Starts `cmd` on host `node`, inside its network namespace and the
-    /// lab's PID namespace (forked from a thread that entered both, so the
-    /// process is this one's child, with no wrapper between), and records
-    /// it as the host's process, the one [`Lab::pause`], [`Lab::resume`]
-    /// and [`Lab::kill`] reach. Call [`Lab::reaped`] once it has been
-    /// waited for, so no signal can reach a recycled pid. Must be called
-    /// inside a tokio runtime.
+    /// lab's PID and mount namespaces (forked from a thread that entered
+    /// them, so the process is this one's child, with no wrapper between),
+    /// and records it as the host's process, the one [`Lab::pause`],
+    /// [`Lab::resume`] and [`Lab::kill`] reach. Call [`Lab::reaped`] once
+    /// it has been waited for, so no signal can reach a recycled pid. Must
+    /// be called inside a tokio runtime.
+    ///
+    /// The lab's mount namespace is the machine's, as it was when the lab
+    /// was made (mounts made since are not in it), with a `/dev/shm` of the
+    /// lab's own, as a machine of its own would have: libfaketime names
+    /// its files there by the pid in the lab's PID namespace, which another
+    /// lab's process may have at the same time. The process starts in this
+    /// process's working directory.
     pub fn spawn(&self, node: NodeId, cmd: &mut Command) -> Result<Child, NetError> {
         let i = self.host_index(node)?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| NetError::Keeper(format!("spawn needs a tokio runtime: {e}")))?;
         let host = self.host(node)?;
-        let pid_ns = &self.pid_ns;
+        let cwd = std::env::current_dir().map_err(NetError::Io)?;
+        let (pid_ns, mnt_ns) = (&self.pid_ns, &self.mnt_ns);
         let child = host.within(|| {
             #[cfg(target_os = "linux")]
-            nix::sched::setns(pid_ns, nix::sched::CloneFlags::CLONE_NEWPID)
-                .map_err(|e| crate::namespace::refused("setns(CLONE_NEWPID)", e))?;
-            let _ = pid_ns;
+            enter(pid_ns, mnt_ns, &cwd)?;
+            let _ = (pid_ns, mnt_ns, &cwd);
             let _rt = runtime.enter();
             cmd.spawn().map_err(NetError::Io)
         })??;
-        let under_faketime = cmd
-            .as_std()
-            .get_envs()
-            .any(|(k, v)| k == "FAKETIME" && v.is_some());
-        if let Some(pid) = child
-            .id()
-            .filter(|_| under_faketime)
-            .and_then(pid_in_namespace)
-        {
-            self.processes.faketime.lock().push(pid);
-        }
         let mut hosts = self.processes.hosts.lock();
         let slot = &mut hosts[i];
         if slot.1 > 0 {
@@ -180,10 +162,29 @@ impl Lab {
     }
 }
 
-/// The pid of process `pid` (as this process sees it) in its own, innermost
-/// PID namespace: the last field of `NSpid` in its `/proc` status.
-fn pid_in_namespace(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
-    line.split_whitespace().last()?.parse().ok()
+/// Moves the calling thread (a thread of its own, made to start one
+/// process) into the lab's PID namespace for its children and into the
+/// lab's mount namespace, then back to `cwd`: joining a mount namespace
+/// sets the working directory to its root, and a thread may join one only
+/// once it shares its filesystem attributes with no other thread.
+#[cfg(target_os = "linux")]
+fn enter(
+    pid_ns: &std::fs::File,
+    mnt_ns: &std::fs::File,
+    cwd: &std::path::Path,
+) -> Result<(), NetError> {
+    use crate::namespace::refused;
+    use nix::sched::{CloneFlags, setns, unshare};
+    setns(pid_ns, CloneFlags::CLONE_NEWPID).map_err(|e| refused("setns(CLONE_NEWPID)", e))?;
+    unshare(CloneFlags::CLONE_FS).map_err(|e| refused("unshare(CLONE_FS)", e))?;
+    setns(mnt_ns, CloneFlags::CLONE_NEWNS).map_err(|e| refused("setns(CLONE_NEWNS)", e))?;
+    std::env::set_current_dir(cwd).map_err(|e| {
+        NetError::Io(std::io::Error::new(
+            e.kind(),
+            format!(
+                "the working directory {} is not in the lab's mount namespace: {e}",
+                cwd.display()
+            ),
+        ))
+    })
 }

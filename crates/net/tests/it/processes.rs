@@ -94,40 +94,75 @@ async fn a_clock_offset_shifts_the_wall_clock_of_processes_started_after_it() {
     );
 }
 
-/// libfaketime leaves two files in `/dev/shm`, named by the pid in the
-/// lab's PID namespace, for a process killed under it: gone with the lab.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_process_killed_under_a_clock_offset_leaves_no_files_behind() {
-    let lab = Lab::new(1).unwrap();
-    lab.clock_offset(n(0), 60)
-        .expect("libfaketime is needed here (CI installs it)");
-    let mut cmd = lab.command(n(0), "sleep").unwrap();
-    cmd.arg("60");
-    let mut child = lab.spawn(n(0), &mut cmd).unwrap();
-    let pid = child.id().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let inner = status
+/// The pid of `pid` (ours) in its own, innermost PID namespace.
+fn inner_pid(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
         .lines()
         .find_map(|l| l.strip_prefix("NSpid:"))
         .and_then(|l| l.split_whitespace().last())
         .expect("NSpid")
-        .to_owned();
-    let names = [
-        format!("/dev/shm/faketime_shm_{inner}"),
-        format!("/dev/shm/sem.faketime_sem_{inner}"),
-    ];
-    let exist = || names.iter().all(|f| std::path::Path::new(f).exists());
-    wait_for("libfaketime's files", exist);
-    lab.kill(n(0)).unwrap();
-    child.wait().await.unwrap();
-    lab.reaped(n(0));
-    assert!(exist(), "the kill itself removed {names:?}");
-    drop(lab);
-    let left: Vec<&String> = names
-        .iter()
-        .filter(|f| std::path::Path::new(f).exists())
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+        .to_owned()
+}
+
+/// Two labs at once, a host of each under a clock offset: their first
+/// processes have the same pid in their labs' PID namespaces, and
+/// libfaketime names the files it makes in `/dev/shm` by that pid. In one
+/// shared `/dev/shm` the second process would find the first one's names
+/// (and run without its own), one lab's cleanup would remove the other's,
+/// and a name left without its semaphore stops the next process of that
+/// pid from starting. Each host has a `/dev/shm` of its own, as a machine
+/// of its own would: both start, each with its own clock and its own
+/// files, and nothing lands in ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_labs_start_skewed_processes_of_the_same_pid_at_once() {
+    let labs = [Lab::new(1).unwrap(), Lab::new(1).unwrap()];
+    let mut children = Vec::new();
+    for (lab, secs) in labs.iter().zip([3600i64, -3600]) {
+        lab.clock_offset(n(0), secs)
+            .expect("libfaketime is needed here (CI installs it)");
+        let mut cmd = lab.command(n(0), "sh").unwrap();
+        cmd.args(["-c", "date +%s; exec sleep 60"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        children.push((lab.spawn(n(0), &mut cmd).unwrap(), secs));
+    }
+    let pids: Vec<u32> = children.iter().map(|(c, _)| c.id().unwrap()).collect();
+    let inner: Vec<String> = pids.iter().map(|&p| inner_pid(p)).collect();
+    assert_eq!(inner[0], inner[1], "nothing to collide: the pids differ");
+    for (child, secs) in &mut children {
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(10), out.next_line())
+            .await
+            .expect("no date in 10 s")
+            .unwrap();
+        let Some(line) = line else {
+            let mut err = String::new();
+            let mut stderr = child.stderr.take().unwrap();
+            let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err).await;
+            panic!("the process under a {secs:+} s offset did not start: {err}");
+        };
+        let theirs: i64 = line.trim().parse().unwrap();
+        let ours = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!(
+            (theirs - ours - *secs).abs() < 60,
+            "offset {secs}: theirs {theirs}, ours {ours}"
+        );
+    }
+    let name = format!("dev/shm/faketime_shm_{}", inner[0]);
+    for pid in &pids {
+        let theirs = format!("/proc/{pid}/root/{name}");
+        wait_for("libfaketime's file in the host's /dev/shm", || {
+            std::path::Path::new(&theirs).exists()
+        });
+    }
+    assert!(
+        !std::path::Path::new("/").join(&name).exists(),
+        "libfaketime's file is in our /dev/shm"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
