@@ -536,7 +536,8 @@ fn the_python_example_node_passes_with_a_kill_and_a_partition() {
 }
 
 /// `--sweep`: seeds back to back, each its own drawn scenario, one line
-/// each, and the rate at the end; a drawn scenario replays by its seed.
+/// each, and the rate at the end; a drawn scenario replays by its seed;
+/// a passing seed leaves no directory behind.
 #[test]
 fn a_sweep_runs_drawn_scenarios_and_reports_seeds_per_minute() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -579,8 +580,13 @@ fn a_sweep_runs_drawn_scenarios_and_reports_seeds_per_minute() {
             .any(|l| l.starts_with("sweep: 2 seeds passed in") && l.ends_with("seeds per minute")),
         "{text}"
     );
-    // A sweep's runs print no phases.
+    // A sweep's runs print no phases, and its passing seeds leave nothing.
     assert!(!text.contains("] join"), "{text}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("the sweep's directory")
+        .map(|e| e.map(|e| e.file_name()))
+        .collect();
+    assert!(left.is_empty(), "left behind by passing seeds: {left:?}");
     // The explicit scenario flags are refused beside --sweep.
     let out = Command::new(multinode())
         .args(["test-cluster", "--sweep", "2", "--nodes", "5"])
