@@ -9,6 +9,7 @@
 //! The ratio is the sweep's own cost per seed: 1.0 means it adds nothing
 //! to what the seeds themselves take.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -17,11 +18,15 @@ use multinode_benchkit::{Better, interleaved, quick, record};
 const EXE: &str = env!("CARGO_BIN_EXE_multinode");
 
 /// Runs `multinode ARGS`, failing the bench if it fails; returns stdout.
-fn multinode(args: &[&str]) -> String {
-    let out = Command::new(EXE)
-        .args(args)
-        .output()
-        .expect("multinode runs");
+/// A test-cluster run keeps its history and timeline when it passes: the
+/// bench's runs keep them under `runs`, which the bench removes.
+fn multinode(runs: &Path, args: &[&str]) -> String {
+    let mut cmd = Command::new(EXE);
+    cmd.args(args);
+    if args.first() == Some(&"test-cluster") {
+        cmd.arg("--dir").arg(runs);
+    }
+    let out = cmd.output().expect("multinode runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -50,6 +55,8 @@ fn replays(stdout: &str) -> Vec<Vec<String>> {
 
 fn main() {
     let (seeds, reps) = if quick() { (3, 1) } else { (10, 3) };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let multinode = |args: &[&str]| multinode(dir.path(), args);
     let first = "7000";
     let count = seeds.to_string();
 
