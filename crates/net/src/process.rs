@@ -83,7 +83,12 @@ impl Lab {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| NetError::Keeper(format!("spawn needs a tokio runtime: {e}")))?;
         let host = self.host(node)?;
-        let cwd = std::env::current_dir().map_err(NetError::Io)?;
+        let cwd = std::env::current_dir().map_err(|e| {
+            NetError::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot read the working directory a host process starts in: {e}"),
+            ))
+        })?;
         let (pid_ns, mnt_ns) = (&self.pid_ns, &self.mnt_ns);
         let child = host.within(|| {
             #[cfg(target_os = "linux")]

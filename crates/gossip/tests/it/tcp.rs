@@ -39,6 +39,18 @@ async fn transport(id: u64, settings: Settings) -> (TcpTransport, std::sync::Arc
     (t, sink)
 }
 
+/// Sends `bytes` to `b` as the handshaken peer `node`, then waits until `b`
+/// has closed the connection and counted one bad frame from it.
+async fn refused_as_a_bad_frame(b: &TcpTransport, node: NodeId, bytes: &[u8], what: &str) {
+    let mut s = raw_peer(b.local_addr(), node).await;
+    s.write_all(bytes).await.expect("write");
+    assert!(closed_by_peer(&mut s).await, "{what}: connection kept");
+    eventually(&format!("{what}: counted"), || {
+        b.stats().peer(node).bad_frames == 1
+    })
+    .await;
+}
+
 /// A whole frame over the receiver's cap, well formed and in the same read
 /// as the frames around it, is refused like one whose header alone is in:
 /// the frame before it arrives, it and the ones after do not, and only the
@@ -59,16 +71,7 @@ async fn a_whole_frame_over_the_cap_is_refused_with_what_follows() {
     for f in [pdu(1), big, pdu(2)] {
         codec.encode(&f, &mut bytes).expect("encode");
     }
-    let mut s = raw_peer(b.local_addr(), NodeId(5)).await;
-    s.write_all(&bytes).await.expect("write");
-    assert!(
-        closed_by_peer(&mut s).await,
-        "over the cap: connection kept"
-    );
-    eventually("the frame over the cap counted", || {
-        b.stats().peer(NodeId(5)).bad_frames == 1
-    })
-    .await;
+    refused_as_a_bad_frame(&b, NodeId(5), &bytes, "a whole frame over the cap").await;
     let got: Vec<_> = b_sink.events().iter().filter_map(seq_of).collect();
     assert_eq!(got, [1], "delivered: {} frames", b_sink.len());
     assert_eq!(b.stats().peer(NodeId(5)).frames_received, 1);
@@ -183,29 +186,20 @@ async fn hostile_bytes_close_only_their_connection() {
     healthy_frame_arrives("garbage").await;
 
     // A valid handshake, then a length prefix far over the cap.
-    let mut s = raw_peer(b.local_addr(), NodeId(5)).await;
-    s.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
-    assert!(
-        closed_by_peer(&mut s).await,
-        "oversized prefix: connection kept"
-    );
-    eventually("oversized counted", || {
-        b.stats().peer(NodeId(5)).bad_frames == 1
-    })
+    refused_as_a_bad_frame(
+        &b,
+        NodeId(5),
+        &u32::MAX.to_be_bytes(),
+        "an oversized prefix",
+    )
     .await;
     healthy_frame_arrives("an oversized prefix").await;
 
     // A valid handshake, then a frame whose payload is not a cluster frame.
-    let mut s = raw_peer(b.local_addr(), NodeId(6)).await;
     let mut junk = BytesMut::new();
     junk.put_u32(3);
     junk.put_slice(&[0xff, 0xff, 0xff]);
-    s.write_all(&junk).await.expect("write");
-    assert!(
-        closed_by_peer(&mut s).await,
-        "undecodable frame: connection kept"
-    );
-    eventually("junk counted", || b.stats().peer(NodeId(6)).bad_frames == 1).await;
+    refused_as_a_bad_frame(&b, NodeId(6), &junk, "an undecodable frame").await;
     assert_eq!(
         b.stats().peer(NodeId(6)).frames_received,
         0,
