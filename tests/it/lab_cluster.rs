@@ -3,7 +3,7 @@
 //! (nftables on each receiver), counted by the kernel. Needs root (CI runs
 //! as root; elsewhere the binary re-runs itself in a user namespace).
 
-use crate::cluster::{stdout, test_cluster};
+use crate::cluster::{multinode, stdout, test_cluster};
 
 fn total(report: &serde_json::Value, counter: &str) -> u64 {
     report["phases"]
@@ -144,6 +144,25 @@ fn a_host_with_a_clock_offset_converges_within_the_drift_bound() {
     ];
     let (out, report) = test_cluster(dir.path(), &args);
     assert_eq!(report["passed"], true, "{}", stdout(&out));
+}
+
+/// A lab's hosts have a `/dev/shm` of their own: run directories there are
+/// refused at once, before anything is made.
+#[test]
+fn run_directories_in_dev_shm_are_refused_on_a_lab() {
+    let dir = std::path::Path::new("/dev/shm").join(format!("multinode-{}", std::process::id()));
+    let out = std::process::Command::new(multinode())
+        .args(["test-cluster", "--net", "--nodes", "3", "--dir"])
+        .arg(&dir)
+        .output();
+    // Removed before any assertion, so a failure leaves nothing either.
+    let made = dir.exists();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out.expect("multinode runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("a /dev/shm of their own"), "{err}");
+    assert!(!made, "{} was made", dir.display());
 }
 
 /// A clock 600 s ahead on a lab host fails the run, naming the clock.

@@ -301,6 +301,15 @@ pub(crate) fn clock_seed() -> u64 {
         .map_or(1, |d| d.as_nanos() as u64 % 1_000_000)
 }
 
+/// Whether `dir` is in `/dev/shm` (through a symbolic link too, where it
+/// exists): a lab host sees a `/dev/shm` of the lab's own there.
+fn under_dev_shm(dir: &std::path::Path) -> bool {
+    let real = std::fs::canonicalize(dir)
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_owned());
+    real.starts_with("/dev/shm")
+}
+
 /// `--sweep N`: N seeds back to back, each its own drawn scenario; stops
 /// at the first failure.
 async fn sweep(args: ClusterArgs, count: u32) -> Result<ExitCode> {
@@ -416,6 +425,13 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<ExitCode> {
     };
     let plan = Plan::new(seed, n, keys, args.kills as usize, args.partition);
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    if args.net && under_dev_shm(&parent) {
+        bail!(
+            "--net: the lab's hosts have a /dev/shm of their own, so its nodes would not see \
+             their directories in {}: give --dir (or TMPDIR) a place outside /dev/shm",
+            parent.display()
+        );
+    }
     std::fs::create_dir_all(&parent)
         .with_context(|| format!("cannot create {}", parent.display()))?;
     let dir = tempfile::Builder::new()
