@@ -32,18 +32,25 @@ const BATCH: usize = 32;
 fn complete(buf: &[u8], most: usize) -> (usize, usize) {
     let (mut frames, mut at) = (0, 0);
     while frames < most {
-        let Some(header) = buf.get(at..at + FRAME_HEADER_LEN) else {
+        let Some(len) = payload_len(&buf[at..]) else {
             break;
         };
-        let mut len = [0; FRAME_HEADER_LEN];
-        len.copy_from_slice(header);
-        let end = at + FRAME_HEADER_LEN + u32::from_be_bytes(len) as usize;
+        let end = at + FRAME_HEADER_LEN + len;
         if end > buf.len() {
             break;
         }
         (frames, at) = (frames + 1, end);
     }
     (frames, at)
+}
+
+/// The payload length the frame header at the front of `buf` claims, once
+/// the header is in.
+#[inline(always)]
+fn payload_len(buf: &[u8]) -> Option<usize> {
+    let mut len = [0; FRAME_HEADER_LEN];
+    len.copy_from_slice(buf.get(..FRAME_HEADER_LEN)?);
+    Some(u32::from_be_bytes(len) as usize)
 }
 
 /// Hands the complete frame at the front of `buf` to `sink` when it is
@@ -60,9 +67,7 @@ fn deliver_opaque(
     buf: &[u8],
     max: usize,
 ) -> Option<usize> {
-    let mut header = [0; FRAME_HEADER_LEN];
-    header.copy_from_slice(buf.get(..FRAME_HEADER_LEN)?);
-    let len = u32::from_be_bytes(header) as usize;
+    let len = payload_len(buf)?;
     if len > max {
         return None;
     }
